@@ -1,0 +1,19 @@
+"""minilr: training neural networks without backpropagation, by likelihood ratios.
+
+LR, its sign approximation ALR, evolution strategies (ES, AES) and their hybrids, on NumPy or
+CuPy, with no autograd anywhere. See ``README.md`` and ``tutorials/``.
+"""
+from . import datasets, losses, metrics, optim, reference
+from .backend import Backend, cupy_available, get_backend
+from .layers import Identity, Linear, ReLU, Sigmoid, Step, Tanh
+from .models import MLP, Sequential
+from .train import History, TrainingDiverged, estimate_gradient, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP", "Sequential", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step",
+    "estimate_gradient", "train", "History", "TrainingDiverged",
+    "Backend", "get_backend", "cupy_available",
+    "datasets", "losses", "metrics", "optim", "reference",
+]

@@ -1,0 +1,73 @@
+"""Command line: ``python -m minilr train --data digits --estimator alr --copies 100 --epochs 20``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import datasets
+from .estimators import NAMES as ESTIMATORS
+from .layers import ACTIVATIONS
+from .optim import OPTIMIZERS
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m minilr", description="Train without backpropagation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an MLP and print the test accuracy",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data", default="digits", choices=[n for n in datasets.NAMES])
+    t.add_argument("--data-root", default=None, help="folder with the IDX files (mnist, fashion-mnist)")
+    t.add_argument("--hidden", default="64", help="hidden widths, comma-separated (e.g. 128,64)")
+    t.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
+    t.add_argument("--sigma", type=float, default=0.1, help="noise scale of every neuron")
+    t.add_argument("--learn-sigma", action="store_true", help="train sigma too")
+    t.add_argument("--estimator", default="alr", choices=ESTIMATORS)
+    t.add_argument("--copies", type=int, default=100)
+    t.add_argument("--chunk", type=int, default=None, help="copies processed at a time (memory)")
+    t.add_argument("--antithetic", action="store_true", help="mirrored noise pairs")
+    t.add_argument("--no-baseline", action="store_true", help="do not subtract the loss baseline")
+    t.add_argument("--es-layers", type=int, default=2, help="ES layers in the hybrids")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=50)
+    t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--schedule", default="constant", choices=["constant", "robbins-monro"])
+    t.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    from .models import MLP
+    from .train import train
+
+    args = _parser().parse_args(argv)
+    # MINILR_EPOCHS lets CI run the README's main job short without changing the command.
+    epochs = int(os.environ.get("MINILR_EPOCHS", args.epochs))
+    kw = {"root": args.data_root} if args.data in ("mnist", "fashion-mnist") else {}
+    (x, y), (xt, yt) = datasets.load(args.data, **kw)
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    model = MLP([x.shape[1], *hidden, int(y.max()) + 1], activation=args.activation, sigma=args.sigma,
+                seed=args.seed, learn_sigma=args.learn_sigma)
+    print(f"minilr: {args.estimator} on {args.data} ({len(x)} train / {len(xt)} test), "
+          f"MLP {[x.shape[1], *hidden, int(y.max()) + 1]}, {args.copies} copies, {epochs} epochs, "
+          f"backend {args.backend}", flush=True)
+
+    def report(epoch, h):
+        print(f"epoch {epoch + 1:3d}/{epochs}  train loss {h.train_loss[-1]:.4f}  "
+              f"train acc {h.train_accuracy[-1]:.3f}  test acc {h.val_accuracy[-1]:.3f}  "
+              f"({h.seconds[-1]:.1f} s)", flush=True)
+
+    h = train(model, (x, y), val_data=(xt, yt), estimator=args.estimator, copies=args.copies,
+              epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+              backend=args.backend, seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(),
+              baseline=not args.no_baseline, antithetic=args.antithetic, chunk=args.chunk,
+              es_layers=args.es_layers, schedule=args.schedule, callback=report)
+    print(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

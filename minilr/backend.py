@@ -1,0 +1,130 @@
+"""The backend: which array module (``xp``) runs the numbers, and how arrays and randomness get there.
+
+One code path serves CPU and GPU: estimators are written against ``backend.xp`` (NumPy or CuPy),
+and only this module knows which one it is. CuPy is imported lazily, so minilr imports and tests on
+a machine without a GPU. Randomness is explicit: every generator comes from a
+:class:`numpy.random.SeedSequence`, never from global state.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Backend", "get_backend", "cupy_available", "seed_sequence", "child"]
+
+_CUPY_FIX = (
+    "backend='cupy' needs CuPy and a CUDA GPU. Install the GPU extra that matches your CUDA "
+    "(e.g. `pip install cupy-cuda12x`, or `pip install minilr[gpu]`) on a machine with an NVIDIA "
+    "GPU, or use backend='numpy'."
+)
+
+
+def _import_cupy():
+    """Return the cupy module if it imports and sees a GPU, else raise RuntimeError naming the fix."""
+    try:
+        import cupy  # noqa: PLC0415  (optional dependency)
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        raise RuntimeError(f"CuPy could not be imported ({exc}). {_CUPY_FIX}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise RuntimeError(f"CuPy found no usable CUDA device ({exc}). {_CUPY_FIX}") from None
+    if n < 1:
+        raise RuntimeError(f"CuPy sees no CUDA device. {_CUPY_FIX}")
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    try:
+        _import_cupy()
+    except RuntimeError:
+        return False
+    return True
+
+
+def seed_sequence(seed) -> np.random.SeedSequence:
+    """Turn ``seed`` (int, None or SeedSequence) into a SeedSequence.
+
+    ``None`` draws fresh entropy (a non-reproducible run); anything else is reproducible.
+    """
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, None or numpy.random.SeedSequence, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed}")
+    return np.random.SeedSequence(int(seed))
+
+
+class Backend:
+    """Owns the array module ``xp`` and the moves between host (NumPy) and device.
+
+    Parameters
+    ----------
+    name : {"numpy", "cupy"}
+    """
+
+    def __init__(self, name: str = "numpy"):
+        if name == "numpy":
+            self.xp = np
+        elif name == "cupy":
+            self.xp = _import_cupy()
+        else:
+            raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
+        self.name = name
+
+    def __repr__(self):
+        return f"Backend({self.name!r})"
+
+    # -- arrays ---------------------------------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """Move ``a`` (a NumPy array, or an array already on this backend) onto this backend."""
+        if self.name == "cupy":
+            return self.xp.asarray(a, dtype=dtype)
+        if not isinstance(a, np.ndarray) and type(a).__module__.split(".")[0] == "cupy":
+            raise TypeError("got a CuPy (device) array on backend='numpy'; call .get() on it first "
+                            "or pass backend='cupy'")
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        """Copy ``a`` back to a host NumPy array."""
+        if self.name == "cupy" and not isinstance(a, np.ndarray):
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    # -- randomness -----------------------------------------------------------------------------
+    def generator(self, ss: np.random.SeedSequence):
+        """A random generator on this backend, seeded from ``ss``.
+
+        On NumPy this is ``Generator(SFC64)``: a fast, high-quality bit generator whose
+        ``standard_normal`` (ziggurat) is the cost of drawing noise.
+        """
+        if self.name == "cupy":
+            return self.xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0]))
+        return np.random.Generator(np.random.SFC64(ss))
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def get_backend(backend="numpy") -> Backend:
+    """Return a :class:`Backend` for ``"numpy"``, ``"cupy"`` or an existing Backend object."""
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be 'numpy', 'cupy' or a Backend, got {type(backend).__name__}")
+    if backend not in _BACKENDS:
+        _BACKENDS[backend] = Backend(backend)
+    return _BACKENDS[backend]
+
+
+def child(ss: np.random.SeedSequence, *keys: int) -> np.random.SeedSequence:
+    """The child stream ``keys`` of ``ss``, without the side effect of ``ss.spawn``.
+
+    ``SeedSequence.spawn`` counts how often it was called, so calling it twice gives different
+    streams; deriving children by explicit key keeps every stream a pure function of the seed.
+    """
+    return np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + tuple(int(k) for k in keys),
+                                  pool_size=ss.pool_size)

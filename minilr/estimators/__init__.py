@@ -1,0 +1,50 @@
+"""Gradient estimators: one object per estimator, one shared interface.
+
+Each estimator says how every ``Linear`` layer is perturbed (:meth:`modes`) and whether only signs
+are kept (``approx``); :func:`estimate` runs the recorded forward pass and lets every site turn the
+centred losses into its gradient.
+"""
+from __future__ import annotations
+
+from ..backend import child
+from .base import centred_losses, noisy_forward
+from .es import ES, ESSite
+from .hybrid import Hybrid
+from .lr import LR, LRSite
+
+ESTIMATORS = {
+    "lr": LR(False), "alr": LR(True),
+    "es": ES(False), "aes": ES(True),
+    "hybrid": Hybrid(False), "a-hybrid": Hybrid(True),
+}
+NAMES = tuple(ESTIMATORS) + ("bp",)
+
+
+def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk):
+    """Sum the estimator's gradient over copy chunks; return (grads by key, mean noisy loss).
+
+    ``x``, ``y`` are already on the backend. Copies are processed ``chunk`` at a time (all at once
+    when ``chunk`` is None); each chunk draws its noise from its own child stream of ``ss`` and
+    uses its own leave-one-out baseline, so every chunk's sum is unbiased and the total is too.
+    """
+    est = ESTIMATORS[estimator]
+    lin = model.linear_indices
+    modes = est.modes(len(lin), es_layers)
+    chunk = copies if chunk is None else min(chunk, copies)
+    sums, loss_sum, rows = {}, 0.0, 0
+    for c, start in enumerate(range(0, copies, chunk)):
+        k = min(chunk, copies - start)
+        L, sites = noisy_forward(model, x, y, k, modes, est.approx, child(ss, c), loss, antithetic,
+                                 bk, LRSite, ESSite)
+        Lc = centred_losses(L, antithetic, baseline, bk.xp)
+        for i, site in zip(lin, sites):
+            for name, g in site.gradient(Lc).items():
+                key = f"{i}.{name}"
+                sums[key] = g if key not in sums else sums[key] + g
+        loss_sum += float(L.sum())
+        rows += L.size
+        del L, Lc, sites
+    grads = {}
+    for key, value in model.parameters().items():
+        grads[key] = sums[key] / rows
+    return grads, loss_sum / rows

@@ -1,0 +1,146 @@
+"""Layers: a noisy ``Linear`` and element-wise activations.
+
+A ``Linear`` layer is a *noise site*: during a training forward pass it computes
+``v = x W^T + b + sigma * eps`` with ``eps ~ N(0, I)`` and one ``sigma_i`` per output neuron
+(paper Sec. 2). Activations then map ``v`` to ``x' = phi(v)``. Nothing here knows about gradients
+except :meth:`Activation.derivative`, which only the exact reference (``reference.py``) uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import validation as _v
+
+__all__ = ["Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation"]
+
+
+class Linear:
+    """Affine layer ``x W^T + b`` with Gaussian noise of per-neuron scale ``sigma`` on its output.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    sigma : float or array of shape (out_features,), optional
+        Noise scale; ``None`` takes the model's default.
+    learn_sigma : bool, optional
+        Whether ``sigma`` is a trained parameter (Eq. 1, second line); ``None`` takes the model's.
+
+    Weights are drawn when the layer joins a model, from the model's seed.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma=None, learn_sigma=None):
+        self.in_features = _v.positive_int(in_features, "in_features")
+        self.out_features = _v.positive_int(out_features, "out_features")
+        self.sigma = None if sigma is None else _check_sigma(sigma, self.out_features)
+        self.learn_sigma = learn_sigma
+        self.weight = None
+        self.bias = None
+
+    def init(self, rng: np.random.Generator, dtype) -> None:
+        """Uniform in +-1/sqrt(fan_in), the usual default for dense layers."""
+        bound = 1.0 / np.sqrt(self.in_features)
+        self.weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(dtype)
+        self.bias = rng.uniform(-bound, bound, self.out_features).astype(dtype)
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features})"
+
+
+def _check_sigma(sigma, n: int) -> np.ndarray:
+    s = np.asarray(sigma, dtype=np.float64)
+    if s.ndim == 0:
+        s = np.full(n, float(s))
+    if s.shape != (n,):
+        raise ValueError(f"sigma must be a positive number or an array of shape ({n},), got shape {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"sigma must be > 0 and finite, got min {s.min()}")
+    return s
+
+
+class Activation:
+    """Element-wise ``phi``. ``nonneg`` says the output is never negative (its sign needs 1 bit)."""
+
+    name = "activation"
+    nonneg = False
+
+    def forward(self, v, xp):
+        raise NotImplementedError
+
+    def derivative(self, v, out, xp):
+        """``phi'(v)`` for the exact reference; ``out = phi(v)`` is given to save work."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ReLU(Activation):
+    name = "relu"
+    nonneg = True
+
+    def forward(self, v, xp):
+        return xp.maximum(v, 0)
+
+    def derivative(self, v, out, xp):
+        return (v > 0).astype(v.dtype)
+
+
+class Tanh(Activation):
+    name = "tanh"
+
+    def forward(self, v, xp):
+        return xp.tanh(v)
+
+    def derivative(self, v, out, xp):
+        return 1 - out * out
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+    nonneg = True
+
+    def forward(self, v, xp):
+        # 0.5 * (1 + tanh(v/2)) never overflows, unlike 1 / (1 + exp(-v)).
+        return 0.5 * (1 + xp.tanh(0.5 * v))
+
+    def derivative(self, v, out, xp):
+        return out * (1 - out)
+
+
+class Identity(Activation):
+    name = "identity"
+
+    def forward(self, v, xp):
+        return v
+
+    def derivative(self, v, out, xp):
+        return xp.ones_like(v)
+
+
+class Step(Activation):
+    """Heaviside step ``1[v > 0]``: a spiking neuron. Its derivative is 0 almost everywhere, so
+    backprop learns nothing through it, while LR and ES, which never differentiate ``phi``, train it.
+    """
+
+    name = "step"
+    nonneg = True
+
+    def forward(self, v, xp):
+        return (v > 0).astype(v.dtype)
+
+    def derivative(self, v, out, xp):
+        raise ValueError(
+            "the Heaviside Step activation has derivative 0 almost everywhere (and none at 0), so "
+            "no exact backprop gradient exists: use an LR or ES estimator (e.g. estimator='lr') "
+            "for this model instead of the reference / 'bp'")
+
+
+ACTIVATIONS = {cls.name: cls for cls in (ReLU, Tanh, Sigmoid, Identity, Step)}
+
+
+def activation(name) -> Activation:
+    """An activation from its name (``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"identity"``, ``"step"``)."""
+    if isinstance(name, Activation):
+        return name
+    _v.choice(name, "activation", ACTIVATIONS)
+    return ACTIVATIONS[name]()

@@ -1,0 +1,27 @@
+"""Per-sample losses. Each takes outputs of shape (..., C) and returns one loss per row (...).
+
+The LR estimators need the loss of every noisy copy separately (``L_n`` in Eq. 1-2), so nothing
+here averages.
+"""
+from __future__ import annotations
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def cross_entropy(logits, y, xp):
+    """``-log softmax(logits)[y]`` per row; ``y`` holds class indices broadcastable to logits[..., 0]."""
+    m = logits.max(axis=-1, keepdims=True)
+    lse = xp.log(xp.exp(logits - m).sum(axis=-1)) + m[..., 0]
+    picked = xp.take_along_axis(logits, xp.broadcast_to(y, logits.shape[:-1])[..., None], axis=-1)[..., 0]
+    return lse - picked
+
+
+def mse(out, y, xp):
+    """``0.5 * ||out - y||^2`` per row (the 1/2 makes the gradient ``out - y``)."""
+    d = out - y
+    return 0.5 * (d * d).sum(axis=-1)
+
+
+def per_sample(name: str, out, y, xp):
+    """Dispatch to the loss called ``name``."""
+    return cross_entropy(out, y, xp) if name == "cross_entropy" else mse(out, y, xp)

@@ -1,0 +1,103 @@
+"""Argument checks shared by the public entry points.
+
+Every message names the argument and what was expected, and every check runs before any work, so a
+bad call leaves the model untouched.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; TypeError for non-integers, ValueError for small ones."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def positive_float(value, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (or >= 0 with ``allow_zero``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def choice(value, name: str, options) -> str:
+    """``value`` if it is one of ``options``, else ValueError listing them."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {sorted(options)}, got {value!r} ({type(value).__name__})")
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(options)}")
+    return value
+
+
+def as_host_array(a, name: str) -> np.ndarray:
+    """A NumPy view of ``a`` (device arrays are copied to the host only when asked explicitly)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    try:
+        return np.asarray(a)
+    except Exception as exc:
+        raise TypeError(f"{name} must be array-like, got {type(a).__name__}: {exc}") from None
+
+
+def features(x, name: str, n_features: int) -> np.ndarray:
+    """Check a batch of inputs: shape (batch, n_features), real, finite, non-empty."""
+    x = as_host_array(x, name)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != n_features:
+        raise ValueError(f"{name} must have shape (batch, {n_features}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: need at least one sample")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def targets(y, name: str, loss: str, n_samples: int, n_outputs: int) -> np.ndarray:
+    """Check targets for ``loss``: class indices in [0, n_outputs) or an (n, n_outputs) array."""
+    y = as_host_array(y, name)
+    if loss == "cross_entropy":
+        if y.ndim != 1 or y.shape[0] != n_samples:
+            raise ValueError(f"{name} must be class indices of shape ({n_samples},) for "
+                             f"loss='cross_entropy', got shape {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                raise TypeError(f"{name} must hold integer class indices, got non-integer values")
+        elif y.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() >= n_outputs):
+            raise ValueError(f"{name} holds labels outside [0, {n_outputs - 1}] "
+                             f"(min {y.min()}, max {y.max()}); the model has {n_outputs} outputs")
+        return y.astype(np.int64)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real targets for loss='mse', got dtype {y.dtype}")
+    if y.shape != (n_samples, n_outputs):
+        raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) for loss='mse' "
+                         f"(same as the model output), got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return y
+
+
+def seed_arg(seed, name: str = "seed"):
+    """Check a seed early (int >= 0, None or SeedSequence) so the error comes before any work."""
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int, None or numpy.random.SeedSequence, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return int(seed)
