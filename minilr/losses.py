@@ -22,6 +22,13 @@ def mse(out, y, xp):
     return 0.5 * (d * d).sum(axis=-1)
 
 
-def per_sample(name: str, out, y, xp):
-    """Dispatch to the loss called ``name``."""
+def per_sample(name, out, y, xp):
+    """Dispatch to the loss called ``name``, or call ``name(out, y, xp)`` if it is a function.
+
+    A custom loss must return one value per row: shape ``out.shape[:-1]``. LR and ES only ever
+    *evaluate* it, so it need not be differentiable (the reference, which differentiates, accepts
+    only the named losses).
+    """
+    if callable(name):
+        return name(out, y, xp)
     return cross_entropy(out, y, xp) if name == "cross_entropy" else mse(out, y, xp)

@@ -18,6 +18,9 @@ __all__ = ["gradient", "loss"]
 
 
 def _prepare(model, x, y, loss):
+    if callable(loss):
+        raise ValueError("the reference differentiates only loss='cross_entropy' or 'mse', not a "
+                         "custom loss function: write its gradient by hand")
     _v.choice(loss, "loss", LOSSES)
     x = _v.features(x, "x", model.in_features).astype(np.float64)
     y = _v.targets(y, "y", loss, x.shape[0], model.out_features)

@@ -14,7 +14,7 @@ from .backend import child, get_backend, seed_sequence
 from .estimators import NAMES as ESTIMATOR_NAMES
 from .estimators import estimate
 from .layers import Linear
-from .losses import LOSSES, per_sample
+from .losses import per_sample
 from .models import Sequential, _forward
 from .optim import Projection, make_optimizer
 
@@ -67,7 +67,10 @@ def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_la
     _check_model(model)
     _v.choice(estimator, "estimator", ESTIMATOR_NAMES)
     copies = _v.positive_int(copies, "copies")
-    _v.choice(loss, "loss", LOSSES)
+    _v.loss_arg(loss)
+    if estimator == "bp" and callable(loss):
+        raise ValueError("estimator='bp' needs a named loss ('cross_entropy' or 'mse'): the exact "
+                         "reference cannot differentiate a custom loss function")
     _v.seed_arg(seed)
     if chunk is not None:
         chunk = _v.positive_int(chunk, "chunk")
@@ -141,7 +144,9 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Noisy copies K of each sample (ES: weight perturbations shared by the batch).
     seed : int, SeedSequence or None
         The same seed gives the same numbers, bit for bit, on the same backend.
-    loss : "cross_entropy" | "mse"
+    loss : "cross_entropy" | "mse" | callable
+        A callable ``loss(out, y, xp)`` returns one loss per row of ``out`` (shape ``out.shape[:-1]``);
+        it is only evaluated, never differentiated, so it may be anything (not with "bp").
     baseline : bool
         Subtract the leave-one-out mean loss of each sample's other copies (unbiased, lower variance).
     antithetic : bool
@@ -170,7 +175,7 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
 
 
 def _device_targets(y, loss, model, bk):
-    return bk.asarray(y) if loss == "cross_entropy" else bk.asarray(y, model.dtype)
+    return bk.asarray(y, model.dtype) if loss == "mse" else bk.asarray(y)
 
 
 # -- train ----------------------------------------------------------------------------------------

@@ -66,9 +66,25 @@ def features(x, name: str, n_features: int) -> np.ndarray:
     return x
 
 
-def targets(y, name: str, loss: str, n_samples: int, n_outputs: int) -> np.ndarray:
-    """Check targets for ``loss``: class indices in [0, n_outputs) or an (n, n_outputs) array."""
+def loss_arg(loss):
+    """A loss name from ``LOSSES`` or a callable ``loss(out, y, xp) -> per-row losses``."""
+    from .losses import LOSSES
+
+    return loss if callable(loss) else choice(loss, "loss", LOSSES)
+
+
+def targets(y, name: str, loss, n_samples: int, n_outputs: int) -> np.ndarray:
+    """Check targets for ``loss``: class indices in [0, n_outputs) or an (n, n_outputs) array.
+
+    For a custom (callable) loss only the number of rows and finiteness are checked.
+    """
     y = as_host_array(y, name)
+    if callable(loss):
+        if y.ndim < 1 or y.shape[0] != n_samples:
+            raise ValueError(f"{name} must have one row per sample ({n_samples}), got shape {y.shape}")
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            raise ValueError(f"{name} contains NaN or inf")
+        return y
     if loss == "cross_entropy":
         if y.ndim != 1 or y.shape[0] != n_samples:
             raise ValueError(f"{name} must be class indices of shape ({n_samples},) for "
