@@ -11,14 +11,26 @@ from .layers import ACTIVATIONS
 from .optim import OPTIMIZERS
 
 
+def _widths(text):
+    """``"128,64"`` -> [128, 64]; an argparse type, so a bad value names ``--hidden``."""
+    try:
+        widths = [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
+    return widths
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="python -m minilr", description="Train without backpropagation.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an MLP and print the test accuracy",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--data", default="digits", choices=[n for n in datasets.NAMES])
-    t.add_argument("--data-root", default=None, help="folder with the IDX files (mnist, fashion-mnist)")
-    t.add_argument("--hidden", default="64", help="hidden widths, comma-separated (e.g. 128,64)")
+    t.add_argument("--data-root", default=None,
+                   help="folder with the local files (mnist, fashion-mnist: IDX; cifar10: python batches)")
+    t.add_argument("--hidden", default=[64], type=_widths, help="hidden widths, comma-separated (e.g. 128,64)")
     t.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
     t.add_argument("--sigma", type=float, default=0.1, help="noise scale of every neuron")
     t.add_argument("--learn-sigma", action="store_true", help="train sigma too")
@@ -40,15 +52,35 @@ def _parser():
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (2 for a bad argument, 1 if training diverged)."""
+    from .train import TrainingDiverged
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # MINILR_EPOCHS lets CI run the README's main job short without changing the command.
+    epochs = os.environ.get("MINILR_EPOCHS", args.epochs)
+    try:
+        epochs = int(epochs)
+    except ValueError:
+        parser.error(f"MINILR_EPOCHS must be an integer, got {epochs!r}")
+    try:
+        return _train(args, epochs)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        # Bad values reach here from the library's checks, before any training: say what, not where.
+        print(f"python -m minilr train: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"python -m minilr train: training diverged: {exc}", file=sys.stderr)
+        return 1
+
+
+def _train(args, epochs) -> int:
     from .models import MLP
     from .train import train
 
-    args = _parser().parse_args(argv)
-    # MINILR_EPOCHS lets CI run the README's main job short without changing the command.
-    epochs = int(os.environ.get("MINILR_EPOCHS", args.epochs))
-    kw = {"root": args.data_root} if args.data in ("mnist", "fashion-mnist") else {}
+    kw = {"root": args.data_root} if args.data in ("mnist", "fashion-mnist", "cifar10") else {}
     (x, y), (xt, yt) = datasets.load(args.data, **kw)
-    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    hidden = args.hidden
     model = MLP([x.shape[1], *hidden, int(y.max()) + 1], activation=args.activation, sigma=args.sigma,
                 seed=args.seed, learn_sigma=args.learn_sigma)
     print(f"minilr: {args.estimator} on {args.data} ({len(x)} train / {len(xt)} test), "

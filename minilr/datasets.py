@@ -1,5 +1,5 @@
 """Data that needs no network: scikit-learn's bundled digits, synthetic sets, and loaders for
-MNIST-format files already on disk.
+MNIST-format (IDX) and CIFAR-10 (python batches) files already on disk.
 
 Every loader returns ``((x_train, y_train), (x_test, y_test))`` with float32 features of shape
 (n, d) and int64 class indices.
@@ -7,18 +7,22 @@ Every loader returns ``((x_train, y_train), (x_test, y_test))`` with float32 fea
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 
 from . import validation as _v
 
-__all__ = ["load", "digits", "spirals", "mnist", "NAMES"]
+__all__ = ["load", "digits", "spirals", "mnist", "cifar10", "NAMES"]
 
 
 def _split(x, y, test_fraction, seed):
     """A fixed, stratified train/test split: the same ``seed`` always gives the same split."""
+    _check_fraction(test_fraction)
+    seed = _v.seed_arg(seed)
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
     for c in np.unique(y):
@@ -27,13 +31,21 @@ def _split(x, y, test_fraction, seed):
     return (x[~test], y[~test]), (x[test], y[test])
 
 
+def _check_fraction(test_fraction):
+    f = _v.positive_float(test_fraction, "test_fraction")
+    if f >= 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+
+
 def digits(test_fraction: float = 0.2, seed: int = 0):
     """The 1,797 8x8 handwritten digits bundled with scikit-learn, pixels scaled to [0, 1].
 
-    A stratified split: 1,437 training and 360 test images with the defaults.
+    A stratified split: 1,438 training and 359 test images with the defaults.
     """
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
+    _check_fraction(test_fraction)
+    _v.seed_arg(seed)
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     return _split(x, d.target.astype(np.int64), test_fraction, seed)
@@ -47,6 +59,10 @@ def spirals(n: int = 1000, noise: float = 0.2, turns: float = 1.5, classes: int 
     """
     n = _v.positive_int(n, "n", minimum=2)
     classes = _v.positive_int(classes, "classes", minimum=2)
+    noise = _v.positive_float(noise, "noise", allow_zero=True)
+    turns = _v.positive_float(turns, "turns")
+    _check_fraction(test_fraction)
+    seed = _v.seed_arg(seed)
     rng = np.random.default_rng(seed)
     y = np.arange(n) % classes
     t = rng.uniform(0.05, 1.0, n)
@@ -104,14 +120,85 @@ def mnist(root=None, name: str = "mnist"):
     return tuple(out)
 
 
-NAMES = ("digits", "spirals", "mnist", "fashion-mnist")
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and NumPy arrays: a data file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path):
+    """One CIFAR-10 python batch: a pickled dict with ``data`` (n, 3072) uint8 and ``labels``."""
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch file ({exc})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 python batch file (no dict inside)")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch file (needs 'data' and 'labels', "
+                         f"has {sorted(d)})")
+    data, labels = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected uint8 data of shape (n, 3072) and n labels, got data "
+                         f"{data.dtype}{data.shape} and {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: labels must lie in [0, 9]")
+    return data, labels
+
+
+_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def cifar10(root=None):
+    """CIFAR-10 from the python-pickle batches in a local folder (no download is attempted).
+
+    ``root`` is the folder holding ``data_batch_1`` ... ``data_batch_5`` and ``test_batch`` (or
+    its parent, holding ``cifar-10-batches-py/``); it defaults to ``$MINILR_DATA/cifar10`` or
+    ``~/.minilr/data/cifar10``. Features are the 3,072 bytes of each image (1,024 red, then green,
+    then blue, row-major 32x32) scaled to [0, 1]; 50,000 training and 10,000 test images.
+    """
+    if root is None:
+        root = Path(os.environ.get("MINILR_DATA") or Path.home() / ".minilr" / "data") / "cifar10"
+    root = Path(root)
+    if not (root / "test_batch").exists() and (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    for stem in _CIFAR_TRAIN + ("test_batch",):
+        if not (root / stem).exists():
+            raise FileNotFoundError(
+                f"cifar10: no file {stem} in folder {root}. minilr does not download data: put the "
+                f"python batches (data_batch_1 ... data_batch_5, test_batch; from cifar-10-python.tar.gz) "
+                f"there, or pass root=... (or set MINILR_DATA)")
+    out = []
+    for stems in (_CIFAR_TRAIN, ("test_batch",)):
+        parts = [_read_cifar_batch(root / stem) for stem in stems]
+        data = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        out.append(((data / 255.0).astype(np.float32), labels))
+    return tuple(out)
+
+
+NAMES = ("digits", "spirals", "mnist", "fashion-mnist", "cifar10")
 
 
 def load(name: str, **kwargs):
-    """Load a dataset by name: ``"digits"``, ``"spirals"``, ``"mnist"`` or ``"fashion-mnist"``."""
+    """Load a dataset by name: ``"digits"``, ``"spirals"``, ``"mnist"``, ``"fashion-mnist"`` or
+    ``"cifar10"`` (the last three from local files: pass ``root=...``)."""
     _v.choice(name, "dataset", NAMES)
     if name == "digits":
         return digits(**kwargs)
     if name == "spirals":
         return spirals(**kwargs)
+    if name == "cifar10":
+        return cifar10(**kwargs)
     return mnist(name=name, **kwargs)

@@ -32,6 +32,8 @@ class Linear:
         self.in_features = _v.positive_int(in_features, "in_features")
         self.out_features = _v.positive_int(out_features, "out_features")
         self.sigma = None if sigma is None else _check_sigma(sigma, self.out_features)
+        if learn_sigma is not None and not isinstance(learn_sigma, (bool, np.bool_)):
+            raise TypeError(f"learn_sigma must be True, False or None, got {learn_sigma!r}")
         self.learn_sigma = learn_sigma
         self.weight = None
         self.bias = None
@@ -47,7 +49,13 @@ class Linear:
 
 
 def _check_sigma(sigma, n: int) -> np.ndarray:
-    s = np.asarray(sigma, dtype=np.float64)
+    if isinstance(sigma, (bool, np.bool_, str, bytes)) or sigma is None:
+        raise TypeError(f"sigma must be a positive number or an array of shape ({n},), got {sigma!r}")
+    try:
+        s = np.asarray(sigma, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"sigma must be a positive number or an array of shape ({n},), "
+                        f"got {type(sigma).__name__}") from None
     if s.ndim == 0:
         s = np.full(n, float(s))
     if s.shape != (n,):

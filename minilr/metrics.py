@@ -41,6 +41,15 @@ def cosine_similarity(g, g_true, per_layer: bool = False, keys=None):
     common = [k for k in g if k in g_true and (keys is None or k in keys)]
     if not common:
         raise ValueError(f"the two gradients share no keys: {sorted(g)} vs {sorted(g_true)}")
+    for k in common:
+        a, b = as_host_array(g[k], f"g[{k!r}]"), as_host_array(g_true[k], f"g_true[{k!r}]")
+        for name, arr in ((f"g[{k!r}]", a), (f"g_true[{k!r}]", b)):
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} contains NaN or inf")
+        if a.shape != b.shape:
+            raise ValueError(f"g[{k!r}] and g_true[{k!r}] must have the same shape, got {a.shape} and {b.shape}")
     flat = lambda d, ks: np.concatenate([np.ravel(as_host_array(d[k], k)).astype(np.float64) for k in ks])
     if not per_layer:
         return _cos(flat(g, common), flat(g_true, common))

@@ -39,7 +39,10 @@ class Sequential:
         if not isinstance(learn_sigma, (bool, np.bool_)):
             raise TypeError(f"learn_sigma must be True or False, got {learn_sigma!r}")
         _v.seed_arg(seed)
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.layers = [l if isinstance(l, Linear) else make_activation(l) for l in layers]

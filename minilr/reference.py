@@ -18,6 +18,10 @@ __all__ = ["gradient", "loss"]
 
 
 def _prepare(model, x, y, loss):
+    from .models import Sequential
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a minilr Sequential or MLP, got {type(model).__name__}")
     if callable(loss):
         raise ValueError("the reference differentiates only loss='cross_entropy' or 'mse', not a "
                          "custom loss function: write its gradient by hand")

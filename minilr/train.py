@@ -57,6 +57,9 @@ class History:
 def _check_model(model):
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a minilr Sequential or MLP, got {type(model).__name__}")
+    for k, p in model.parameters().items():
+        if not bool(np.all(np.isfinite(p))):
+            raise ValueError(f"model parameter {k!r} contains NaN or inf")
     for i in model.linear_indices:
         s = model.layers[i].sigma
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
@@ -67,7 +70,7 @@ def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_la
     _check_model(model)
     _v.choice(estimator, "estimator", ESTIMATOR_NAMES)
     copies = _v.positive_int(copies, "copies")
-    _v.loss_arg(loss)
+    loss = _v.loss_arg(loss)
     if estimator == "bp" and callable(loss):
         raise ValueError("estimator='bp' needs a named loss ('cross_entropy' or 'mse'): the exact "
                          "reference cannot differentiate a custom loss function")
@@ -80,7 +83,7 @@ def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_la
         raise ValueError(f"antithetic noise pairs copies, so copies (got {copies}) and chunk "
                          f"(got {chunk}) must be even")
     _v.positive_int(es_layers, "es_layers", minimum=0)
-    return copies, chunk, get_backend(backend)
+    return copies, chunk, loss, get_backend(backend)
 
 
 @contextlib.contextmanager
@@ -162,7 +165,8 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
     dict[str, numpy.ndarray]
         Same keys and shapes as ``model.parameters()``.
     """
-    copies, chunk, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend)
+    copies, chunk, loss, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic,
+                                            es_layers, backend)
     if not isinstance(baseline, (bool, np.bool_)):
         raise TypeError(f"baseline must be True or False, got {baseline!r}")
     x = _v.features(x, "x", model.in_features)
@@ -181,7 +185,8 @@ def _device_targets(y, loss, model, bk):
 # -- train ----------------------------------------------------------------------------------------
 def _check_data(data, name, model, loss):
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a tuple (x, y), got {type(data).__name__}")
+        what = f"a {type(data).__name__} of length {len(data)}" if isinstance(data, (tuple, list)) else type(data).__name__
+        raise TypeError(f"{name} must be a tuple (x, y), got {what}")
     x = _v.features(data[0], f"{name}[0] (x)", model.in_features)
     y = _v.targets(data[1], f"{name}[1] (y)", loss, x.shape[0], model.out_features)
     return x, y
@@ -190,12 +195,13 @@ def _check_data(data, name, model, loss):
 def _evaluate(model, x, y, loss, bk):
     """Noiseless (loss, accuracy) on host arrays, computed on the backend in blocks."""
     total, correct = 0.0, 0
-    for s in range(0, len(x), 4096):
-        out = _forward(model, bk.asarray(x[s:s + 4096], model.dtype), bk.xp, bk)
-        yb = _device_targets(y[s:s + 4096], loss, model, bk)
-        total += float(per_sample(loss, out, yb, bk.xp).sum())
-        if loss == "cross_entropy":
-            correct += int((out.argmax(axis=1) == yb).sum())
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # huge logits: inf loss, said so
+        for s in range(0, len(x), 4096):
+            out = _forward(model, bk.asarray(x[s:s + 4096], model.dtype), bk.xp, bk)
+            yb = _device_targets(y[s:s + 4096], loss, model, bk)
+            total += float(per_sample(loss, out, yb, bk.xp).sum())
+            if loss == "cross_entropy":
+                correct += int((out.argmax(axis=1) == yb).sum())
     return total / len(x), (correct / len(x) if loss == "cross_entropy" else float("nan"))
 
 
@@ -215,7 +221,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     A loss or parameter that becomes NaN/inf stops training with :class:`TrainingDiverged`; the
     model then holds the parameters from before the failing step.
     """
-    copies, chunk, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend)
+    copies, chunk, loss, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic,
+                                            es_layers, backend)
     x, y = _check_data(data, "data", model, loss)
     if val_data is not None:
         xv, yv = _check_data(val_data, "val_data", model, loss)
@@ -224,6 +231,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     lr = _v.positive_float(lr, "lr")
     if not isinstance(progress, (bool, np.bool_)):
         raise TypeError(f"progress must be True or False, got {progress!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(epoch, history) or None, got {callback!r}")
     if not isinstance(baseline, (bool, np.bool_)):
         raise TypeError(f"baseline must be True or False, got {baseline!r}")
     if not (isinstance(sigma_bounds, (tuple, list)) and len(sigma_bounds) == 2):
@@ -250,16 +259,20 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                 idx = order[s:s + batch_size]
                 xb = bk.asarray(x[idx], model.dtype)
                 yb = _device_targets(y[idx], loss, model, bk)
-                grads, mean_loss = _gradient(model, xb, yb, estimator, copies, child(ss, 1, step), loss,
-                                             baseline, antithetic, chunk, es_layers, bk)
+                # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as
+                # a stream of RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    grads, mean_loss = _gradient(model, xb, yb, estimator, copies, child(ss, 1, step), loss,
+                                                 baseline, antithetic, chunk, es_layers, bk)
                 if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                     raise TrainingDiverged(
                         f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
                         f"{epoch + 1}, step {step + 1}; training stopped and the model keeps the "
                         f"parameters from before this step. Try a smaller lr (got {lr}) or sigma.", history)
                 backup = {k: p.copy() for k, p in params.items()}
-                opt.step(params, grads)
-                project(params, bk.xp)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    opt.step(params, grads)
+                    project(params, bk.xp)
                 if not all(bool(bk.xp.isfinite(p).all()) for p in params.values()):
                     for k, p in params.items():
                         p[...] = backup[k]

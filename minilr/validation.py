@@ -67,10 +67,30 @@ def features(x, name: str, n_features: int) -> np.ndarray:
 
 
 def loss_arg(loss):
-    """A loss name from ``LOSSES`` or a callable ``loss(out, y, xp) -> per-row losses``."""
+    """A loss name from ``LOSSES`` or a callable ``loss(out, y, xp) -> per-row losses``.
+
+    A callable comes back wrapped so that a result of the wrong shape raises a ValueError naming
+    ``loss`` at its first call (in the first forward pass, before any update).
+    """
     from .losses import LOSSES
 
-    return loss if callable(loss) else choice(loss, "loss", LOSSES)
+    if isinstance(loss, CheckedLoss) or not callable(loss):
+        return loss if callable(loss) else choice(loss, "loss", LOSSES)
+    return CheckedLoss(loss)
+
+
+class CheckedLoss:
+    """A custom loss ``fn(out, y, xp)`` whose result must have shape ``out.shape[:-1]``."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, out, y, xp):
+        r = self.fn(out, y, xp)
+        if getattr(r, "shape", None) != out.shape[:-1]:
+            raise ValueError(f"loss must return one loss per row of the output, shape {out.shape[:-1]}, "
+                             f"got {getattr(r, 'shape', type(r).__name__)}")
+        return r
 
 
 def targets(y, name: str, loss, n_samples: int, n_outputs: int) -> np.ndarray:
