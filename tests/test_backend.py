@@ -1,0 +1,72 @@
+"""The backend contract: NumPy always works; CuPy runs the same code where a GPU exists."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minilr
+from minilr.backend import child, get_backend, seed_sequence
+
+gpu = pytest.mark.skipif(not minilr.cupy_available(), reason="CuPy with a CUDA GPU is not available here")
+
+
+def test_numpy_backend_and_seeding():
+    bk = get_backend("numpy")
+    assert bk.xp is np and get_backend(bk) is bk
+    ss = seed_sequence(3)
+    a = bk.generator(child(ss, 1)).standard_normal(5)
+    b = bk.generator(child(seed_sequence(3), 1)).standard_normal(5)
+    c = bk.generator(child(ss, 2)).standard_normal(5)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_child_streams_do_not_depend_on_call_order():
+    ss = seed_sequence(7)
+    first = child(ss, 0).generate_state(2)
+    ss.spawn(3)  # spawn has side effects; child must not
+    assert np.array_equal(child(ss, 0).generate_state(2), first)
+
+
+def test_cupy_without_gpu_fails_at_once_naming_the_fix():
+    if minilr.cupy_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="backend='numpy'|cupy-cuda"):
+        get_backend("cupy")
+    model = minilr.MLP([2, 2], seed=0)
+    before = {k: v.copy() for k, v in model.parameters().items()}
+    with pytest.raises(RuntimeError, match="CuPy"):
+        minilr.train(model, (np.ones((4, 2)), np.array([0, 1, 0, 1])), backend="cupy", epochs=1)
+    for k, v in model.parameters().items():
+        assert np.array_equal(v, before[k])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("estimator", ["lr", "alr", "es", "aes", "hybrid", "a-hybrid", "bp"])
+def test_cupy_matches_numpy_statistically(estimator):
+    """Different generators, so not bit-equal: both estimates of the same gradient must agree in
+    cosine with the exact gradient to within the spread of seeds on NumPy."""
+    (x, y), _ = minilr.datasets.load("digits")
+    model = minilr.MLP([64, 32, 10], sigma=0.1, seed=0)
+    g_true = minilr.reference.gradient(model, x[:50], y[:50])
+    cos = {b: [minilr.metrics.cosine_similarity(minilr.estimate_gradient(
+        model, x[:50], y[:50], estimator=estimator, copies=500, seed=s, backend=b), g_true) for s in range(4)]
+        for b in ("numpy", "cupy")}
+    spread = max(np.std(cos["numpy"]), 0.01)
+    assert abs(np.mean(cos["cupy"]) - np.mean(cos["numpy"])) < 6 * spread, cos
+
+
+@gpu
+@pytest.mark.gpu
+def test_cupy_training_is_deterministic_and_learns():
+    (x, y), (xt, yt) = minilr.datasets.load("digits")
+    runs = []
+    for _ in range(2):
+        model = minilr.MLP([64, 64, 10], seed=0)
+        h = minilr.train(model, (x, y), val_data=(xt, yt), estimator="alr", copies=100, epochs=3,
+                         backend="cupy", progress=False)
+        runs.append((model.parameters(), h))
+    for k in runs[0][0]:
+        assert isinstance(runs[0][0][k], np.ndarray)  # the model comes home to the host
+        assert np.array_equal(runs[0][0][k], runs[1][0][k])
+    assert runs[0][1].val_accuracy[-1] > 0.8
