@@ -6,8 +6,7 @@ centred losses into its gradient.
 """
 from __future__ import annotations
 
-from ..backend import child
-from .base import centred_losses, noisy_forward
+from .base import centred_losses, noise_keys, noisy_forward
 from .es import ES, ESSite
 from .hybrid import Hybrid
 from .lr import LR, LRSite
@@ -18,24 +17,28 @@ ESTIMATORS = {
     "hybrid": Hybrid(False), "a-hybrid": Hybrid(True),
 }
 NAMES = tuple(ESTIMATORS) + ("bp",)
+SITES = {"lr": LRSite, "es": ESSite}
 
 
 def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk):
     """Sum the estimator's gradient over copy chunks; return (grads by key, mean noisy loss).
 
     ``x``, ``y`` are already on the backend. Copies are processed ``chunk`` at a time (all at once
-    when ``chunk`` is None); each chunk draws its noise from its own child stream of ``ss`` and
-    uses its own leave-one-out baseline, so every chunk's sum is unbiased and the total is too.
+    when ``chunk`` is None). The noise of copy ``k`` depends only on ``ss``, the layer and ``k``
+    (counter-based, :mod:`minilr.noise`), so chunking changes no noise value; each chunk uses its
+    own leave-one-out baseline, so every chunk's sum is unbiased and the total is too. Nothing but
+    the running sums outlives a chunk, so peak memory depends on ``chunk``, not ``copies``.
     """
     est = ESTIMATORS[estimator]
     lin = model.linear_indices
     modes = est.modes(len(lin), es_layers)
+    keys = noise_keys(ss, len(lin))
     chunk = copies if chunk is None else min(chunk, copies)
     sums, loss_sum, rows = {}, 0.0, 0
-    for c, start in enumerate(range(0, copies, chunk)):
+    for start in range(0, copies, chunk):
         k = min(chunk, copies - start)
-        L, sites = noisy_forward(model, x, y, k, modes, est.approx, child(ss, c), loss, antithetic,
-                                 bk, LRSite, ESSite)
+        L, sites = noisy_forward(model, x, y, start, k, modes, est.approx, keys, loss, antithetic,
+                                 bk, SITES)
         Lc = centred_losses(L, antithetic, baseline, bk.xp)
         for i, site in zip(lin, sites):
             for name, g in site.gradient(Lc).items():

@@ -1,34 +1,61 @@
 """What every estimator shares: the noisy forward pass that *records*, and the loss baseline.
 
-A training forward pass runs ``copies`` noisy copies of every sample at once. Row ``n`` of the
-paper's sums is a pair (copy ``k``, sample ``b``); arrays are laid out ``(K, B, width)``. Each
-``Linear`` layer is a *site* that is perturbed in one of two ways:
+A training forward pass runs ``copies`` noisy copies of every sample. Row ``n`` of the paper's sums
+is a pair (copy ``k``, sample ``b``); arrays are laid out ``(K, B, width)``. Each ``Linear`` layer is
+a *site* perturbed in one of two ways:
 
 * ``"lr"``: noise on the layer's output, ``v = x W^T + b + sigma * eps`` (LR, Eq. 1);
 * ``"es"``: noise on the layer's weights, ``v = x (W + sigma E_k)^T + (b + sigma e_k)`` with one
   ``E_k`` per copy shared by the batch (ES).
 
 The forward pass returns the loss of every row and one *site record* per ``Linear`` layer; the
-record keeps exactly what that layer's gradient needs (its input and its noise) and computes the
-gradient from the centred losses alone: no graph, no chain rule, so layers are independent.
+record keeps exactly what that layer's gradient needs and computes the gradient from the centred
+losses alone: no graph, no chain rule, so layers are independent.
+
+**Streaming.** Rows are independent in the forward pass, so it runs over blocks of whole copies:
+floats (activations, noise) live for one block; what a record keeps is written into its slice of
+the block. With the sign approximation a record keeps only packed bits
+(:mod:`minilr.signbits`), so the floats held at once do not grow with the number of copies.
+
+**Noise.** ``eps`` comes from :mod:`minilr.noise`: the value for (layer, copy ``k``, sample ``b``,
+neuron ``i``) is a pure function of the seed and that index, so it does not depend on the block or
+chunk it is drawn in, and can be drawn again instead of stored. Antithetic noise pairs adjacent
+copies: copy ``2p + 1`` gets ``-eps`` of copy ``2p``, so any even chunk holds whole pairs.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .. import noise as _noise
 from ..backend import child
-from ..layers import Linear
+from ..layers import Activation, Linear
 from ..losses import per_sample
 
+# Floats per array in one streamed block. Sign-only records keep bits, so the transient block
+# dominates their memory and is kept small (~0.5 MB per array); float records keep everything
+# anyway, so larger blocks only save Python overhead.
+BLOCK_FLOATS_APPROX = 1 << 17
+BLOCK_FLOATS_EXACT = 1 << 21
 
-def draw_noise(rng, shape, dtype, antithetic: bool, xp):
-    """Standard normal noise of ``shape`` whose first axis is copies.
 
-    With ``antithetic`` the second half of the copies mirrors the first (``+eps, -eps``), so copy
-    ``k`` and copy ``k + K/2`` form a pair.
+def noise_keys(ss, n_sites):
+    """One :class:`~minilr.noise.NoiseKey` per noise site, from child streams of ``ss``."""
+    return [_noise.key_from_seed(child(ss, j)) for j in range(n_sites)]
+
+
+def draw_noise(key, k0, k1, per_copy, antithetic, xp):
+    """Noise for copies ``k0 .. k1 - 1``, shape ``(k1 - k0, per_copy)``, float32.
+
+    Copy ``k`` holds counters ``k * per_copy ...``. With ``antithetic`` the odd copy ``2p + 1`` is
+    the negative of copy ``2p`` (``k0`` is even then).
     """
     if not antithetic:
-        return rng.standard_normal(shape, dtype=dtype)
-    half = rng.standard_normal((shape[0] // 2,) + tuple(shape[1:]), dtype=dtype)
-    return xp.concatenate([half, -half], axis=0)
+        return _noise.normal(key, (k1 - k0, per_copy), start=k0 * per_copy, xp=xp)
+    half = _noise.normal(key, ((k1 - k0 + 1) // 2, per_copy), start=(k0 // 2) * per_copy, xp=xp)
+    out = xp.empty((k1 - k0, per_copy), dtype=np.float32)
+    out[0::2] = half
+    xp.negative(half[: (k1 - k0) // 2], out=out[1::2])
+    return out
 
 
 def centred_losses(L, antithetic: bool, baseline: bool, xp):
@@ -36,9 +63,9 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
 
     The baseline of copy ``k`` of sample ``b`` is the mean loss of the *other* copies of ``b``
     that are independent of copy ``k``'s noise: all other copies, or, with antithetic noise, all
-    copies outside ``k``'s mirrored pair. Since it does not depend on ``k``'s noise and the score
-    (``eps / sigma`` and friends) has mean zero, subtracting it changes no expectation, only the
-    variance. With too few copies to leave any out, no baseline is used.
+    copies outside ``k``'s mirrored pair (``2p, 2p + 1``). Since it does not depend on ``k``'s noise
+    and the score (``eps / sigma`` and friends) has mean zero, subtracting it changes no
+    expectation, only the variance. With too few copies to leave any out, no baseline is used.
     """
     K = L.shape[0]
     group = 2 if antithetic else 1
@@ -46,31 +73,55 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
         return L
     own = L
     if antithetic:
-        pair = L[: K // 2] + L[K // 2:]
-        own = xp.concatenate([pair, pair], axis=0)
+        pair = L[0::2] + L[1::2]
+        own = xp.repeat(pair, 2, axis=0)
     return L - (L.sum(axis=0, keepdims=True) - own) / (K - group)
 
 
-def noisy_forward(model, x, y, copies, modes, approx, ss, loss, antithetic, bk, lr_site, es_site):
-    """Run ``copies`` noisy copies of the batch ``x``; return per-row losses (K, B) and site records.
-
-    ``modes[j]`` says how the ``j``-th Linear layer is perturbed (``"lr"`` or ``"es"``) and
-    ``approx`` whether its record keeps only signs. The first layer's input is the same for all
-    copies, so it is kept once, shape (B, d), and never repeated K times.
-    """
-    xp = bk.xp
-    dtype = model.dtype
-    h = x  # (B, d): shared by all copies until the first noise site
-    sites = []
+def block_copies(model, B, copies, modes, approx):
+    """Copies per streamed block: a multiple of 8 (whole bytes of packed rows), at least 8."""
+    budget = BLOCK_FLOATS_APPROX if approx else BLOCK_FLOATS_EXACT
+    per_copy = 1
     j = 0
     for layer in model.layers:
-        if not isinstance(layer, Linear):
-            h = layer.forward(h, xp)
-            continue
+        if isinstance(layer, Linear):
+            m, d = layer.out_features, layer.in_features
+            per_copy = max(per_copy, B * max(m, d), m * (d + 1) if modes[j] == "es" else 0)
+            j += 1
+    kb = max(8, (budget // per_copy) // 8 * 8)
+    return min(kb, -(-copies // 8) * 8)
+
+
+def noisy_forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic, bk, site_classes):
+    """Run copies ``k0 .. k0 + copies - 1`` of the batch ``x``; return losses (K, B) and site records.
+
+    ``modes[j]`` says how the ``j``-th Linear layer is perturbed (``"lr"`` or ``"es"``),
+    ``approx`` whether its record keeps only signs, ``keys[j]`` its noise stream. The first layer's
+    input is the same for all copies, so it is kept once, shape (B, d), and never repeated K times.
+    """
+    xp = bk.xp
+    B = x.shape[0]
+    lin = [(i, l) for i, l in enumerate(model.layers) if isinstance(l, Linear)]
+    sites = []
+    nonneg = False  # is the input of the next Linear layer never negative?
+    for j, (i, layer) in enumerate(lin):
+        prev = model.layers[i - 1] if i > 0 else None
+        nonneg = isinstance(prev, Activation) and prev.nonneg
         W, b, sigma = bk.asarray(layer.weight), bk.asarray(layer.bias), bk.asarray(layer.sigma)
-        rng = bk.generator(child(ss, j))
-        site_cls = lr_site if modes[j] == "lr" else es_site
-        h, site = site_cls.forward(h, W, b, sigma, copies, rng, dtype, antithetic, approx, xp)
-        sites.append(site)
-        j += 1
-    return per_sample(loss, h, y, xp), sites
+        sites.append(site_classes[modes[j]](W, b, sigma, layer.learn_sigma, copies, B, k0, keys[j],
+                                            antithetic, approx, nonneg, j == 0, xp))
+    L = xp.empty((copies, B), dtype=model.dtype)
+    kb = block_copies(model, B, copies, modes, approx)
+    for c0 in range(0, copies, kb):
+        c1 = min(copies, c0 + kb)
+        h = x  # (B, d): shared by all copies until the first noise site
+        j = 0
+        for layer in model.layers:
+            if isinstance(layer, Linear):
+                h = sites[j].forward_block(h, c0, c1)
+                j += 1
+            else:
+                h = layer.forward(h, xp)
+        L[c0:c1] = per_sample(loss, h, y, xp)
+        del h
+    return L, sites

@@ -8,46 +8,71 @@ With ``Lk = sum_b L_{k,b}`` (centred)::
     both: g_sigma[i] = sum_k Lk * (sum_j E_k[i, j]^2 + e_k[i]^2 - (d + 1)) / sigma_i
 
 (the last is the score of ``N(W_i, sigma_i^2 I)`` over the ``d + 1`` numbers of neuron ``i``).
+``E_k`` and ``e_k`` are drawn together as ``(m, d + 1)`` numbers per copy. ES keeps them as floats;
+AES keeps ``sign`` in 1 bit packed along the copies; the per-copy sigma score ``(K, m)`` is kept
+only when sigma is learned.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .. import signbits
 from .base import draw_noise
 
 
 class ESSite:
-    """What one ES-perturbed layer keeps: its weight and bias noise."""
+    """One ES-perturbed layer: its weight and bias noise, per copy."""
 
-    def __init__(self, E, e, sigma, approx, xp):
-        self.sigma = sigma
-        self.approx = approx
-        d = E.shape[-1]
-        self.score_sigma = (E * E).sum(axis=-1) + e * e - (d + 1)  # (K, m)
-        self.E, self.e = (xp.sign(E), xp.sign(e)) if approx else (E, e)
-        self.xp = xp
-
-    @classmethod
-    def forward(cls, h, W, b, sigma, copies, rng, dtype, antithetic, approx, xp):
+    def __init__(self, W, b, sigma, learn_sigma, copies, B, k0, key, antithetic, approx, nonneg,
+                 first, xp):
         m, d = W.shape
-        E = draw_noise(rng, (copies, m, d), dtype, antithetic, xp)
-        e = draw_noise(rng, (copies, m), dtype, antithetic, xp)
+        self.W, self.b, self.sigma = W, b, sigma
+        self.learn_sigma, self.approx = learn_sigma, approx
+        self.copies, self.B, self.k0, self.key, self.antithetic = copies, B, k0, key, antithetic
+        self.xp, self.dtype = xp, W.dtype
+        if approx:
+            self.bits = signbits._empty("pm1", copies, m * (d + 1), xp)
+        else:
+            self.E = xp.empty((copies, m, d + 1), dtype=self.dtype)
+        self.score = xp.empty((copies, m), dtype=self.dtype) if learn_sigma else None
+
+    def forward_block(self, h, c0, c1):
+        xp = self.xp
+        m, d = self.W.shape
+        kb = c1 - c0
+        Eb = draw_noise(self.key, self.k0 + c0, self.k0 + c1, m * (d + 1), self.antithetic, xp)
+        Eb = Eb.reshape(kb, m, d + 1).astype(self.dtype, copy=False)
+        E, e = Eb[..., :d], Eb[..., d]
         if h.ndim == 2:  # shared input (B, d): one GEMM for all copies
-            B = h.shape[0]
-            pert = (h @ E.reshape(copies * m, d).T).reshape(B, copies, m).transpose(1, 0, 2)
-            v = (h @ W.T + b)[None] + sigma * (pert + e[:, None, :])
-        else:  # (K, B, d): one small GEMM per copy
-            v = h @ W.T + b + sigma * (xp.matmul(h, E.transpose(0, 2, 1)) + e[:, None, :])
-        return v, cls(E, e, sigma, approx, xp)
+            pert = (h @ E.reshape(kb * m, d).T).reshape(self.B, kb, m).transpose(1, 0, 2)
+            v = (h @ self.W.T + self.b)[None] + self.sigma * (pert + e[:, None, :])
+        else:  # (kb, B, d): one small GEMM per copy
+            v = h @ self.W.T + self.b + self.sigma * (xp.matmul(h, E.transpose(0, 2, 1)) + e[:, None, :])
+        if self.learn_sigma:
+            self.score[c0:c1] = (Eb * Eb).sum(axis=-1) - (d + 1)
+        if self.approx:
+            signbits.pack(Eb.reshape(kb, -1), "pm1", out=self.bits, row0=c0, xp=xp)
+        else:
+            self.E[c0:c1] = Eb
+        return v
 
     def gradient(self, Lc):
         xp = self.xp
+        m, d = self.W.shape
         Lk = Lc.sum(axis=1)  # (K,)
-        gW = xp.tensordot(Lk, self.E, axes=1)
-        gb = Lk @ self.e
-        if not self.approx:
-            gW = gW / self.sigma[:, None]
-            gb = gb / self.sigma
-        gs = (Lk @ self.score_sigma) / self.sigma
-        return {"weight": gW, "bias": gb, "sigma": gs}
+        if self.approx:
+            g = xp.zeros(m * (d + 1), dtype=self.dtype)
+            step = max(8, (signbits.BLOCK_ROWS * 256 // (m * (d + 1))) // 8 * 8)
+            for c0 in range(0, self.copies, step):
+                c1 = min(self.copies, c0 + step)
+                g += Lk[c0:c1] @ signbits.unpack(self.bits, "pm1", c0, c1, dtype=self.dtype, xp=xp)
+            g = g.reshape(m, d + 1)
+        else:
+            g = xp.tensordot(Lk, self.E, axes=1) / self.sigma[:, None]
+        out = {"weight": xp.ascontiguousarray(g[:, :d]), "bias": xp.ascontiguousarray(g[:, d])}
+        if self.learn_sigma:
+            out["sigma"] = (Lk @ self.score) / self.sigma
+        return out
 
 
 class ES:
