@@ -27,26 +27,30 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an MLP and print the test accuracy",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--data", default="digits", choices=[n for n in datasets.NAMES])
+    t.add_argument("--data", default="digits", choices=list(datasets.NAMES), help="data set")
     t.add_argument("--data-root", default=None,
                    help="folder with the local files (mnist, fashion-mnist: IDX; cifar10: python batches)")
-    t.add_argument("--hidden", default=[64], type=_widths, help="hidden widths, comma-separated (e.g. 128,64)")
-    t.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
+    t.add_argument("--hidden", default="64", type=_widths, help="hidden widths, comma-separated (e.g. 128,64)")
+    t.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation")
     t.add_argument("--sigma", type=float, default=0.1, help="noise scale of every neuron")
     t.add_argument("--learn-sigma", action="store_true", help="train sigma too")
-    t.add_argument("--estimator", default="alr", choices=ESTIMATORS)
-    t.add_argument("--copies", type=int, default=100)
+    t.add_argument("--estimator", default="alr", choices=ESTIMATORS, help="gradient estimator (bp: exact)")
+    t.add_argument("--copies", type=int, default=100, help="noisy copies K per sample")
     t.add_argument("--chunk", type=int, default=None, help="copies processed at a time (memory)")
     t.add_argument("--antithetic", action="store_true", help="mirrored noise pairs")
     t.add_argument("--no-baseline", action="store_true", help="do not subtract the loss baseline")
     t.add_argument("--es-layers", type=int, default=2, help="ES layers in the hybrids")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=50)
-    t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    t.add_argument("--lr", type=float, default=1e-2)
-    t.add_argument("--schedule", default="constant", choices=["constant", "robbins-monro"])
-    t.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=20, help="passes over the training data (env MINILR_EPOCHS overrides)")
+    t.add_argument("--batch-size", type=int, default=50, help="samples per step")
+    t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="update rule")
+    t.add_argument("--lr", type=float, default=1e-2, help="learning rate")
+    t.add_argument("--momentum", type=float, default=0.9, help="momentum of --optimizer momentum")
+    t.add_argument("--schedule", default="constant", choices=["constant", "robbins-monro"], help="step sizes")
+    t.add_argument("--sigma-min", type=float, default=1e-3, help="projection (Eq. 4): smallest sigma")
+    t.add_argument("--sigma-max", type=float, default=10.0, help="projection (Eq. 4): largest sigma")
+    t.add_argument("--weight-bound", type=float, default=None, help="projection (Eq. 4): |w| <= this")
+    t.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="cupy runs on a GPU")
+    t.add_argument("--seed", type=int, default=0, help="seed of weights, noise and batches")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -96,7 +100,8 @@ def _train(args, epochs) -> int:
               epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
               backend=args.backend, seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(),
               baseline=not args.no_baseline, antithetic=args.antithetic, chunk=args.chunk,
-              es_layers=args.es_layers, schedule=args.schedule, callback=report)
+              es_layers=args.es_layers, schedule=args.schedule, momentum=args.momentum,
+              sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound, callback=report)
     print(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
     return 0
 
