@@ -1,14 +1,32 @@
-"""Shared hypothesis strategies for minilr's property tests (the minitorch habit).
+"""Shared hypothesis strategies for the property tests (sign bits, noise).
 
-Append new strategies at the end; keep each one small and documented.
+Sizes are drawn so that rows and widths not divisible by 8 or 64 (the byte and word sizes of the
+packing) come up often, next to exact multiples.
 """
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
 
-import minilr
-from minilr.estimators import NAMES as ESTIMATORS
+# small sizes, and sizes just around 8 and 64 where byte / word edges are
+rows = st.one_of(st.integers(1, 20), st.sampled_from([7, 8, 9, 63, 64, 65, 127, 129, 200]))
+widths = st.one_of(st.integers(1, 12), st.sampled_from([31, 64, 65, 70]))
+kinds = st.sampled_from(["pm1", "01", "sign"])
+seeds = st.integers(0, 2**32 - 1)
+
+
+def signed_array(seed, shape, zeros=0.3):
+    """Float32 values with exact zeros (both +0.0 and -0.0) mixed in, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape).astype(np.float32)
+    z = rng.random(shape) < zeros
+    a[z] = np.where(rng.random(shape) < 0.5, np.float32(0.0), np.float32(-0.0))[z]
+    return a
+
+
+# -- models and batches for the estimator properties (tests/test_properties.py) ------------------
+import minilr  # noqa: E402
+from minilr.estimators import NAMES as ESTIMATORS  # noqa: E402
 
 #: every estimator name, "bp" (the exact reference) included
 estimators = st.sampled_from(ESTIMATORS)
@@ -18,7 +36,6 @@ noisy_estimators = st.sampled_from([e for e in ESTIMATORS if e != "bp"])
 smooth_activations = st.sampled_from(["relu", "tanh", "sigmoid", "identity"])
 activations = st.sampled_from(["relu", "tanh", "sigmoid", "identity", "step"])
 sigmas = st.floats(0.05, 1.0)
-seeds = st.integers(0, 2**32 - 1)
 
 
 @st.composite

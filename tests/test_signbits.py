@@ -1,0 +1,195 @@
+"""Sign packing (minilr.signbits): the Numba and CUDA kernels against the np.packbits reference.
+
+Every comparison is exact: packing is bit-for-bit, and the packed gradient is exact whenever the
+losses are small integers (every partial sum is then an integer below 2^24, which float32 holds
+exactly, so no summation order can change it).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minilr
+from minilr import signbits as sb
+
+from strategies import kinds, rows, seeds, signed_array, widths
+
+EXPECT = {  # value read back for inputs (+x, +0.0, -0.0, -x)
+    "pm1": (1, 1, -1, -1),
+    "01": (1, 0, 0, 0),
+    "sign": (1, 0, 0, -1),
+}
+
+
+def test_codes_read_back_as_documented():
+    a = np.array([[2.5], [0.0], [-0.0], [-1.0]], np.float32)
+    for kind, want in EXPECT.items():
+        assert sb.unpack(sb.pack(a, kind), kind, 0, 4)[:, 0].tolist() == list(want)
+
+
+@settings(deadline=None, max_examples=60)
+@given(seeds, rows, widths, kinds)
+def test_pack_equals_reference_and_round_trips(seed, n, w, kind):
+    a = signed_array(seed, (n, w))
+    p = sb.pack(a, kind)
+    ref = sb.pack_reference(a, kind)
+    assert p.dtype == np.uint8 and p.shape == ref.shape
+    np.testing.assert_array_equal(p, ref)
+    back = sb.unpack(p, kind, 0, n)
+    np.testing.assert_array_equal(back, sb.unpack_reference(ref, kind, n))
+    want = {"pm1": np.where(np.signbit(a), -1, 1), "01": (a > 0) * 1, "sign": np.sign(a)}[kind]
+    np.testing.assert_array_equal(back, want.astype(np.float32))
+
+
+@settings(deadline=None, max_examples=40)
+@given(seeds, st.integers(1, 12), st.integers(1, 30), widths, kinds)
+def test_streamed_blocks_pack_like_one_call(seed, blocks8, n, w, kind):
+    """Packing rows block by block (blocks of a multiple of 8 rows, the last one ragged)."""
+    a = signed_array(seed, (n, w))
+    out = sb._empty(kind, n, w, np)
+    step = 8 * blocks8
+    for r0 in range(0, n, step):
+        sb.pack(a[r0:r0 + step], kind, out=out, row0=r0)
+    np.testing.assert_array_equal(out, sb.pack_reference(a, kind))
+
+
+@settings(deadline=None, max_examples=40)
+@given(seeds, rows, widths, kinds, st.integers(0, 3))
+def test_unpack_of_a_row_range_with_scale(seed, n, w, kind, start8):
+    a = signed_array(seed, (n, w))
+    p = sb.pack(a, kind)
+    r0 = min(8 * start8, (n - 1) // 8 * 8)
+    scale = np.random.default_rng(seed).standard_normal(n - r0).astype(np.float32)
+    got = sb.unpack(p, kind, r0, n, scale=scale)
+    np.testing.assert_array_equal(got, scale[:, None] * sb.unpack_reference(p, kind, n)[r0:])
+
+
+@settings(deadline=None, max_examples=60)
+@given(seeds, rows, widths, widths, kinds, kinds, st.sampled_from([8, 16, 24, 1024]))
+def test_packed_gradient_equals_reference_exactly(seed, n, m, d, s_kind, t_kind, block):
+    rng = np.random.default_rng(seed)
+    s = sb.pack(signed_array(seed, (n, m)), s_kind)
+    t = sb.pack(signed_array(seed + 1, (n, d)), t_kind)
+    L = rng.integers(-1000, 1001, n).astype(np.float32)  # |partial sums| < 2^24: exact in float32
+    G, g = sb.packed_gradient(L, s, s_kind, t, t_kind, n, block_rows=block)
+    ref = sb.packed_gradient_reference(L, s, s_kind, t, t_kind, n)
+    np.testing.assert_array_equal(G, ref.astype(np.float32))
+    np.testing.assert_array_equal(g, (L[:, None] * sb.unpack_reference(s, s_kind, n)).sum(axis=0))
+
+
+def test_packed_gradient_real_losses_float64():
+    """Real-valued losses: float64 accumulation agrees with the reference to rounding."""
+    rng = np.random.default_rng(3)
+    n, m, d = 1003, 37, 70
+    s = sb.pack(rng.standard_normal((n, m)), "pm1")
+    t = sb.pack(np.maximum(rng.standard_normal((n, d)), 0), "01")
+    L = rng.standard_normal(n)
+    G, _ = sb.packed_gradient(L, s, "pm1", t, "01", n, dtype=np.float64)
+    np.testing.assert_allclose(G, sb.packed_gradient_reference(L, s, "pm1", t, "01", n), rtol=0, atol=1e-11)
+
+
+def test_misaligned_rows_and_unknown_kind_raise():
+    a = np.ones((16, 3), np.float32)
+    with pytest.raises(ValueError, match="row0"):
+        sb.pack(a, "pm1", out=sb._empty("pm1", 32, 3, np), row0=4)
+    with pytest.raises(ValueError, match="r0"):
+        sb.unpack(sb.pack(a, "pm1"), "pm1", 3, 16)
+    with pytest.raises(ValueError, match="kind"):
+        sb.pack(a, "int8")
+
+
+def test_alr_records_keep_only_bits():
+    """After an ALR forward pass no site keeps a float array that grows with the copies."""
+    from minilr.backend import get_backend, seed_sequence
+    from minilr.estimators import SITES
+    from minilr.estimators.base import noise_keys, noisy_forward
+
+    model = minilr.MLP([6, 9, 7, 3], seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1])
+    bk = get_backend("numpy")
+    for modes in (["lr"] * 3, ["es", "lr", "lr"]):
+        L, sites = noisy_forward(model, x, y, 0, 40, modes, True, noise_keys(seed_sequence(0), 3),
+                                 "cross_entropy", False, bk, SITES)
+        for site in sites:
+            for name, v in vars(site).items():
+                if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                    assert 40 not in v.shape, (type(site).__name__, name, v.shape)
+        assert sites[1].t.shape == (25, 9)  # ReLU input: 1 bit per row, 200 rows
+
+
+CUDASIM_SCRIPT = textwrap.dedent("""
+    import warnings
+    import numpy as np
+    warnings.simplefilter("ignore")  # the simulator runs uint64 hashing in NumPy scalars
+    from minilr import _cuda_kernels as ck, noise, signbits as sb
+    rng = np.random.default_rng(0)
+    for n, w in [(1, 1), (13, 5), (64, 3), (70, 9)]:
+        for kind in sb.KINDS:
+            a = rng.standard_normal((n, w)).astype(np.float32)
+            a[rng.random(a.shape) < 0.3] = 0.0
+            a[0, 0] = -0.0
+            ref = sb.pack_reference(a, kind)
+            planes = np.zeros((2, sb.packed_rows(n) + 1, w), np.uint8)
+            ck.pack(a, planes, sb._CODES[kind], 1)  # at byte row 1, as a streamed block would
+            got = planes[:, 1:] if kind == "sign" else planes[0, 1:]
+            assert np.array_equal(got, ref), (n, w, kind)
+            scale = rng.standard_normal(n).astype(np.float32)
+            r0 = 8 if n > 8 else 0
+            out = np.empty((n - r0, w), np.float32)
+            ck.unpack(sb._planes(ref, kind), sb._CODES[kind], r0, n, scale[r0:], out)
+            assert np.array_equal(out, scale[r0:, None] * sb.unpack_reference(ref, kind, n)[r0:])
+    key = noise.key_from_seed(np.random.SeedSequence(7))
+    out = np.empty(41, np.float32)
+    ck.fill_normal(out, key.k1, key.gamma, np.uint64(3))
+    assert np.array_equal(out, noise.normal(key, (41,), start=3))
+    print("CUDASIM-OK")
+""")
+
+
+def test_cuda_kernels_in_numba_simulator():
+    """The numba.cuda kernels' logic, run by Numba's CUDA simulator on the CPU (no GPU needed)."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", CUDASIM_SCRIPT], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and "CUDASIM-OK" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not minilr.cupy_available(), reason="needs CuPy and a CUDA GPU")
+def test_gpu_kernels_match_reference():
+    import cupy as cp
+
+    rng = np.random.default_rng(1)
+    n, m, d = 1003, 70, 33
+    a = signed_array(1, (n, m))
+    for kind in sb.KINDS:
+        p = sb.pack(cp.asarray(a), kind, xp=cp)
+        np.testing.assert_array_equal(cp.asnumpy(p), sb.pack_reference(a, kind))
+    s = sb.pack(cp.asarray(a), "pm1", xp=cp)
+    t = sb.pack(cp.asarray(signed_array(2, (n, d))), "sign", xp=cp)
+    L = rng.integers(-1000, 1001, n).astype(np.float32)
+    G, _ = sb.packed_gradient(cp.asarray(L), s, "pm1", t, "sign", n, xp=cp)
+    ref = sb.packed_gradient_reference(L, cp.asnumpy(s), "pm1", cp.asnumpy(t), "sign", n)
+    np.testing.assert_array_equal(cp.asnumpy(G), ref.astype(np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not minilr.cupy_available(), reason="needs CuPy and a CUDA GPU")
+def test_gpu_estimates_are_deterministic_and_close_to_cpu_noise():
+    model = minilr.MLP([8, 16, 3], seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    for est in ("lr", "alr", "aes", "a-hybrid"):
+        g1 = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, backend="cupy")
+        g2 = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, backend="cupy")
+        for k in g1:
+            np.testing.assert_array_equal(g1[k], g2[k])
