@@ -154,7 +154,7 @@ def cosine_vs_copies(copies, cosines, path=None, ax=None, title=None, ylabel="co
 
 
 def trajectories(paths, fn=None, extent=None, start=None, optimum=None, levels: int = 30, path=None,
-                 title=None, log_levels: bool = True):
+                 title=None, log_levels: bool = True, ax=None):
     """Optimisation paths in the plane over the contours of ``fn`` (paper Fig. 6).
 
     Parameters
@@ -166,6 +166,8 @@ def trajectories(paths, fn=None, extent=None, start=None, optimum=None, levels: 
         Defaults to the paths' bounding box with a margin.
     start, optimum : (x, y), optional
         Marked with a black dot and a star.
+    ax : matplotlib Axes, optional
+        Draw into this axes (of an existing figure) instead of a new figure.
     """
     if not isinstance(paths, dict) or not paths:
         raise TypeError("paths must be a non-empty dict {label: (steps, 2) array}")
@@ -180,7 +182,10 @@ def trajectories(paths, fn=None, extent=None, start=None, optimum=None, levels: 
         lo, hi = allp.min(axis=0), allp.max(axis=0)
         pad = 0.1 * np.maximum(hi - lo, 1e-3)
         extent = (lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1])
-    fig, ax = new_figure(width=5.6, height=4.4)
+    if ax is None:
+        fig, ax = new_figure(width=5.6, height=4.4)
+    else:
+        fig = ax.figure
     if fn is not None:
         X, Y = np.meshgrid(np.linspace(extent[0], extent[1], 300), np.linspace(extent[2], extent[3], 300))
         Z = np.asarray(fn(X, Y), dtype=float)
