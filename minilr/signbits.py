@@ -20,14 +20,14 @@ value.
 The gradient ``G[i, j] = sum_n L_n s_i(n) t_j(n)`` (:func:`packed_gradient`) is formed by
 **unpack-then-BLAS**: a block of rows is unpacked into float32 ``L_n s_i(n)`` and ``t_j(n)`` and
 multiplied by sgemm; only one block of floats exists at a time. Measured here
-(``python benchmarks/packed_gradient.py``, 2 cores, rows 20000, 256 x 256): unpack-then-BLAS
-~12 ms; an exact byte-table ("four Russians") kernel that sums ``L`` over the set bits of
-``s_byte & t_byte`` ~25x slower; a per-row rank-1 update in Numba ~10x slower. A bit-sliced
-popcount GEMM would only be exact for integer ``L``: real losses must first be quantised into
-bit planes (one popcount GEMM per plane), which changes the estimator, and even with 8 planes it
-moves ``8 * rows * m * d / 64`` popcounts through scalar code against sgemm's ~100+ GFLOP/s. sgemm
-wins because the arithmetic is tiny next to what BLAS sustains; the bits pay for themselves in
-memory, not in flops.
+(``python benchmarks/packed_gradient.py``: rows 20000, 256 x 256, one OpenBLAS thread, all
+three exact on integer losses): unpack-then-BLAS 22 ms; an exact byte-table ("four Russians")
+kernel that sums ``L`` over the set bits of ``s_byte & t_byte`` 247 ms (11x); a per-row rank-1
+update in Numba 2.8 s (130x). A bit-sliced popcount GEMM is exact only for integer ``L``: real
+losses would first be quantised into bit planes (one popcount GEMM per plane), which changes the
+estimator, and even 8 planes move ``8 * rows * m * d / 64`` popcounts against sgemm's ~120 GFLOP/s
+per core. sgemm wins because the arithmetic is small next to what BLAS sustains; the bits pay for
+themselves in memory, not in flops.
 
 Three implementations share one contract and one test suite: ``*_reference`` (``np.packbits``,
 for checking), Numba on the CPU (``cache=True``; serial, see below) and ``numba.cuda`` kernels for
