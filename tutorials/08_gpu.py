@@ -116,7 +116,7 @@ if GPU:
         print(f"{est}: GPU speed-up at K={COPIES[-1]}: "
               f"{timings[f'{est}, numpy'][-1] / timings[f'{est}, cupy'][-1]:.1f}x")
 fig = plots.cosine_vs_copies(COPIES, timings, ylabel="seconds per gradient",
-                             title="MLP 64-256-256-10, batch 50" + ("" if GPU else " (no GPU here: CPU only)"))
+                             title="MLP 64-256-256-10, batch 50" + ("" if GPU else "\n(no GPU here: CPU only)"))
 fig.axes[0].set_yscale("log")
 plots.save(fig, FIG / "08_time_per_gradient.png")
 fig
