@@ -86,7 +86,8 @@ def block_copies(model, B, copies, modes, approx):
     for layer in model.layers:
         if isinstance(layer, Linear):
             m, d = layer.out_features, layer.in_features
-            per_copy = max(per_copy, B * max(m, d), m * (d + 1) if modes[j] == "es" else 0)
+            # an LR site's first input is the shared batch: only its output grows with copies
+            per_copy = max(per_copy, B * max(m, d if j else 0), m * (d + 1) if modes[j] == "es" else 0)
             j += 1
     kb = max(8, (budget // per_copy) // 8 * 8)
     return min(kb, -(-copies // 8) * 8)

@@ -13,7 +13,7 @@ The sums are divided by the number of rows by the caller. Each weight sum is one
 
 What a record keeps between the forward pass and the gradient:
 
-* LR: float ``x`` and ``eps`` (the product needs their values).
+* LR: float ``x`` and ``eps`` (the product needs their values), as the forward pass's blocks.
 * ALR: only bits, packed along the rows: ``sign(eps)`` in 1 bit, ``sign(x)`` in 1 bit when the
   input is a ReLU-like output (never negative) or 2 bits otherwise. The exact sigma score needs
   ``|eps|``: when sigma is learned the gradient *regenerates* ``eps`` from its counter-based seed
@@ -45,8 +45,8 @@ class LRSite:
             self.s = signbits._empty("pm1", rows, m, xp)
             self.t = None if first else signbits._empty(self.x_kind, rows, d, xp)
         else:
-            self.eps = xp.empty((copies, B, m), dtype=self.dtype)
-            self.x = None if first else xp.empty((copies, B, d), dtype=self.dtype)
+            # float records: the blocks themselves, kept as drawn (no copy into one big array)
+            self.eps_blocks, self.x_blocks = [], []
 
     def _noise(self, c0, c1):
         m = self.W.shape[0]
@@ -68,14 +68,18 @@ class LRSite:
             if self.approx:
                 signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B, xp=xp)
             else:
-                self.x[c0:c1] = h
+                self.x_blocks.append(h)
         if self.approx:
             signbits.pack(eps.reshape(-1, m), "pm1", out=self.s, row0=c0 * self.B, xp=xp)
+            eps *= self.sigma
+            eps += v
+            return eps
+        self.eps_blocks.append(eps)
+        if v.ndim == 2:
+            v = xp.broadcast_to(v, eps.shape) + self.sigma * eps
         else:
-            self.eps[c0:c1] = eps
-        eps *= self.sigma
-        eps += v
-        return eps
+            v += self.sigma * eps
+        return v
 
     def gradient(self, Lc):
         """Unnormalised sums over rows for weight, bias (and sigma if learned); ``Lc`` is (K, B)."""
@@ -96,12 +100,17 @@ class LRSite:
             gW, gb = signbits.packed_gradient(Lc, self.s, "pm1", self.t, self.x_kind, K * B,
                                               dtype=self.dtype, xp=xp)
         else:
-            w = Lc[..., None] * self.eps  # (K, B, m)
-            if self.first:
-                gW = w.sum(axis=0).T @ self.x_shared
-            else:
-                gW = w.reshape(-1, m).T @ self.x.reshape(-1, self.x.shape[-1])
-            gb = w.sum(axis=(0, 1))
+            gW, gb, c0 = 0, 0, 0
+            for j, eps in enumerate(self.eps_blocks):
+                c1 = c0 + eps.shape[0]
+                w = Lc[c0:c1, :, None] * eps  # (kb, B, m)
+                if self.first:
+                    gW = gW + w.sum(axis=0).T @ self.x_shared
+                else:
+                    x = self.x_blocks[j]
+                    gW = gW + w.reshape(-1, m).T @ x.reshape(-1, x.shape[-1])
+                gb = gb + w.sum(axis=(0, 1))
+                c0 = c1
             gW = gW / self.sigma[:, None]
             gb = gb / self.sigma
         out = {"weight": gW, "bias": gb}
@@ -112,7 +121,12 @@ class LRSite:
     def _sigma_sum(self, Lc):
         """``sum_n L_n (eps_n^2 - 1)``; ALR draws ``eps`` again, block by block, from its seed."""
         if not self.approx:
-            return (Lc[..., None] * (self.eps * self.eps - 1)).sum(axis=(0, 1))
+            total, c0 = 0, 0
+            for eps in self.eps_blocks:
+                c1 = c0 + eps.shape[0]
+                total = total + (Lc[c0:c1, :, None] * (eps * eps - 1)).sum(axis=(0, 1))
+                c0 = c1
+            return total
         total = self.xp.zeros(self.W.shape[0], dtype=self.dtype)
         step = max(8, (signbits.BLOCK_ROWS // self.B) // 8 * 8)
         for c0 in range(0, self.copies, step):
