@@ -118,6 +118,9 @@ def make_optimizer(name, lr, schedule="constant", momentum=0.9, decay_steps=1000
     if isinstance(lr, (int, float)) and not math.isfinite(lr):
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
     _v.choice(schedule, "schedule", ("constant", "robbins-monro"))
+    momentum = _v.positive_float(momentum, "momentum", allow_zero=True)  # checked whatever the optimizer
+    if momentum >= 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     sched = constant(lr) if schedule == "constant" else robbins_monro(lr, decay_steps)
     if name == "adam":
         return Adam(schedule=sched)
