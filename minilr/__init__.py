@@ -17,3 +17,12 @@ __all__ = [
     "Backend", "get_backend", "cupy_available",
     "datasets", "losses", "metrics", "optim", "reference",
 ]
+
+
+def __getattr__(name):
+    # ``minilr.plots`` imports matplotlib, which costs ~0.3 s: load it on first use only.
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module 'minilr' has no attribute {name!r}")
