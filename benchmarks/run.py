@@ -146,7 +146,7 @@ def cpu_benchmarks(R):
                        "2": ("minilr_step", dict(env={"MINILR_NOISE_THREADS": "2"}, est="lr")),
                        "ob1": ("minilr_step", dict(env={"OPENBLAS_NUM_THREADS": "1"}, est="lr"))})
     t1, t2, ob1 = (median([r["seconds"] for r in th[k]]) for k in ("1", "2", "ob1"))
-    rows.append(("LR step: noise on 1 thread / 2 threads (OpenBLAS default threads)",
+    rows.append(("LR step: minilr noise on 1 thread / 2 threads (OpenBLAS threads as run)",
                  f"{t1 / t2:.2f}x ({1e3 * t1:.1f} vs {1e3 * t2:.1f} ms); with OPENBLAS_NUM_THREADS=1: {1e3 * ob1:.1f} ms", "-", "-"))
     prof = work("profile")["top"]
     print(rows[-1], flush=True)
@@ -160,10 +160,19 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--gpu", action="store_true", help="also CuPy vs NumPy and PyTorch-CUDA")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU comparisons (implies --gpu)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for every side (OpenBLAS, OpenMP, minilr noise, torch); default: "
+                         "each library's own choice. On a machine shared with other work, 1 keeps "
+                         "a preempted thread from stalling its partners")
     a = ap.parse_args(argv)
     R = a.rounds
+    if a.threads:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINILR_NOISE_THREADS"):
+            os.environ[var] = str(a.threads)
     t_start = time.time()
     desc = machine()
+    if a.threads:
+        desc += f"; every side limited to {a.threads} thread(s)"
     print(desc, flush=True)
     rows = []  # (what, measured, target, met)
     prof = []
@@ -191,7 +200,8 @@ def main(argv=None):
 
     lines = ["# minilr benchmarks", "",
              f"Machine: {desc}.", "",
-             f"Command: `python benchmarks/run.py --rounds {R}{' --gpu' if a.gpu else ''}` "
+             f"Command: `python benchmarks/run.py --rounds {R}{' --gpu' if a.gpu else ''}"
+             f"{f' --threads {a.threads}' if a.threads else ''}` "
              f"({time.time() - t_start:.0f} s). Each figure: median over {R} rounds of fresh "
              "processes, the two sides of a ratio alternating. MLP 784-256-256-10, ReLU, float32.", "",
              "| measurement | result | target | met |", "|---|---|---|---|"]

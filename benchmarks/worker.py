@@ -56,6 +56,8 @@ def torch_step(K=200, B=50, reps=10, device="cpu"):
         import torch
     except ImportError:
         return {"skipped": "torch is not installed (pip install torch): PyTorch comparison skipped"}
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if device == "cuda" and not torch.cuda.is_available():
         return {"skipped": "torch sees no CUDA device"}
     import minilr
