@@ -250,7 +250,9 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
     step = 0
-    with _on_backend(model, bk), bar:
+    # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream of
+    # RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
+    with _on_backend(model, bk), bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         params = model.parameters()
         for epoch in range(epochs):
             order = np.random.default_rng(child(ss, 0, epoch)).permutation(n)
@@ -259,20 +261,16 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                 idx = order[s:s + batch_size]
                 xb = bk.asarray(x[idx], model.dtype)
                 yb = _device_targets(y[idx], loss, model, bk)
-                # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as
-                # a stream of RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    grads, mean_loss = _gradient(model, xb, yb, estimator, copies, child(ss, 1, step), loss,
-                                                 baseline, antithetic, chunk, es_layers, bk)
+                grads, mean_loss = _gradient(model, xb, yb, estimator, copies, child(ss, 1, step), loss,
+                                             baseline, antithetic, chunk, es_layers, bk)
                 if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                     raise TrainingDiverged(
                         f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
                         f"{epoch + 1}, step {step + 1}; training stopped and the model keeps the "
                         f"parameters from before this step. Try a smaller lr (got {lr}) or sigma.", history)
                 backup = {k: p.copy() for k, p in params.items()}
-                with np.errstate(over="ignore", invalid="ignore"):
-                    opt.step(params, grads)
-                    project(params, bk.xp)
+                opt.step(params, grads)
+                project(params, bk.xp)
                 if not all(bool(bk.xp.isfinite(p).all()) for p in params.values()):
                     for k, p in params.items():
                         p[...] = backup[k]
