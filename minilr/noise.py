@@ -195,11 +195,6 @@ def _fill_range(out, lo, hi, k1, gamma, start):
         out[t] = _normal_at(k1, gamma, start + _U64(t))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fill_serial(out, k1, gamma, start):
-    _fill_range(out, 0, out.size, k1, gamma, start)
-
-
 # Threads: plain Python threads running the GIL-free kernel on slices. Numba's own parallel
 # layer (OpenMP here) compiled the loop body without vectorising it (3x slower per core) and
 # leaves spinning workers behind that compete with OpenBLAS's; see benchmarks/RESULTS.md.
@@ -218,20 +213,63 @@ def threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _fill_host(flat, key, start):
-    n, nt = flat.size, threads()
-    if nt == 1 or n < _PARALLEL_MIN:
-        _fill_serial(flat, key.k1, key.gamma, _U64(start))
-        return
+def pool(nt):
+    """The shared pool of ``nt`` threads that runs GIL-free kernels on slices (noise, :mod:`minilr.kernels`)."""
     global _POOL
     if _POOL is None or _POOL._max_workers != nt:
         _POOL = ThreadPoolExecutor(nt, thread_name_prefix="minilr-noise")
-    step = -(-n // nt)
-    step += step & 1  # even slice starts keep whole pairs in one slice
-    futs = [_POOL.submit(_fill_serial, flat[lo:lo + step], key.k1, key.gamma, _U64(start + lo))
-            for lo in range(0, n, step)]
+    return _POOL
+
+
+def split(n, nt, align=1):
+    """``nt`` fixed ranges ``(lo, hi)`` covering ``0 .. n - 1``, interior bounds multiples of ``align``.
+
+    Fixed by ``n`` and ``nt`` alone, so per-range partial sums combined in range order give the
+    same bits on every run.
+    """
+    step = max(1, -(-n // nt))
+    step += -step % align
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def run_split(kernel, n, args, align=1, min_items=1, parts=None):
+    """Call ``kernel(*args, lo, hi)`` over :func:`split` ranges of ``0 .. n - 1``, on the pool.
+
+    ``parts`` ranges (default: one per thread), dealt to the threads in contiguous groups; the
+    calling thread runs the first group instead of waiting. Give ``parts`` a fixed number when
+    the kernel writes one partial sum per range: the ranges, hence the sums' bits, then do not
+    depend on the thread count. One thread when :func:`threads` is 1 or ``n < min_items``.
+    """
+    nt = threads()
+    ranges = split(n, parts or nt, align) if n >= min_items else [(0, n)]
+    if nt == 1 or len(ranges) == 1:
+        for lo, hi in ranges:
+            kernel(*args, lo, hi)
+        return ranges
+    groups = [ranges[len(ranges) * g // nt:len(ranges) * (g + 1) // nt] for g in range(nt)]
+
+    def run(group):
+        for lo, hi in group:
+            kernel(*args, lo, hi)
+
+    futs = [pool(nt).submit(run, g) for g in groups[1:] if g]
+    run(groups[0])
     for f in futs:
         f.result()
+    return ranges
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _fill_slice(out, k1, gamma, start, lo, hi):
+    # a view from 0, not (lo, hi) offsets: with a start index known to be 0 the loop vectorises
+    # (an unknown one left negative-index checks in it: 5x slower)
+    _fill_range(out[lo:hi], 0, hi - lo, k1, gamma, start + _U64(lo))
+
+
+def _fill_host(flat, key, start):
+    # even slice bounds keep whole pairs in one slice
+    run_split(_fill_slice, flat.size, (flat, key.k1, key.gamma, _U64(start)), align=2,
+              min_items=_PARALLEL_MIN)
 
 
 def fill_normal(out, key: NoiseKey, start: int = 0, xp=np):

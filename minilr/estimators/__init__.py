@@ -6,6 +6,9 @@ centred losses into its gradient.
 """
 from __future__ import annotations
 
+import contextlib
+
+from .. import kernels
 from .base import centred_losses, noise_keys, noisy_forward
 from .es import ES, ESSite
 from .hybrid import Hybrid
@@ -38,18 +41,20 @@ def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chu
     # same arrays alive: peak memory is that of one chunk plus these, whatever the copies.
     sums = {key: bk.xp.zeros_like(p) for key, p in model.parameters().items()}
     loss_sum, rows = 0.0, 0
-    for start in range(0, copies, chunk):
-        k = min(chunk, copies - start)
-        L, sites = noisy_forward(model, x, y, start, k, modes, est.approx, keys, loss, antithetic,
-                                 bk, SITES)
-        Lc = centred_losses(L, antithetic, baseline, bk.xp)
-        for i, site in zip(lin, sites):
-            for name, g in site.gradient(Lc).items():
-                key = f"{i}.{name}"
-                sums[key] += g  # in place: no second model-sized array per chunk
-        loss_sum += float(L.sum())
-        rows += L.size
-        del L, Lc, sites, site, g  # the loop variables too: the last site holds its bits
+    # the fused CPU path runs its own threads: BLAS stays on one (minilr.kernels)
+    with kernels.blas_one_thread() if est.fused(bk.xp) else contextlib.nullcontext():
+        for start in range(0, copies, chunk):
+            k = min(chunk, copies - start)
+            L, sites = noisy_forward(model, x, y, start, k, modes, est.approx, keys, loss, antithetic,
+                                     bk, SITES)
+            Lc = centred_losses(L, antithetic, baseline, bk.xp)
+            for i, site in zip(lin, sites):
+                for name, g in site.gradient(Lc).items():
+                    key = f"{i}.{name}"
+                    sums[key] += g  # in place: no second model-sized array per chunk
+            loss_sum += float(L.sum())
+            rows += L.size
+            del L, Lc, sites, site, g  # the loop variables too: the last site holds its bits
     grads = {}
     for key, value in model.parameters().items():
         grads[key] = sums[key] / rows

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from .. import noise as _noise
 from ..backend import child
 from ..layers import Activation, Linear
@@ -36,6 +37,9 @@ from ..losses import per_sample
 # anyway, so larger blocks only save Python overhead.
 BLOCK_FLOATS_APPROX = 1 << 17
 BLOCK_FLOATS_EXACT = 1 << 21
+# Blocks of a block-parallel forward pass at least (when copies allow): enough for two or four
+# threads to share evenly.
+MIN_BLOCKS = 4
 
 
 def noise_keys(ss, n_sites):
@@ -78,8 +82,14 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
     return L - (L.sum(axis=0, keepdims=True) - own) / (K - group)
 
 
-def block_copies(model, B, copies, modes, approx):
-    """Copies per streamed block: a multiple of 8 (whole bytes of packed rows), at least 8."""
+def block_copies(model, B, copies, modes, approx, balanced=False):
+    """Copies per streamed block: a multiple of 8 (whole bytes of packed rows), at least 8.
+
+    ``balanced`` (float records run block-parallel, :func:`minilr.kernels.run_blocks`): at least
+    :data:`MIN_BLOCKS` blocks of near-equal size, an even number of copies each (whole antithetic
+    pairs), so the threads get equal shares. The blocks depend on the sizes only, never on the
+    thread count, so neither do the gradient's sums.
+    """
     budget = BLOCK_FLOATS_APPROX if approx else BLOCK_FLOATS_EXACT
     per_copy = 1
     j = 0
@@ -90,6 +100,9 @@ def block_copies(model, B, copies, modes, approx):
             per_copy = max(per_copy, B * max(m, d if j else 0), m * (d + 1) if modes[j] == "es" else 0)
             j += 1
     kb = max(8, (budget // per_copy) // 8 * 8)
+    if balanced:
+        n = max(MIN_BLOCKS, -(-copies // kb))
+        return max(2, -(-copies // (2 * n)) * 2)
     return min(kb, -(-copies // 8) * 8)
 
 
@@ -112,17 +125,30 @@ def noisy_forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic
         sites.append(site_classes[modes[j]](W, b, sigma, layer.learn_sigma, copies, B, k0, keys[j],
                                             antithetic, approx, nonneg, j == 0, xp))
     L = xp.empty((copies, B), dtype=model.dtype)
-    kb = block_copies(model, B, copies, modes, approx)
-    for c0 in range(0, copies, kb):
+    parallel = all(site.parallel for site in sites)
+    kb = block_copies(model, B, copies, modes, approx, balanced=parallel)
+
+    def block(c0):  # copies c0 .. c1 - 1 through every layer: rows are independent
         c1 = min(copies, c0 + kb)
         h = x  # (B, d): shared by all copies until the first noise site
         j = 0
-        for layer in model.layers:
-            if isinstance(layer, Linear):
-                h = sites[j].forward_block(h, c0, c1)
+        fused = False  # did the last site apply this activation already?
+        for n, layer in enumerate(model.layers):
+            if fused:
+                fused = False
+            elif isinstance(layer, Linear):
+                act = model.layers[n + 1] if n + 1 < len(model.layers) else None
+                fused = sites[j].fuses(act)
+                h = sites[j].forward_block(h, c0, c1, act if fused else None)
                 j += 1
             else:
                 h = layer.forward(h, xp)
         L[c0:c1] = per_sample(loss, h, y, xp)
-        del h
+
+    starts = list(range(0, copies, kb))
+    if parallel:  # every site is thread-safe per block: blocks of copies run side by side
+        kernels.run_blocks(block, starts)
+    else:
+        for c0 in starts:
+            block(c0)
     return L, sites

@@ -36,7 +36,13 @@ class ESSite:
             self.E = xp.empty((copies, m, d + 1), dtype=self.dtype)
         self.score = xp.empty((copies, m), dtype=self.dtype) if learn_sigma else None
 
-    def forward_block(self, h, c0, c1):
+    parallel = False  # its blocks run one at a time (BLAS threads each product)
+
+    def fuses(self, act):
+        """ES applies no activation itself."""
+        return False
+
+    def forward_block(self, h, c0, c1, act=None):
         xp = self.xp
         m, d = self.W.shape
         kb = c1 - c0
@@ -84,3 +90,7 @@ class ES:
 
     def modes(self, n_linear: int, es_layers: int):
         return ["es"] * n_linear
+
+    def fused(self, xp) -> bool:
+        """ES has no fused path: BLAS threads its products."""
+        return False

@@ -20,3 +20,7 @@ class Hybrid:
     def modes(self, n_linear: int, es_layers: int):
         n_es = min(es_layers, n_linear - 1)
         return ["es"] * n_es + ["lr"] * (n_linear - n_es)
+
+    def fused(self, xp) -> bool:
+        """Its ES sites take the plain path, with BLAS threading their products."""
+        return False

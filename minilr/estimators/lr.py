@@ -19,13 +19,20 @@ What a record keeps between the forward pass and the gradient:
   ``|eps|``: when sigma is learned the gradient *regenerates* ``eps`` from its counter-based seed
   (one extra noise draw, no storage); when it is not, nothing beyond the bits is kept.
 * The first layer's input is the batch itself, shared by all copies: kept once, ``(B, d)``.
+
+Two paths, one arithmetic: on NumPy the exact LR site runs fused kernels (:mod:`minilr.kernels`:
+noise drawn inside the pass, the activation fused, ``L * eps`` formed in place, sums on every
+core); the plain ``xp`` code beside them is what CuPy runs and what the tests compare them with.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import signbits
+from .. import kernels, signbits
 from .base import draw_noise
+
+
+FAST = True
 
 
 class LRSite:
@@ -39,22 +46,35 @@ class LRSite:
         self.copies, self.B, self.k0, self.key, self.antithetic = copies, B, k0, key, antithetic
         self.xp, self.dtype = xp, W.dtype
         self.x_kind = signbits.kind_for(nonneg)
+        # the fused CPU path (exact LR on NumPy); FAST = False forces the plain path everywhere.
+        # Its blocks may run on several threads at once (``parallel``, see base.noisy_forward).
+        self.fast = self.parallel = FAST and xp is np and not approx
         rows = copies * B
         self.x_shared = None
         if approx:
             self.s = signbits._empty("pm1", rows, m, xp)
             self.t = None if first else signbits._empty(self.x_kind, rows, d, xp)
         else:
-            # float records: the blocks themselves, kept as drawn (no copy into one big array)
-            self.eps_blocks, self.x_blocks = [], []
+            # float records: the blocks themselves, kept as drawn (no copy into one big array),
+            # by first copy (blocks may finish in any order)
+            self.eps_blocks, self.x_blocks = {}, {}
 
     def _noise(self, c0, c1):
         m = self.W.shape[0]
         eps = draw_noise(self.key, self.k0 + c0, self.k0 + c1, self.B * m, self.antithetic, self.xp)
         return eps.reshape(c1 - c0, self.B, m).astype(self.dtype, copy=False)
 
-    def forward_block(self, h, c0, c1):
-        """``v = h W^T + b + sigma * eps`` for copies ``c0 .. c1 - 1``; records signs or floats."""
+    def fuses(self, act):
+        """Whether :meth:`forward_block` can apply the activation layer ``act`` itself."""
+        return self.fast and act is not None and getattr(act, "name", None) in kernels.ACTS
+
+    def forward_block(self, h, c0, c1, act=None):
+        """``v = h W^T + b + sigma * eps`` for copies ``c0 .. c1 - 1``; records signs or floats.
+
+        Returns ``act(v)`` when given the activation layer ``act`` (only if :meth:`fuses` says so).
+        """
+        if self.fast:
+            return self._forward_fused(h, c0, c1, "identity" if act is None else act.name)
         xp = self.xp
         m, d = self.W.shape
         eps = self._noise(c0, c1)
@@ -68,21 +88,73 @@ class LRSite:
             if self.approx:
                 signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B, xp=xp)
             else:
-                self.x_blocks.append(h)
+                self.x_blocks[c0] = h
         if self.approx:
             signbits.pack(eps.reshape(-1, m), "pm1", out=self.s, row0=c0 * self.B, xp=xp)
             eps *= self.sigma
             eps += v
             return eps
-        self.eps_blocks.append(eps)
+        self.eps_blocks[c0] = eps
         if v.ndim == 2:
             v = xp.broadcast_to(v, eps.shape) + self.sigma * eps
         else:
             v += self.sigma * eps
         return v
 
+    def _forward_fused(self, h, c0, c1, act):
+        """The fast path of :meth:`forward_block`: one GEMM, then one fused pass (noise, bias, act)."""
+        m, d = self.W.shape
+        shape = (c1 - c0, self.B, m)
+        if h.ndim == 2:  # the shared batch: v is (B, m), broadcast over the copies by the kernel
+            self.x_shared = h
+            v = h @ self.W.T
+            out = np.empty(shape, dtype=self.dtype)
+        else:
+            self.x_blocks[c0] = h
+            v = out = (h.reshape(-1, d) @ self.W.T).reshape(shape)  # act(v) overwrites v
+        eps = np.empty(shape, dtype=self.dtype)
+        kernels.lr_forward(v, self.b, self.sigma, act, eps, out, self.key, self.k0 + c0,
+                           self.antithetic)
+        self.eps_blocks[c0] = eps
+        return out
+
+    def _gradient_fused(self, Lc):
+        """The fast path of :meth:`gradient`, block-parallel; turns the kept ``eps`` into ``L * eps``."""
+        m, d = self.W.shape
+        parts = {}
+
+        def block(c0):
+            eps = self.eps_blocks[c0]
+            Lb = Lc[c0:c0 + eps.shape[0]]
+            if self.first:  # A[b] = sum_k L eps, then one product with the shared batch
+                A = np.zeros((self.B, m), dtype=self.dtype)
+                S = np.zeros_like(A) if self.learn_sigma else None
+                parts[c0] = (kernels.sum_copies(eps, Lb, A, S), S)
+            else:
+                w = eps.reshape(-1, m)
+                gb, gs = kernels.scale_rows(w, Lb, self.learn_sigma)  # w = L * eps now
+                parts[c0] = (w.T @ self.x_blocks[c0].reshape(-1, d), gb, gs)
+
+        starts = sorted(self.eps_blocks)
+        kernels.run_blocks(block, starts)
+        self.eps_blocks = {}  # consumed: they held L * eps
+        parts = [parts[c0] for c0 in starts]  # summed in block order: the same bits every run
+        if self.first:
+            A = sum(p[0] for p in parts)
+            gW, gb = A.T @ self.x_shared, A.sum(axis=0)
+            gs = sum(p[1] for p in parts) if self.learn_sigma else None
+        else:
+            gW, gb = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            gs = sum(p[2] for p in parts) if self.learn_sigma else None
+        out = {"weight": gW / self.sigma[:, None], "bias": gb / self.sigma}
+        if self.learn_sigma:
+            out["sigma"] = (gs.sum(axis=0) if self.first else gs) / self.sigma
+        return out
+
     def gradient(self, Lc):
         """Unnormalised sums over rows for weight, bias (and sigma if learned); ``Lc`` is (K, B)."""
+        if self.fast:
+            return self._gradient_fused(Lc)
         xp = self.xp
         m = self.W.shape[0]
         K, B = self.copies, self.B
@@ -100,17 +172,16 @@ class LRSite:
             gW, gb = signbits.packed_gradient(Lc, self.s, "pm1", self.t, self.x_kind, K * B,
                                               dtype=self.dtype, xp=xp)
         else:
-            gW, gb, c0 = 0, 0, 0
-            for j, eps in enumerate(self.eps_blocks):
+            gW, gb = 0, 0
+            for c0, eps in sorted(self.eps_blocks.items()):
                 c1 = c0 + eps.shape[0]
                 w = Lc[c0:c1, :, None] * eps  # (kb, B, m)
                 if self.first:
                     gW = gW + w.sum(axis=0).T @ self.x_shared
                 else:
-                    x = self.x_blocks[j]
+                    x = self.x_blocks[c0]
                     gW = gW + w.reshape(-1, m).T @ x.reshape(-1, x.shape[-1])
                 gb = gb + w.sum(axis=(0, 1))
-                c0 = c1
             gW = gW / self.sigma[:, None]
             gb = gb / self.sigma
         out = {"weight": gW, "bias": gb}
@@ -121,11 +192,10 @@ class LRSite:
     def _sigma_sum(self, Lc):
         """``sum_n L_n (eps_n^2 - 1)``; ALR draws ``eps`` again, block by block, from its seed."""
         if not self.approx:
-            total, c0 = 0, 0
-            for eps in self.eps_blocks:
+            total = 0
+            for c0, eps in sorted(self.eps_blocks.items()):
                 c1 = c0 + eps.shape[0]
                 total = total + (Lc[c0:c1, :, None] * (eps * eps - 1)).sum(axis=(0, 1))
-                c0 = c1
             return total
         total = self.xp.zeros(self.W.shape[0], dtype=self.dtype)
         step = max(8, (signbits.BLOCK_ROWS // self.B) // 8 * 8)
@@ -145,3 +215,7 @@ class LR:
 
     def modes(self, n_linear: int, es_layers: int):
         return ["lr"] * n_linear
+
+    def fused(self, xp) -> bool:
+        """Whether every site takes the fused CPU path (:mod:`minilr.kernels`)."""
+        return FAST and xp is np and not self.approx

@@ -1,0 +1,208 @@
+"""Fused CPU kernels for the LR site: the fast path beside the plain ``xp`` code of ``estimators/lr.py``.
+
+The plain code runs an LR layer as a chain of NumPy calls: draw ``eps``, ``v + b``,
+``v + sigma * eps``, ``maximum(v, 0)``, and in the gradient ``L * eps``, sums, a product. Each call
+is one pass over a ``(copies, B, m)`` array (10 MB at K=200, B=50, m=256) with a fresh temporary,
+and NumPy runs it on one core. The fast path does the same arithmetic
+
+* in **one pass per layer**: :func:`lr_forward` draws ``eps`` from its counter-based stream
+  *inside* the pass, keeps it, and writes ``h = act(v + b + sigma * eps)`` (ReLU or identity)
+  while the copy is in cache; :func:`scale_rows` turns the kept ``eps`` into ``L * eps`` in place
+  and sums it for the bias (and ``L (eps^2 - 1)`` for sigma) in the same pass, so the weight sum
+  is one BLAS product; :func:`sum_copies` forms the first layer's ``sum_k L eps`` in one pass;
+* on **every core, by blocks of copies**: copies are independent (the paper's data-level
+  parallelism), so :func:`run_blocks` runs whole blocks, GEMMs and all, side by side on the
+  thread pool of :mod:`minilr.noise`, each block on one thread.
+
+Why blocks and not a parallel loop inside each kernel: every hand-off to a sleeping thread cost
+0.1-0.4 ms here (a VM's idle vCPU wakes slowly), and OpenBLAS's own workers busy-wait for ~0.1 s
+after each multi-threaded call, so a kernel run right after an sgemm shared its cores with them
+(12.7 ms instead of 4.6 ms). Blocks need one hand-off per layer pass, and BLAS is held at one
+thread per block (:func:`blas_one_thread`), so no second pool ever spins.
+
+Same arithmetic in the same order as the plain path wherever the plain path fixes one
+(``(v + b) + sigma * eps``, one GEMM per row), so the forward pass gives the same bits; sums run
+over fixed blocks in a fixed order, so a seed gives the same bits whatever the thread count.
+Only NumPy arrays come here; CuPy arrays take the plain path. Tests: ``tests/test_kernels.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+import numba
+import numpy as np
+
+from .noise import _U64, _fill_range, run_split
+
+__all__ = ["ACTS", "lr_forward", "scale_rows", "sum_copies", "run_blocks", "blas_one_thread"]
+
+ACTS = {"identity": 0, "relu": 1}  # activations fused into lr_forward, by Activation.name
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_jit
+def _lr_forward_rows(v, b, sigma, act, eps, h, k1, gamma, k0, anti, lo, hi):
+    """Copies ``lo .. hi - 1`` of the (copies, B, m) arrays; ``v`` has one copy when shared.
+
+    Copy ``c`` is absolute copy ``k0 + c``: its noise is counters ``k * B * m ...`` of the stream,
+    or, antithetic, ``(k // 2) * B * m ...``, negated for odd ``k`` (from the copy just written:
+    ranges start at even copies). The noise of one copy (B * m values) is drawn, then used while
+    it is still in cache.
+    """
+    _, B, m = eps.shape
+    P = B * m
+    zero = sigma[0] * 0  # +0 of the arrays' dtype (sigma > 0 and finite)
+    for c in range(lo, hi):
+        k = k0 + c
+        e = eps[c]
+        if anti and k & 1:
+            for bb in range(B):
+                for i in range(m):
+                    e[bb, i] = -eps[c - 1, bb, i]
+        else:
+            kk = k >> 1 if anti else k
+            _fill_range(e.reshape(P), 0, P, k1, gamma, _U64(kk) * _U64(P))
+        vc = v[c if v.shape[0] > 1 else 0]
+        hc = h[c]
+        for bb in range(B):
+            for i in range(m):
+                z = (vc[bb, i] + b[i]) + sigma[i] * e[bb, i]
+                if act == 1 and z < 0:  # maximum(z, 0): NaN stays NaN
+                    z = zero
+                hc[bb, i] = z
+
+
+def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic):
+    """Fill ``eps`` with the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
+
+    ``eps``, ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or
+    (B, m) shared by all copies (the first layer). ``h`` may be ``v`` (in place). ``act``: a key of
+    :data:`ACTS`. With ``antithetic`` ``k0`` must be even. One thread (a block's).
+    """
+    v3 = v.reshape((-1,) + eps.shape[1:])
+    _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic, 0,
+                     eps.shape[0])
+    return h
+
+
+@_jit
+def _scale_rows(w, L, learn_sigma, gb, gs, lo, hi):
+    """Rows ``lo .. hi - 1``: ``w[n] *= L[n]``; partial sums into ``gb`` and (if asked) ``gs``."""
+    m = w.shape[1]
+    for n in range(lo, hi):
+        l = L[n]
+        r = w[n]
+        if learn_sigma:
+            for i in range(m):
+                gs[i] += l * (r[i] * r[i] - 1)
+        for i in range(m):
+            r[i] *= l
+            gb[i] += r[i]
+
+
+def scale_rows(w, L, learn_sigma):
+    """``w[n] *= L[n]`` in place (``w``: (rows, m), the kept ``eps``); returns ``(sum_n L eps, sum_n L (eps^2 - 1))``.
+
+    The second is None unless ``learn_sigma``. One thread (a block's), rows summed in order.
+    """
+    m = w.shape[1]
+    gb = np.zeros(m, dtype=w.dtype)
+    gs = np.zeros(m if learn_sigma else 1, dtype=w.dtype)
+    _scale_rows(w, np.ascontiguousarray(L, w.dtype).reshape(-1), learn_sigma, gb, gs, 0, w.shape[0])
+    return gb, (gs if learn_sigma else None)
+
+
+@_jit
+def _sum_copies_rows(eps, L, learn_sigma, A, S, lo, hi):
+    """Samples ``lo .. hi - 1``: ``A[b] += sum_k L[k, b] eps[k, b]`` (and ``S`` for sigma), ``k`` in order."""
+    K, _, m = eps.shape
+    for bb in range(lo, hi):
+        a = A[bb]
+        s = S[bb]
+        for k in range(K):
+            l = L[k, bb]
+            e = eps[k, bb]
+            if learn_sigma:
+                for i in range(m):
+                    s[i] += l * (e[i] * e[i] - 1)
+            for i in range(m):
+                a[i] += l * e[i]
+
+
+def sum_copies(eps, L, A, S=None):
+    """``A[b, i] += sum_k L[k, b] eps[k, b, i]`` and, if ``S`` is given, ``S += L (eps^2 - 1)`` alike.
+
+    ``eps``: (copies, B, m); ``L``: (copies, B); ``A``, ``S``: (B, m). One thread, copies in order.
+    """
+    learn_sigma = S is not None
+    _sum_copies_rows(eps, np.ascontiguousarray(L, eps.dtype), learn_sigma, A, S if learn_sigma else A,
+                     0, eps.shape[1])
+    return A
+
+
+# -- threads: blocks on our pool, BLAS on one thread -----------------------------------------------
+# OpenBLAS's workers busy-wait for ~0.1 s after every multi-threaded call (measured here: a fused
+# pass right after a 2-thread sgemm took 12.7 ms instead of 4.6 ms, back to normal only 0.2 s
+# later), so the fused path never lets OpenBLAS start its own threads.
+def _find_openblas():
+    """``(get, set)`` for the thread count of the OpenBLAS that NumPy loaded, via ctypes, or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:  # not Linux: leave BLAS alone
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, put.restype = ctypes.c_int, None
+                put.argtypes = [ctypes.c_int]
+                return get, put
+    return None
+
+
+_OPENBLAS = _find_openblas()
+
+
+@contextlib.contextmanager
+def blas_one_thread():
+    """Hold NumPy's OpenBLAS at one thread inside the block (a no-op if it cannot be found)."""
+    if _OPENBLAS is None:
+        yield False
+        return
+    get, put = _OPENBLAS
+    before = get()
+    put(1)
+    try:
+        yield True
+    finally:
+        put(before)
+
+
+def _each(fn, items, err, lo, hi):
+    with np.errstate(**err):  # NumPy's error state is per thread: carry the caller's
+        for item in items[lo:hi]:
+            fn(item)
+
+
+def run_blocks(fn, starts):
+    """``fn(c0)`` for every block start in ``starts``, the blocks dealt to the pool's threads.
+
+    ``fn`` must be safe to run on several blocks at once (each writes only its own slices) and
+    mostly GIL-free (BLAS, Numba kernels). BLAS is held at one thread meanwhile; where it cannot
+    be (not OpenBLAS, not Linux) the blocks run one after another instead, BLAS threading them.
+    """
+    with blas_one_thread() as held:
+        if held:
+            run_split(_each, len(starts), (fn, starts, np.geterr()))
+            return
+    for c0 in starts:
+        fn(c0)

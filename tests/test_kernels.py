@@ -1,0 +1,119 @@
+"""The fused CPU path of the LR site (minilr.kernels) against the plain xp path it stands beside."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minilr
+from minilr import kernels, noise
+from minilr.estimators import lr as lr_mod
+
+
+def _grads(fast, model, x, y, **kw):
+    old = lr_mod.FAST
+    lr_mod.FAST = fast
+    try:
+        return minilr.estimate_gradient(model, x, y, estimator="lr", **kw)
+    finally:
+        lr_mod.FAST = old
+
+
+def _data(sizes, B, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, sizes[0])).astype(dtype), rng.integers(0, sizes[-1], B)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_fast_path_equals_plain_path(activation, antithetic, learn_sigma):
+    """Same noise, same forward arithmetic: the gradients agree to float32 rounding of the sums
+    (summed in another order; the sigma sums cancel a lot, hence 1e-4 of the largest entry)."""
+    sizes = [7, 33, 17, 5]
+    model = minilr.MLP(sizes, activation=activation, seed=1, learn_sigma=learn_sigma)
+    x, y = _data(sizes, 6)
+    kw = dict(copies=40, seed=3, antithetic=antithetic)
+    fast, plain = _grads(True, model, x, y, **kw), _grads(False, model, x, y, **kw)
+    assert fast.keys() == plain.keys()
+    for key in plain:
+        scale = np.abs(plain[key]).max()
+        np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-4 * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("chunk", [None, 16])
+def test_fast_path_float64_and_chunks(chunk):
+    sizes = [5, 12, 3]
+    model = minilr.MLP(sizes, seed=2, dtype=np.float64)
+    x, y = _data(sizes, 4, np.float64)
+    kw = dict(copies=50, seed=5, chunk=chunk)
+    fast, plain = _grads(True, model, x, y, **kw), _grads(False, model, x, y, **kw)
+    for key in plain:
+        np.testing.assert_allclose(fast[key], plain[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+def test_same_bits_whatever_the_threads(monkeypatch):
+    """Blocks are fixed by the sizes, summed in block order: 1 or 3 threads give the same bits."""
+    sizes = [9, 20, 20, 4]
+    model = minilr.MLP(sizes, seed=0, learn_sigma=True)
+    x, y = _data(sizes, 5)
+    out = []
+    for nt in ("1", "3", "1"):
+        monkeypatch.setenv("MINILR_NOISE_THREADS", nt)
+        out.append(minilr.estimate_gradient(model, x, y, estimator="lr", copies=64, seed=7))
+    for g in out[1:]:
+        for key in out[0]:
+            np.testing.assert_array_equal(g[key], out[0][key], err_msg=key)
+
+
+def test_lr_forward_matches_numpy():
+    """One fused pass = draw the noise, add bias and scaled noise, ReLU: the same bits as NumPy."""
+    key = noise.key_from_seed(np.random.SeedSequence(4))
+    K, B, m = 6, 3, 10
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal(m).astype(np.float32)
+    sigma = rng.uniform(0.1, 1, m).astype(np.float32)
+    for v in (rng.standard_normal((K, B, m)).astype(np.float32), rng.standard_normal((B, m)).astype(np.float32)):
+        for k0, anti in ((0, False), (5, False), (4, True)):
+            eps, h = np.empty((K, B, m), np.float32), np.empty((K, B, m), np.float32)
+            kernels.lr_forward(v, b, sigma, "relu", eps, h, key, k0, anti)
+            if anti:
+                half = noise.normal(key, (K // 2, B * m), start=(k0 // 2) * B * m)
+                want = np.repeat(half, 2, axis=0) * np.array([1, -1] * (K // 2), np.float32)[:, None]
+            else:
+                want = noise.normal(key, (K, B * m), start=k0 * B * m)
+            np.testing.assert_array_equal(eps, want.reshape(K, B, m))
+            np.testing.assert_array_equal(h, np.maximum((v + b) + sigma * eps, 0))
+
+
+def test_scale_rows_and_sum_copies():
+    rng = np.random.default_rng(1)
+    eps = rng.standard_normal((5, 4, 7)).astype(np.float64)
+    L = rng.standard_normal((5, 4))
+    A, S = np.zeros((4, 7)), np.zeros((4, 7))
+    kernels.sum_copies(eps, L, A, S)
+    np.testing.assert_allclose(A, (L[..., None] * eps).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(S, (L[..., None] * (eps * eps - 1)).sum(0), rtol=1e-12)
+    w = eps.reshape(-1, 7).copy()
+    gb, gs = kernels.scale_rows(w, L, True)
+    np.testing.assert_allclose(w, L.reshape(-1, 1) * eps.reshape(-1, 7), rtol=1e-15)
+    np.testing.assert_allclose(gb, w.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(gs, (L.reshape(-1, 1) * (eps.reshape(-1, 7) ** 2 - 1)).sum(0), rtol=1e-12)
+
+
+def test_blas_one_thread_restores():
+    if kernels._OPENBLAS is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS found by ctypes here")
+    get, _ = kernels._OPENBLAS
+    before = get()
+    with kernels.blas_one_thread() as held:
+        assert held and get() == 1
+    assert get() == before
+
+
+def test_split_covers_once():
+    for n in (0, 1, 7, 100):
+        for nt in (1, 2, 3):
+            for align in (1, 2):
+                r = noise.split(n, nt, align)
+                assert [i for lo, hi in r for i in range(lo, hi)] == list(range(n))
+                assert all(lo % align == 0 for lo, _ in r)
