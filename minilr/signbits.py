@@ -216,8 +216,10 @@ def unpack(p, kind: str, r0: int, r1: int, scale=None, out=None, dtype=np.float3
 BLOCK_ROWS = 256
 
 
-def packed_gradient(L, s, s_kind, t, t_kind, rows, block_rows=None, dtype=np.float32, xp=np):
+def packed_gradient(L, s, s_kind, t, t_kind, rows, block_rows=None, dtype=np.float32, xp=np, start=0):
     """``G = sum_n L_n s(n)^T t(n)`` and ``g = sum_n L_n s(n)`` from packed ``s`` (m) and ``t`` (d).
+
+    The sums run over rows ``start .. rows - 1`` (``start`` a multiple of 8).
 
     Returns ``(G, g)`` of ``dtype``, shapes ``(m, d)`` and ``(m,)``. Unpack-then-BLAS over blocks
     of ``block_rows`` rows (default :data:`BLOCK_ROWS`, rounded down to a multiple of 8); see the
@@ -229,7 +231,7 @@ def packed_gradient(L, s, s_kind, t, t_kind, rows, block_rows=None, dtype=np.flo
     L = xp.asarray(L, dtype=dtype).reshape(-1)
     block_rows = BLOCK_ROWS if block_rows is None else block_rows
     block_rows = max(8, block_rows - block_rows % 8)
-    for r0 in range(0, rows, block_rows):
+    for r0 in range(start, rows, block_rows):
         r1 = min(rows, r0 + block_rows)
         S = unpack(s, s_kind, r0, r1, scale=L[r0:r1], dtype=dtype, xp=xp)  # L_n s(n)
         T = unpack(t, t_kind, r0, r1, dtype=dtype, xp=xp)

@@ -9,11 +9,11 @@ from minilr import kernels, noise
 from minilr.estimators import lr as lr_mod
 
 
-def _grads(fast, model, x, y, **kw):
+def _grads(fast, model, x, y, estimator="lr", **kw):
     old = lr_mod.FAST
     lr_mod.FAST = fast
     try:
-        return minilr.estimate_gradient(model, x, y, estimator="lr", **kw)
+        return minilr.estimate_gradient(model, x, y, estimator=estimator, **kw)
     finally:
         lr_mod.FAST = old
 
@@ -23,17 +23,18 @@ def _data(sizes, B, dtype=np.float32, seed=0):
     return rng.standard_normal((B, sizes[0])).astype(dtype), rng.integers(0, sizes[-1], B)
 
 
+@pytest.mark.parametrize("estimator", ["lr", "alr"])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
 @pytest.mark.parametrize("antithetic", [False, True])
 @pytest.mark.parametrize("learn_sigma", [False, True])
-def test_fast_path_equals_plain_path(activation, antithetic, learn_sigma):
+def test_fast_path_equals_plain_path(estimator, activation, antithetic, learn_sigma):
     """Same noise, same forward arithmetic: the gradients agree to float32 rounding of the sums
     (summed in another order; the sigma sums cancel a lot, hence 1e-4 of the largest entry)."""
     sizes = [7, 33, 17, 5]
     model = minilr.MLP(sizes, activation=activation, seed=1, learn_sigma=learn_sigma)
     x, y = _data(sizes, 6)
     kw = dict(copies=40, seed=3, antithetic=antithetic)
-    fast, plain = _grads(True, model, x, y, **kw), _grads(False, model, x, y, **kw)
+    fast, plain = (_grads(f, model, x, y, estimator, **kw) for f in (True, False))
     assert fast.keys() == plain.keys()
     for key in plain:
         scale = np.abs(plain[key]).max()
@@ -51,15 +52,16 @@ def test_fast_path_float64_and_chunks(chunk):
         np.testing.assert_allclose(fast[key], plain[key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
-def test_same_bits_whatever_the_threads(monkeypatch):
-    """Blocks are fixed by the sizes, summed in block order: 1 or 3 threads give the same bits."""
+@pytest.mark.parametrize("estimator", ["lr", "alr"])
+def test_same_bits_whatever_the_threads(monkeypatch, estimator):
+    """Blocks and parts are fixed by the sizes, summed in order: 1 or 3 threads, the same bits."""
     sizes = [9, 20, 20, 4]
     model = minilr.MLP(sizes, seed=0, learn_sigma=True)
     x, y = _data(sizes, 5)
     out = []
     for nt in ("1", "3", "1"):
         monkeypatch.setenv("MINILR_NOISE_THREADS", nt)
-        out.append(minilr.estimate_gradient(model, x, y, estimator="lr", copies=64, seed=7))
+        out.append(minilr.estimate_gradient(model, x, y, estimator=estimator, copies=64, seed=7))
     for g in out[1:]:
         for key in out[0]:
             np.testing.assert_array_equal(g[key], out[0][key], err_msg=key)

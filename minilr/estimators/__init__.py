@@ -42,7 +42,8 @@ def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chu
     sums = {key: bk.xp.zeros_like(p) for key, p in model.parameters().items()}
     loss_sum, rows = 0.0, 0
     # the fused CPU path runs its own threads: BLAS stays on one (minilr.kernels)
-    with kernels.blas_one_thread() if est.fused(bk.xp) else contextlib.nullcontext():
+    fused = est.fused(bk.xp)
+    with kernels.blas_one_thread() if fused else contextlib.nullcontext():
         for start in range(0, copies, chunk):
             k = min(chunk, copies - start)
             L, sites = noisy_forward(model, x, y, start, k, modes, est.approx, keys, loss, antithetic,
@@ -54,6 +55,8 @@ def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chu
                     sums[key] += g  # in place: no second model-sized array per chunk
             loss_sum += float(L.sum())
             rows += L.size
+            if fused:  # the records are dead: their blocks serve the next chunk or step
+                kernels.recycle([a for s in sites for a in s.buffers()])
             del L, Lc, sites, site, g  # the loop variables too: the last site holds its bits
     grads = {}
     for key, value in model.parameters().items():

@@ -85,10 +85,12 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
 def block_copies(model, B, copies, modes, approx, balanced=False):
     """Copies per streamed block: a multiple of 8 (whole bytes of packed rows), at least 8.
 
-    ``balanced`` (float records run block-parallel, :func:`minilr.kernels.run_blocks`): at least
-    :data:`MIN_BLOCKS` blocks of near-equal size, an even number of copies each (whole antithetic
-    pairs), so the threads get equal shares. The blocks depend on the sizes only, never on the
-    thread count, so neither do the gradient's sums.
+    ``balanced`` (blocks run side by side, :func:`minilr.kernels.run_blocks`): float records get
+    at least :data:`MIN_BLOCKS` blocks of near-equal size, an even number of copies each (whole
+    antithetic pairs), so the threads get equal shares; the blocks depend on the sizes only, never
+    on the thread count, so neither do the gradient's sums (one per block). Sign records keep the
+    same bits whatever the blocks, so their budget is shared by the threads instead: the floats
+    in flight stay within it.
     """
     budget = BLOCK_FLOATS_APPROX if approx else BLOCK_FLOATS_EXACT
     per_copy = 1
@@ -99,8 +101,11 @@ def block_copies(model, B, copies, modes, approx, balanced=False):
             # an LR site's first input is the shared batch: only its output grows with copies
             per_copy = max(per_copy, B * max(m, d if j else 0), m * (d + 1) if modes[j] == "es" else 0)
             j += 1
+    if balanced and approx:
+        # The bits do not depend on the blocks: the blocks in flight at once share the budget.
+        budget //= _noise.threads()
     kb = max(8, (budget // per_copy) // 8 * 8)
-    if balanced:
+    if balanced and not approx:
         n = max(MIN_BLOCKS, -(-copies // kb))
         return max(2, -(-copies // (2 * n)) * 2)
     return min(kb, -(-copies // 8) * 8)

@@ -20,19 +20,23 @@ What a record keeps between the forward pass and the gradient:
   (one extra noise draw, no storage); when it is not, nothing beyond the bits is kept.
 * The first layer's input is the batch itself, shared by all copies: kept once, ``(B, d)``.
 
-Two paths, one arithmetic: on NumPy the exact LR site runs fused kernels (:mod:`minilr.kernels`:
-noise drawn inside the pass, the activation fused, ``L * eps`` formed in place, sums on every
-core); the plain ``xp`` code beside them is what CuPy runs and what the tests compare them with.
+Two paths, one arithmetic: on NumPy an LR site runs fused kernels (:mod:`minilr.kernels`: noise
+drawn inside the pass, the activation fused, ``L * eps`` formed in place) over blocks of copies
+side by side on every core (ALR: its packed sums over fixed ranges of copies, likewise); the plain
+``xp`` code beside them is what CuPy runs and what the tests compare them with.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels, signbits
+from .. import kernels, noise, signbits
 from .base import draw_noise
 
 
 FAST = True
+# ALR's packed-gradient sums on the fast path: this many ranges of copies, fixed (not one per
+# thread) so the sums' bits do not depend on the thread count.
+SIGN_PARTS = 4
 
 
 class LRSite:
@@ -48,7 +52,7 @@ class LRSite:
         self.x_kind = signbits.kind_for(nonneg)
         # the fused CPU path (exact LR on NumPy); FAST = False forces the plain path everywhere.
         # Its blocks may run on several threads at once (``parallel``, see base.noisy_forward).
-        self.fast = self.parallel = FAST and xp is np and not approx
+        self.fast = self.parallel = FAST and xp is np
         rows = copies * B
         self.x_shared = None
         if approx:
@@ -105,18 +109,31 @@ class LRSite:
         """The fast path of :meth:`forward_block`: one GEMM, then one fused pass (noise, bias, act)."""
         m, d = self.W.shape
         shape = (c1 - c0, self.B, m)
+        # LR keeps its blocks till the gradient: they come from (and go back to) kernels.scratch
+        new = np.empty if self.approx else kernels.scratch
+        out = new(shape, self.dtype)
         if h.ndim == 2:  # the shared batch: v is (B, m), broadcast over the copies by the kernel
-            self.x_shared = h
+            self.x_shared = np.sign(h) if self.approx else h
             v = h @ self.W.T
-            out = np.empty(shape, dtype=self.dtype)
         else:
-            self.x_blocks[c0] = h
-            v = out = (h.reshape(-1, d) @ self.W.T).reshape(shape)  # act(v) overwrites v
-        eps = np.empty(shape, dtype=self.dtype)
+            if self.approx:
+                signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B)
+            else:
+                self.x_blocks[c0] = h
+            v = out  # act(v) overwrites v
+            np.matmul(h.reshape(-1, d), self.W.T, out=out.reshape(-1, m))
+        eps = new(shape, self.dtype)
         kernels.lr_forward(v, self.b, self.sigma, act, eps, out, self.key, self.k0 + c0,
                            self.antithetic)
-        self.eps_blocks[c0] = eps
+        if self.approx:
+            signbits.pack(eps.reshape(-1, m), "pm1", out=self.s, row0=c0 * self.B)
+        else:
+            self.eps_blocks[c0] = eps
         return out
+
+    def buffers(self):
+        """The float blocks this record holds (for :func:`minilr.kernels.recycle` once it is dead)."""
+        return list(self.eps_blocks.values()) + list(self.x_blocks.values()) if not self.approx else []
 
     def _gradient_fused(self, Lc):
         """The fast path of :meth:`gradient`, block-parallel; turns the kept ``eps`` into ``L * eps``."""
@@ -136,8 +153,7 @@ class LRSite:
                 parts[c0] = (w.T @ self.x_blocks[c0].reshape(-1, d), gb, gs)
 
         starts = sorted(self.eps_blocks)
-        kernels.run_blocks(block, starts)
-        self.eps_blocks = {}  # consumed: they held L * eps
+        kernels.run_blocks(block, starts)  # the blocks hold L * eps now: consumed
         parts = [parts[c0] for c0 in starts]  # summed in block order: the same bits every run
         if self.first:
             A = sum(p[0] for p in parts)
@@ -153,24 +169,13 @@ class LRSite:
 
     def gradient(self, Lc):
         """Unnormalised sums over rows for weight, bias (and sigma if learned); ``Lc`` is (K, B)."""
-        if self.fast:
+        if self.fast and not self.approx:
             return self._gradient_fused(Lc)
         xp = self.xp
         m = self.W.shape[0]
         K, B = self.copies, self.B
-        if self.approx and self.first:
-            A = xp.zeros((B, m), dtype=self.dtype)  # A[b, i] = sum_k L[k, b] sign(eps_i(k, b))
-            Lf = Lc.reshape(-1)
-            step = max(1, signbits.BLOCK_ROWS // B // 8) * 8
-            for c0 in range(0, K, step):
-                c1 = min(K, c0 + step)
-                S = signbits.unpack(self.s, "pm1", c0 * B, c1 * B, scale=Lf[c0 * B:c1 * B],
-                                    dtype=self.dtype, xp=xp)
-                A += S.reshape(c1 - c0, B, m).sum(axis=0)
-            gW, gb = A.T @ self.x_shared, A.sum(axis=0)
-        elif self.approx:
-            gW, gb = signbits.packed_gradient(Lc, self.s, "pm1", self.t, self.x_kind, K * B,
-                                              dtype=self.dtype, xp=xp)
+        if self.approx:
+            gW, gb = self._sign_gradient(Lc)
         else:
             gW, gb = 0, 0
             for c0, eps in sorted(self.eps_blocks.items()):
@@ -188,6 +193,40 @@ class LRSite:
         if self.learn_sigma:
             out["sigma"] = self._sigma_sum(Lc) / self.sigma
         return out
+
+    def _sign_gradient(self, Lc):
+        """ALR's weight and bias sums from the packed bits; on the fast path in :data:`SIGN_PARTS`
+        ranges of copies side by side, summed in order."""
+        K = self.copies
+        if not self.fast:
+            parts = [self._sign_sums(Lc, 0, K)]
+        else:
+            ranges = noise.split(K, SIGN_PARTS, align=8)  # whole bytes of packed rows
+            done = {}
+            kernels.run_blocks(lambda p: done.__setitem__(p, self._sign_sums(Lc, *ranges[p])),
+                               list(range(len(ranges))))
+            parts = [done[p] for p in range(len(ranges))]
+        if self.first:
+            A = sum(p for p in parts)
+            return A.T @ self.x_shared, A.sum(axis=0)
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def _sign_sums(self, Lc, c_lo, c_hi):
+        """Over copies ``c_lo .. c_hi - 1``: ``A[b, i] = sum_k L sign(eps_i)`` (first layer, whose
+        input is shared), else ``(G, g)`` by :func:`~minilr.signbits.packed_gradient`."""
+        xp, m, B = self.xp, self.W.shape[0], self.B
+        Lf = Lc.reshape(-1)
+        if not self.first:
+            return signbits.packed_gradient(Lf, self.s, "pm1", self.t, self.x_kind, c_hi * B,
+                                            dtype=self.dtype, xp=xp, start=c_lo * B)
+        A = xp.zeros((B, m), dtype=self.dtype)
+        step = max(1, signbits.BLOCK_ROWS // B // 8) * 8
+        for c0 in range(c_lo, c_hi, step):
+            c1 = min(c_hi, c0 + step)
+            S = signbits.unpack(self.s, "pm1", c0 * B, c1 * B, scale=Lf[c0 * B:c1 * B],
+                                dtype=self.dtype, xp=xp)
+            A += S.reshape(c1 - c0, B, m).sum(axis=0)
+        return A
 
     def _sigma_sum(self, Lc):
         """``sum_n L_n (eps_n^2 - 1)``; ALR draws ``eps`` again, block by block, from its seed."""
@@ -218,4 +257,4 @@ class LR:
 
     def fused(self, xp) -> bool:
         """Whether every site takes the fused CPU path (:mod:`minilr.kernels`)."""
-        return FAST and xp is np and not self.approx
+        return FAST and xp is np
