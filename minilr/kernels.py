@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 
 import numba
 import numpy as np
@@ -43,48 +44,80 @@ ACTS = {"identity": 0, "relu": 1}  # activations fused into lr_forward, by Activ
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
-@_jit
-def _lr_forward_rows(v, b, sigma, act, eps, h, k1, gamma, k0, anti, lo, hi):
-    """Copies ``lo .. hi - 1`` of the (copies, B, m) arrays; ``v`` has one copy when shared.
+_inline = numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 
-    Copy ``c`` is absolute copy ``k0 + c``: its noise is counters ``k * B * m ...`` of the stream,
-    or, antithetic, ``(k // 2) * B * m ...``, negated for odd ``k`` (from the copy just written:
-    ranges start at even copies). The noise of one copy (B * m values) is drawn, then used while
-    it is still in cache.
-    """
-    _, B, m = eps.shape
-    P = B * m
-    zero = sigma[0] * 0  # +0 of the arrays' dtype (sigma > 0 and finite)
-    for c in range(lo, hi):
-        k = k0 + c
-        e = eps[c]
-        if anti and k & 1:
-            for bb in range(B):
-                for i in range(m):
-                    e[bb, i] = -eps[c - 1, bb, i]
-        else:
-            kk = k >> 1 if anti else k
-            _fill_range(e.reshape(P), 0, P, k1, gamma, _U64(kk) * _U64(P))
-        vc = v[c if v.shape[0] > 1 else 0]
-        hc = h[c]
+
+@_inline
+def _draw_copy(e, prev, k, anti, k1, gamma):
+    """The noise of copy ``k`` into ``e`` (B, m): counters ``k * B * m ...``, or, antithetic,
+    ``(k // 2) * B * m ...`` and for odd ``k`` the negative of ``prev``, copy ``k - 1``'s noise."""
+    B, m = e.shape
+    if anti and k & 1:
         for bb in range(B):
             for i in range(m):
-                z = (vc[bb, i] + b[i]) + sigma[i] * e[bb, i]
-                if act == 1 and z < 0:  # maximum(z, 0): NaN stays NaN
-                    z = zero
-                hc[bb, i] = z
+                e[bb, i] = -prev[bb, i]
+    else:
+        kk = k >> 1 if anti else k
+        _fill_range(e.reshape(B * m), 0, B * m, k1, gamma, _U64(kk) * _U64(B * m))
 
 
-def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic):
-    """Fill ``eps`` with the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
+@_inline
+def _act_copy(vc, b, sigma, act, e, hc):
+    """``hc = act((vc + b) + sigma * e)`` for one copy, (B, m); ``act`` 1 is ReLU, 0 identity."""
+    B, m = e.shape
+    zero = sigma[0] * 0  # +0 of the arrays' dtype (sigma > 0 and finite)
+    for bb in range(B):
+        for i in range(m):
+            z = (vc[bb, i] + b[i]) + sigma[i] * e[bb, i]
+            if act == 1 and z < 0:  # maximum(z, 0): NaN stays NaN
+                z = zero
+            hc[bb, i] = z
 
-    ``eps``, ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or
-    (B, m) shared by all copies (the first layer). ``h`` may be ``v`` (in place). ``act``: a key of
-    :data:`ACTS`. With ``antithetic`` ``k0`` must be even. One thread (a block's).
+
+@_jit
+def _lr_forward_rows(v, b, sigma, act, eps, h, k1, gamma, k0, anti, lo, hi):
+    """Copies ``lo .. hi - 1`` of the (copies, B, m) arrays (absolute copy ``k0 + c``); ``v`` has
+    one copy when shared. Each copy's noise is drawn, then used while it is still in cache."""
+    for c in range(lo, hi):
+        _draw_copy(eps[c], eps[c - 1], k0 + c, anti, k1, gamma)  # ranges start at even copies
+        _act_copy(v[c if v.shape[0] > 1 else 0], b, sigma, act, eps[c], h[c])
+
+
+@_jit
+def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti):
+    """As :func:`_lr_forward_rows` over all copies of ``h``, but ``eps`` lives one copy at a time
+    in ``e`` (B, m): only ``not signbit(eps)`` is kept, packed along the rows into ``bits``
+    (row ``n = c * B + b`` is bit ``n % 8`` of byte ``n // 8``, as ``signbits.pack``)."""
+    K, B, m = h.shape
+    bits[:] = 0
+    for c in range(K):
+        _draw_copy(e, e, k0 + c, anti, k1, gamma)  # an odd antithetic copy negates e in place
+        _act_copy(v[c if v.shape[0] > 1 else 0], b, sigma, act, e, h[c])
+        for bb in range(B):
+            n = c * B + bb
+            row = bits[n >> 3]
+            sh = np.uint8(n & 7)
+            for i in range(m):  # the sign *bit*, as signbits.pack "pm1"
+                row[i] |= np.uint8(math.copysign(1.0, e[bb, i]) > 0) << sh
+
+
+def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None):
+    """Draw the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
+
+    ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or (B, m)
+    shared by all copies (the first layer). ``h`` may be ``v`` (in place). ``act``: a key of
+    :data:`ACTS`. With ``antithetic`` ``k0`` must be even. The noise is kept in ``eps`` (same shape
+    as ``h``), or, when ``bits`` is given (``eps`` None), only its signs, packed along the rows
+    into ``bits`` (uint8, ``(ceil(copies * B / 8), m)``, as :func:`minilr.signbits.pack`). One
+    thread (a block's).
     """
-    v3 = v.reshape((-1,) + eps.shape[1:])
-    _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic, 0,
-                     eps.shape[0])
+    v3 = v.reshape((-1,) + h.shape[1:])
+    if bits is None:
+        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic, 0,
+                         h.shape[0])
+    else:
+        e = np.empty(h.shape[1:], dtype=h.dtype)
+        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.k1, key.gamma, k0, antithetic)
     return h
 
 
@@ -161,7 +194,11 @@ def scratch(shape, dtype):
 
 
 def recycle(arrays):
-    """Keep ``arrays`` (whose contents are dead) for the next :func:`scratch`, dropping any kept before."""
+    """Keep ``arrays`` (whose contents are dead) for the next :func:`scratch`, dropping any kept before.
+
+    Given none (a step that kept no blocks: ALR), what is kept stays."""
+    if not arrays:
+        return
     free = {}
     for a in arrays:
         free.setdefault((a.shape, a.dtype.str), []).append(a)

@@ -27,6 +27,8 @@ side by side on every core (ALR: its packed sums over fixed ranges of copies, li
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import kernels, noise, signbits
@@ -55,6 +57,7 @@ class LRSite:
         self.fast = self.parallel = FAST and xp is np
         rows = copies * B
         self.x_shared = None
+        self._pre, self._lock = None, threading.Lock()  # fast path: the shared batch's h W^T
         if approx:
             self.s = signbits._empty("pm1", rows, m, xp)
             self.t = None if first else signbits._empty(self.x_kind, rows, d, xp)
@@ -110,11 +113,13 @@ class LRSite:
         m, d = self.W.shape
         shape = (c1 - c0, self.B, m)
         # LR keeps its blocks till the gradient: they come from (and go back to) kernels.scratch
-        new = np.empty if self.approx else kernels.scratch
-        out = new(shape, self.dtype)
+        out = np.empty(shape, self.dtype) if self.approx else kernels.scratch(shape, self.dtype)
         if h.ndim == 2:  # the shared batch: v is (B, m), broadcast over the copies by the kernel
-            self.x_shared = np.sign(h) if self.approx else h
-            v = h @ self.W.T
+            with self._lock:  # once for all blocks (they may run side by side)
+                if self._pre is None:
+                    self.x_shared = np.sign(h) if self.approx else h
+                    self._pre = h @ self.W.T
+            v = self._pre
         else:
             if self.approx:
                 signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B)
@@ -122,13 +127,14 @@ class LRSite:
                 self.x_blocks[c0] = h
             v = out  # act(v) overwrites v
             np.matmul(h.reshape(-1, d), self.W.T, out=out.reshape(-1, m))
-        eps = new(shape, self.dtype)
-        kernels.lr_forward(v, self.b, self.sigma, act, eps, out, self.key, self.k0 + c0,
-                           self.antithetic)
-        if self.approx:
-            signbits.pack(eps.reshape(-1, m), "pm1", out=self.s, row0=c0 * self.B)
+        if self.approx:  # sign(eps) packed straight into its rows of the record
+            bits = self.s[c0 * self.B // 8:-(-c1 * self.B // 8)]
+            kernels.lr_forward(v, self.b, self.sigma, act, None, out, self.key, self.k0 + c0,
+                               self.antithetic, bits=bits)
         else:
-            self.eps_blocks[c0] = eps
+            self.eps_blocks[c0] = eps = kernels.scratch(shape, self.dtype)
+            kernels.lr_forward(v, self.b, self.sigma, act, eps, out, self.key, self.k0 + c0,
+                               self.antithetic)
         return out
 
     def buffers(self):
