@@ -146,7 +146,8 @@ def cpu_benchmarks(R):
                        "2": ("minilr_step", dict(env={"MINILR_NOISE_THREADS": "2"}, est="lr")),
                        "ob1": ("minilr_step", dict(env={"OPENBLAS_NUM_THREADS": "1"}, est="lr"))})
     t1, t2, ob1 = (median([r["seconds"] for r in th[k]]) for k in ("1", "2", "ob1"))
-    rows.append(("LR step: minilr noise on 1 thread / 2 threads (OpenBLAS threads as run)",
+    rows.append(("LR step: minilr threads (MINILR_NOISE_THREADS: noise, fused blocks) 1 / 2 "
+                 "(OpenBLAS threads as run; the fused path holds BLAS at 1 inside a step)",
                  f"{t1 / t2:.2f}x ({1e3 * t1:.1f} vs {1e3 * t2:.1f} ms); with OPENBLAS_NUM_THREADS=1: {1e3 * ob1:.1f} ms", "-", "-"))
     prof = work("profile")["top"]
     print(rows[-1], flush=True)
@@ -206,7 +207,8 @@ def main(argv=None):
              "processes, the two sides of a ratio alternating. MLP 784-256-256-10, ReLU, float32.", "",
              "| measurement | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {w} | {m} | {t} | {ok} |" for w, m, t, ok in rows + gpu_rows]
-    lines += ["", "Where an LR step's time goes (cProfile own time per step, B=50, K=200):", ""]
+    lines += ["", "Where an LR step's time goes (cProfile own time per step, B=50, K=200; the "
+              "calling thread's share only: the other thread runs the other blocks alike):", ""]
     lines += [f"* {ms} ms — `{name}`" for ms, name in prof]
     lines += ["", "Packed-gradient algorithms: `python benchmarks/packed_gradient.py` (see "
               "`minilr/signbits.py` for the figures that chose unpack-then-BLAS).", ""]

@@ -203,7 +203,8 @@ _POOL = None
 
 
 def threads() -> int:
-    """How many threads fill noise: ``MINILR_NOISE_THREADS`` or the CPUs this process may use."""
+    """Threads of minilr's CPU kernels (noise fill, the fused LR blocks of :mod:`minilr.kernels`):
+    ``MINILR_NOISE_THREADS`` or the CPUs this process may use."""
     env = os.environ.get("MINILR_NOISE_THREADS")
     if env:
         return max(1, int(env))
