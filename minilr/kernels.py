@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 
 import numba
 import numpy as np
@@ -97,8 +96,8 @@ def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti):
             n = c * B + bb
             row = bits[n >> 3]
             sh = np.uint8(n & 7)
-            for i in range(m):  # the sign *bit*, as signbits.pack "pm1"
-                row[i] |= np.uint8(math.copysign(1.0, e[bb, i]) > 0) << sh
+            for i in range(m):  # eps is never 0 nor NaN: e > 0 is pack's "pm1" sign bit
+                row[i] |= np.uint8(e[bb, i] > 0) << sh
 
 
 def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None):
