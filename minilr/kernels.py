@@ -10,6 +10,9 @@ and NumPy runs it on one core. The fast path does the same arithmetic
   while the copy is in cache; :func:`scale_rows` turns the kept ``eps`` into ``L * eps`` in place
   and sums it for the bias (and ``L (eps^2 - 1)`` for sigma) in the same pass, so the weight sum
   is one BLAS product; :func:`sum_copies` forms the first layer's ``sum_k L eps`` in one pass;
+  for ALR the same pass keeps only ``sign(eps)``, packed straight into the record's bits;
+* in **memory already mapped**: LR's block arrays come back from the previous step
+  (:func:`scratch`, :func:`recycle`) instead of fresh pages that fault on first touch;
 * on **every core, by blocks of copies**: copies are independent (the paper's data-level
   parallelism), so :func:`run_blocks` runs whole blocks, GEMMs and all, side by side on the
   thread pool of :mod:`minilr.noise`, each block on one thread.
@@ -41,8 +44,6 @@ __all__ = ["ACTS", "lr_forward", "scale_rows", "sum_copies", "run_blocks", "blas
 ACTS = {"identity": 0, "relu": 1}  # activations fused into lr_forward, by Activation.name
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-
-
 _inline = numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 
 
