@@ -227,7 +227,9 @@ def test_constant_loss_has_zero_estimate_with_baseline(data, estimator, copies, 
     """A loss that ignores the output gives equal losses for all copies, so every centred loss is
     ``1 - (K - 1) / (K - 1) = 0`` exactly (small integers are exact in floating point): the
     estimate is exactly zero. Without the baseline (and without antithetic pairs, whose mirrored
-    scores cancel) it is the mean score, which is not zero."""
+    scores cancel) it is the mean score: with Gaussian scores (LR, ES, Hybrid) that is non-zero with
+    probability one; with sign scores (+-1) an even number of them can cancel exactly (ALR, one
+    layer, 4 copies, batch 1 does), so those are not asserted non-zero."""
     model = data.draw(models())
     x, y = data.draw(batches(model))
     k = 2 * copies if antithetic else copies
@@ -235,7 +237,7 @@ def test_constant_loss_has_zero_estimate_with_baseline(data, estimator, copies, 
     g = grad(model, x, y, estimator, k, loss=ones, antithetic=antithetic)
     for key, v in g.items():
         assert not np.any(v), key
-    if not antithetic:
+    if not antithetic and estimator in ("lr", "es", "hybrid"):
         g0 = grad(model, x, y, estimator, k, loss=ones, baseline=False)
         assert any(np.any(v) for v in g0.values())
 
