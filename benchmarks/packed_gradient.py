@@ -11,12 +11,15 @@ Run: python benchmarks/packed_gradient.py [rows m d]   (prints ms per call, medi
 from __future__ import annotations
 
 import sys
-import time
+from pathlib import Path
 
 import numba
 import numpy as np
 
 from minilr import signbits as sb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from worker import _median_time  # noqa: E402  (the benchmarks' one timer)
 
 
 @numba.njit(cache=True)
@@ -57,13 +60,8 @@ def rank1_rows(L, s, t, rows):
 
 
 def _time(f, reps=5):
-    f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts))
+    """Median milliseconds of ``f()`` after one warm-up call (which also JIT-compiles)."""
+    return 1e3 * _median_time(f, reps, warm=1)
 
 
 def main(rows=20000, m=256, d=256):
