@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 
 import numba
 import numpy as np
@@ -39,7 +40,7 @@ import numpy as np
 from .noise import _U64, _fill_range, run_split
 
 __all__ = ["ACTS", "lr_forward", "scale_rows", "sum_copies", "run_blocks", "blas_one_thread", "scratch",
-           "recycle", "release"]
+           "recycle", "release", "Arena", "gemm_acc"]
 
 ACTS = {"identity": 0, "relu": 1}  # activations fused into lr_forward, by Activation.name
 
@@ -84,32 +85,41 @@ def _lr_forward_rows(v, b, sigma, act, eps, h, k1, gamma, k0, anti, lo, hi):
 
 
 @_jit
-def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti):
+def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, hbits, pack_h):
     """As :func:`_lr_forward_rows` over all copies of ``h``, but ``eps`` lives one copy at a time
     in ``e`` (B, m): only ``not signbit(eps)`` is kept, packed along the rows into ``bits``
-    (row ``n = c * B + b`` is bit ``n % 8`` of byte ``n // 8``, as ``signbits.pack``)."""
+    (row ``n = c * B + b`` is bit ``n % 8`` of byte ``n // 8``, as ``signbits.pack``). With
+    ``pack_h`` also ``h > 0`` into ``hbits`` (``signbits.pack``'s "01": the next layer's input
+    signs), while the copy is in cache instead of in a second pass."""
     K, B, m = h.shape
     bits[:] = 0
+    if pack_h:
+        hbits[:] = 0
     for c in range(K):
         _draw_copy(e, e, k0 + c, anti, k1, gamma)  # an odd antithetic copy negates e in place
-        _act_copy(v[c if v.shape[0] > 1 else 0], b, sigma, act, e, h[c])
+        hc = h[c]
+        _act_copy(v[c if v.shape[0] > 1 else 0], b, sigma, act, e, hc)
         for bb in range(B):
             n = c * B + bb
             row = bits[n >> 3]
             sh = np.uint8(n & 7)
             for i in range(m):  # eps is never 0 nor NaN: e > 0 is pack's "pm1" sign bit
                 row[i] |= np.uint8(e[bb, i] > 0) << sh
+            if pack_h:
+                hrow = hbits[n >> 3]
+                for i in range(m):
+                    hrow[i] |= np.uint8(hc[bb, i] > 0) << sh
 
 
-def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None):
+def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None, hbits=None):
     """Draw the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
 
     ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or (B, m)
     shared by all copies (the first layer). ``h`` may be ``v`` (in place). ``act``: a key of
     :data:`ACTS`. With ``antithetic`` ``k0`` must be even. The noise is kept in ``eps`` (same shape
     as ``h``), or, when ``bits`` is given (``eps`` None), only its signs, packed along the rows
-    into ``bits`` (uint8, ``(ceil(copies * B / 8), m)``, as :func:`minilr.signbits.pack`). One
-    thread (a block's).
+    into ``bits`` (uint8, ``(ceil(copies * B / 8), m)``, as :func:`minilr.signbits.pack`); then
+    ``hbits`` (same shape), if given, gets ``h``'s "01" signs likewise. One thread (a block's).
     """
     v3 = v.reshape((-1,) + h.shape[1:])
     if bits is None:
@@ -117,7 +127,9 @@ def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None):
                          h.shape[0])
     else:
         e = np.empty(h.shape[1:], dtype=h.dtype)
-        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.k1, key.gamma, k0, antithetic)
+        pack_h = hbits is not None
+        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.k1, key.gamma, k0, antithetic,
+                          hbits if pack_h else bits, pack_h)
     return h
 
 
@@ -206,6 +218,28 @@ def recycle(arrays):
     _FREE.update(free)
 
 
+class Arena:
+    """Arrays reused by the blocks one thread runs in one pass, by tag (ALR's forward blocks).
+
+    A fresh block array costs page faults on first touch, and two threads faulting at once
+    contend for the process's memory map: ALR's 25 blocks x 3 layers of fresh arrays per step
+    (B=50, K=200) ran the forward pass on two threads no faster than ~1.5x one. Each thread keeps
+    one array per tag, so the floats alive stay what one block of each tag needs; they go when
+    the arena does (the end of the pass)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, tag, shape, dtype):
+        """An uninitialised array of ``shape``, this thread's for ``tag`` (valid till its next get)."""
+        d = self._local.__dict__
+        n = int(np.prod(shape))
+        a = d.get(tag)
+        if a is None or a.size < n or a.dtype != np.dtype(dtype):
+            a = d[tag] = np.empty(n, dtype)
+        return a[:n].reshape(shape)
+
+
 def release():
     """Free the arrays kept for the next step."""
     _FREE.clear()
@@ -239,6 +273,50 @@ def _find_openblas():
 
 
 _OPENBLAS = _find_openblas()
+
+
+def _find_sgemm():
+    """OpenBLAS's ``cblas_sgemm`` (ILP64 or not) via ctypes, as ``(function, int type)``, or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name, it in (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),
+                         ("scipy_cblas_sgemm", ctypes.c_int), ("cblas_sgemm", ctypes.c_int)):
+            f = getattr(lib, name, None)
+            if f is not None:
+                f.restype = None
+                return f, it
+    return None
+
+
+_SGEMM = _find_sgemm()
+
+
+def gemm_acc(C, A, B):
+    """``C += A^T @ B`` in place (float32 ``A`` (k, m), ``B`` (k, n), rows contiguous; ``C`` (m, n)).
+
+    sgemm with ``beta = 1`` when OpenBLAS's cblas is found: no (m, n) temporary per call (the
+    packed gradient calls this once per block of rows). Else a product and an add. The ctypes call
+    drops the GIL, so threads run it side by side."""
+    if (_SGEMM is None or C.dtype != np.float32 or A.dtype != np.float32 or B.dtype != np.float32
+            or A.strides[1] != 4 or B.strides[1] != 4 or C.strides[1] != 4):
+        C += A.T @ B
+        return C
+    f, it = _SGEMM
+    k, m = A.shape
+    n = B.shape[1]
+    # CblasRowMajor = 101, CblasTrans = 112, CblasNoTrans = 111
+    f(ctypes.c_int(101), ctypes.c_int(112), ctypes.c_int(111), it(m), it(n), it(k), ctypes.c_float(1.0),
+      ctypes.c_void_p(A.ctypes.data), it(A.strides[0] // 4), ctypes.c_void_p(B.ctypes.data),
+      it(B.strides[0] // 4), ctypes.c_float(1.0), ctypes.c_void_p(C.ctypes.data), it(C.strides[0] // 4))
+    return C
 
 
 @contextlib.contextmanager

@@ -129,6 +129,15 @@ def noisy_forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic
         W, b, sigma = bk.asarray(layer.weight), bk.asarray(layer.bias), bk.asarray(layer.sigma)
         sites.append(site_classes[modes[j]](W, b, sigma, layer.learn_sigma, copies, B, k0, keys[j],
                                             antithetic, approx, nonneg, j == 0, xp))
+    arena = kernels.Arena()  # per-thread block arrays for this pass (sites that take one)
+    for j, site in enumerate(sites):
+        if hasattr(site, "arena"):
+            site.arena, site.tag = arena, j % 2
+    # a site whose fused ReLU feeds the next site directly may pack that site's input signs
+    for j in range(len(lin) - 1):
+        i, link = lin[j][0], getattr(sites[j], "link_next", None)
+        if link is not None and lin[j + 1][0] == i + 2:
+            link(model.layers[i + 1], sites[j + 1])
     L = xp.empty((copies, B), dtype=model.dtype)
     parallel = all(site.parallel for site in sites)
     kb = block_copies(model, B, copies, modes, approx, balanced=parallel)
@@ -156,4 +165,7 @@ def noisy_forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic
     else:
         for c0 in starts:
             block(c0)
+    for site in sites:  # the block arrays are dead: free them before the gradient
+        if hasattr(site, "arena"):
+            site.arena = None
     return L, sites

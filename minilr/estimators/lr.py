@@ -22,7 +22,7 @@ What a record keeps between the forward pass and the gradient:
 
 Two paths, one arithmetic: on NumPy an LR site runs fused kernels (:mod:`minilr.kernels`: noise
 drawn inside the pass, the activation fused, ``L * eps`` formed in place) over blocks of copies
-side by side on every core (ALR: its packed sums over fixed ranges of copies, likewise); the plain
+side by side on every core (ALR: its packed sums over fixed ranges of output neurons); the plain
 ``xp`` code beside them is what CuPy runs and what the tests compare them with.
 """
 from __future__ import annotations
@@ -36,9 +36,14 @@ from .base import draw_noise
 
 
 FAST = True
-# ALR's packed-gradient sums on the fast path: this many ranges of copies, fixed (not one per
-# thread) so the sums' bits do not depend on the thread count.
-SIGN_PARTS = 4
+# ALR's packed-gradient sums on the fast path: G's wider side in this many fixed ranges,
+# one per thread at a time (each range's sums run over all rows in order, so the split never
+# changes a bit; fixed so that neither do the products' shapes).
+SIGN_PARTS = 2
+# Up to this many weights (512 KB of float32) the packed sum splits the rows instead, one G per
+# part added in order: no bits unpacked twice (a 256 x 256 layer: ~2 ms less CPU per step at
+# B=50, K=200) for one extra G alive. Larger G: split G, no copies.
+SMALL_G = 1 << 17
 
 
 class LRSite:
@@ -58,6 +63,9 @@ class LRSite:
         rows = copies * B
         self.x_shared = None
         self._pre, self._lock = None, threading.Lock()  # fast path: the shared batch's h W^T
+        # ALR fast path: the next site's input bits, packed by this site's fused ReLU pass
+        self.next_t, self.t_packed = None, False
+        self.arena, self.tag = None, 0  # ALR fast path: where its block outputs live (noisy_forward)
         if approx:
             self.s = signbits._empty("pm1", rows, m, xp)
             self.t = None if first else signbits._empty(self.x_kind, rows, d, xp)
@@ -74,6 +82,13 @@ class LRSite:
     def fuses(self, act):
         """Whether :meth:`forward_block` can apply the activation layer ``act`` itself."""
         return self.fast and act is not None and getattr(act, "name", None) in kernels.ACTS
+
+    def link_next(self, act, nxt):
+        """ALR fast path: when this site's pass applies the ReLU ``act`` whose output is ``nxt``'s
+        input, pack that input's signs in the same pass (one pass over the block, not two)."""
+        if (self.fast and self.approx and self.fuses(act) and act.name == "relu"
+                and isinstance(nxt, LRSite) and nxt.fast and nxt.approx and nxt.x_kind == "01"):
+            self.next_t, nxt.t_packed = nxt.t, True
 
     def forward_block(self, h, c0, c1, act=None):
         """``v = h W^T + b + sigma * eps`` for copies ``c0 .. c1 - 1``; records signs or floats.
@@ -113,7 +128,14 @@ class LRSite:
         m, d = self.W.shape
         shape = (c1 - c0, self.B, m)
         # LR keeps its blocks till the gradient: they come from (and go back to) kernels.scratch
-        out = np.empty(shape, self.dtype) if self.approx else kernels.scratch(shape, self.dtype)
+        # ALR's blocks die with the block: per-thread arrays reused, by layer parity (input and
+        # output of a layer differ), from the pass's arena when it has one
+        if not self.approx:
+            out = kernels.scratch(shape, self.dtype)
+        elif self.arena is not None:
+            out = self.arena.get(self.tag, shape, self.dtype)
+        else:
+            out = np.empty(shape, self.dtype)
         if h.ndim == 2:  # the shared batch: v is (B, m), broadcast over the copies by the kernel
             with self._lock:  # once for all blocks (they may run side by side)
                 if self._pre is None:
@@ -122,15 +144,17 @@ class LRSite:
             v = self._pre
         else:
             if self.approx:
-                signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B)
+                if not self.t_packed:
+                    signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B)
             else:
                 self.x_blocks[c0] = h
             v = out  # act(v) overwrites v
             np.matmul(h.reshape(-1, d), self.W.T, out=out.reshape(-1, m))
         if self.approx:  # sign(eps) packed straight into its rows of the record
-            bits = self.s[c0 * self.B // 8:-(-c1 * self.B // 8)]
+            rows = slice(c0 * self.B // 8, -(-c1 * self.B // 8))
+            hbits = None if self.next_t is None or act != "relu" else self.next_t[rows]
             kernels.lr_forward(v, self.b, self.sigma, act, None, out, self.key, self.k0 + c0,
-                               self.antithetic, bits=bits)
+                               self.antithetic, bits=self.s[rows], hbits=hbits)
         else:
             self.eps_blocks[c0] = eps = kernels.scratch(shape, self.dtype)
             kernels.lr_forward(v, self.b, self.sigma, act, eps, out, self.key, self.k0 + c0,
@@ -201,21 +225,46 @@ class LRSite:
         return out
 
     def _sign_gradient(self, Lc):
-        """ALR's weight and bias sums from the packed bits; on the fast path in :data:`SIGN_PARTS`
-        ranges of copies side by side, summed in order."""
+        """ALR's weight and bias sums from the packed bits.
+
+        On the fast path ``G``'s wider side (neurons or inputs) is split into :data:`SIGN_PARTS`
+        fixed ranges run side by side, each over all rows in order, writing its own part of one
+        shared ``G``: no per-part copy of ``G`` to add up (ALR's peak memory). A small ``G``
+        (:data:`SMALL_G`) splits the rows instead. Either way the parts are fixed by the sizes,
+        so the bits do not depend on the thread count."""
         K = self.copies
         if not self.fast:
             parts = [self._sign_sums(Lc, 0, K)]
-        else:
-            ranges = noise.split(K, SIGN_PARTS, align=8)  # whole bytes of packed rows
-            done = {}
-            kernels.run_blocks(lambda p: done.__setitem__(p, self._sign_sums(Lc, *ranges[p])),
-                               list(range(len(ranges))))
-            parts = [done[p] for p in range(len(ranges))]
-        if self.first:
-            A = sum(p for p in parts)
+            if self.first:
+                A = sum(p for p in parts)
+                return A.T @ self.x_shared, A.sum(axis=0)
+            return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        m, d = self.W.shape
+        B, rows = self.B, K * self.B
+        Lf = np.ascontiguousarray(Lc, self.dtype).reshape(-1)
+        cols = noise.split(m, SIGN_PARTS, align=16)
+        if self.first:  # A[b, i] = sum_k L sign(eps_i), read from the bits; then one product
+            A = np.zeros((B, m), self.dtype)
+            kernels.run_blocks(lambda p: signbits.sign_sum_copies(self.s, Lf, B, A, *cols[p]),
+                               list(range(len(cols))))
             return A.T @ self.x_shared, A.sum(axis=0)
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        if m * d <= SMALL_G:  # G is small: split the rows, one G per part, added in order
+            parts = [(c0 * B, c1 * B, 0, m, 0, d) for c0, c1 in noise.split(K, SIGN_PARTS, align=8)]
+            sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype)) for _ in parts]
+        else:  # split G's wider side: the narrower side's bits are unpacked by every part
+            cut = [(i0, i1, 0, d) for i0, i1 in cols] if m >= d else \
+                [(0, m, j0, j1) for j0, j1 in noise.split(d, SIGN_PARTS, align=16)]
+            parts = [(0, rows) + c for c in cut]
+            sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype))] * len(parts)
+        kernels.run_blocks(lambda p: signbits.packed_gradient_block(
+            Lf, self.s, "pm1", self.t, self.x_kind, *sums[p], *parts[p], gemm=kernels.gemm_acc),
+            list(range(len(parts))))
+        G, g = sums[0]
+        for Gp, gp in sums[1:]:
+            if Gp is not G:
+                G += Gp
+                g += gp
+        return G, g
 
     def _sign_sums(self, Lc, c_lo, c_hi):
         """Over copies ``c_lo .. c_hi - 1``: ``A[b, i] = sum_k L sign(eps_i)`` (first layer, whose
