@@ -251,13 +251,18 @@ class LRSite:
         if m * d <= SMALL_G:  # G is small: split the rows, one G per part, added in order
             parts = [(c0 * B, c1 * B, 0, m, 0, d) for c0, c1 in noise.split(K, SIGN_PARTS, align=8)]
             sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype)) for _ in parts]
+            # a part's floats alive: its G and its blocks; a G smaller than the block budget
+            # leaves the rest to the blocks (fewer, larger blocks: less Python per flop)
+            floats = 2 * signbits.GRAD_BLOCK_FLOATS - min(m * d, signbits.GRAD_BLOCK_FLOATS)
         else:  # split G's wider side: the narrower side's bits are unpacked by every part
             cut = [(i0, i1, 0, d) for i0, i1 in cols] if m >= d else \
                 [(0, m, j0, j1) for j0, j1 in noise.split(d, SIGN_PARTS, align=16)]
             parts = [(0, rows) + c for c in cut]
             sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype))] * len(parts)
+            floats = None
         kernels.run_blocks(lambda p: signbits.packed_gradient_block(
-            Lf, self.s, "pm1", self.t, self.x_kind, *sums[p], *parts[p], gemm=kernels.gemm_acc),
+            Lf, self.s, "pm1", self.t, self.x_kind, *sums[p], *parts[p], gemm=kernels.gemm_acc,
+            block_floats=floats),
             list(range(len(parts))))
         G, g = sums[0]
         for Gp, gp in sums[1:]:
