@@ -119,3 +119,57 @@ def test_split_covers_once():
                 r = noise.split(n, nt, align)
                 assert [i for lo, hi in r for i in range(lo, hi)] == list(range(n))
                 assert all(lo % align == 0 for lo, _ in r)
+
+
+def test_lr_forward_packs_signs_of_eps_and_h():
+    """ALR's pass: only sign(eps) kept, packed, and (for the next layer) h > 0 packed alike."""
+    from minilr import signbits
+
+    key = noise.key_from_seed(np.random.SeedSequence(5))
+    K, B, m = 7, 3, 19  # 21 rows: the last byte is partial
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((K, B, m)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    sigma = rng.uniform(0.1, 1, m).astype(np.float32)
+    eps, h = np.empty((K, B, m), np.float32), np.empty((K, B, m), np.float32)
+    kernels.lr_forward(v, b, sigma, "relu", eps, h, key, 0, False)
+    bits = np.full(((K * B + 7) // 8, m), 255, np.uint8)
+    hbits = bits.copy()
+    h2 = np.empty_like(h)
+    kernels.lr_forward(v, b, sigma, "relu", None, h2, key, 0, False, bits=bits, hbits=hbits)
+    np.testing.assert_array_equal(h2, h)
+    np.testing.assert_array_equal(bits, signbits.pack_reference(eps.reshape(-1, m), "pm1"))
+    np.testing.assert_array_equal(hbits, signbits.pack_reference(h.reshape(-1, m), "01"))
+
+
+def test_gemm_acc_adds_into_a_view():
+    rng = np.random.default_rng(3)
+    A = rng.integers(-3, 4, (40, 9)).astype(np.float32)
+    B = rng.integers(-3, 4, (40, 13)).astype(np.float32)
+    C = rng.integers(-3, 4, (20, 30)).astype(np.float32)
+    want = C.copy()
+    want[5:14, 7:20] += A.T @ B
+    kernels.gemm_acc(C[5:14, 7:20], A, B)
+    np.testing.assert_array_equal(C, want)
+
+
+@pytest.mark.parametrize("copies,kb,B,threads", [(200, 8, 50, 2), (2000, 24, 10, 2), (7, 8, 3, 3),
+                                                 (101, 16, 1, 3), (16, 8, 8, 4)])
+def test_balanced_starts(copies, kb, B, threads):
+    """ALR's forward blocks: whole bytes of rows, even starts, at most kb copies (or one unit),
+    a multiple of the threads where there are enough units, each thread's share even."""
+    from minilr.estimators.base import balanced_starts
+
+    starts = balanced_starts(copies, kb, B, threads)
+    ends = starts[1:] + [copies]
+    assert starts[0] == 0 and all(c0 < c1 for c0, c1 in zip(starts, ends))
+    assert all(c0 * B % 8 == 0 and c0 % 2 == 0 for c0 in starts)
+    unit = 8 // np.gcd(B, 8)
+    unit = unit if unit % 2 == 0 else 2 * unit
+    assert all(c1 - c0 <= max(kb, unit) for c0, c1 in zip(starts, ends))
+    n = len(starts)
+    if n >= threads:
+        assert n % threads == 0
+        shares = [sum(e - s for s, e in list(zip(starts, ends))[n * g // threads:n * (g + 1) // threads])
+                  for g in range(threads)]
+        assert max(shares) - min(shares) <= max(kb, 8)

@@ -193,3 +193,48 @@ def test_gpu_estimates_are_deterministic_per_seed():
         g2 = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, backend="cupy")
         for k in g1:
             np.testing.assert_array_equal(g1[k], g2[k])
+
+
+@settings(deadline=None, max_examples=60)
+@given(seeds, rows, widths, widths, kinds, st.sampled_from(["01", "sign"]), st.integers(1, 3),
+       st.sampled_from(["rows", "s", "t"]), st.sampled_from([64, 1000, 1 << 16]))
+def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kind, parts, split,
+                                                    floats):
+    """The fast path's parts (ranges of rows, of s's columns or of t's columns), each into its share
+    of G and g, add up to the reference exactly (integer losses), with sgemm or NumPy products."""
+    from minilr import kernels
+
+    rng = np.random.default_rng(seed)
+    s = sb.pack(signed_array(seed, (n, m)), s_kind)
+    t = sb.pack(signed_array(seed + 1, (n, d)), t_kind)
+    L = rng.integers(-1000, 1001, n).astype(np.float32)
+    ref = sb.packed_gradient_reference(L, s, s_kind, t, t_kind, n).astype(np.float32)
+    gref = (L[:, None] * sb.unpack_reference(s, s_kind, n)).sum(axis=0)
+    for gemm in (None, kernels.gemm_acc):
+        G, g = np.zeros((m, d), np.float32), np.zeros(m, np.float32)
+        if split == "rows":
+            cuts = [(r0 * 8, min(n, r1 * 8), 0, m, 0, d) for r0, r1 in
+                    minilr.noise.split(-(-n // 8), parts)]
+        elif split == "s":
+            cuts = [(0, n, i0, i1, 0, d) for i0, i1 in minilr.noise.split(m, parts)]
+        else:
+            cuts = [(0, n, 0, m, j0, j1) for j0, j1 in minilr.noise.split(d, parts)]
+        for cut in cuts:
+            sb.packed_gradient_block(L, s, s_kind, t, t_kind, G, g, *cut, gemm=gemm, block_floats=floats)
+        np.testing.assert_array_equal(G, ref)
+        np.testing.assert_array_equal(g, gref)
+
+
+@settings(deadline=None, max_examples=40)
+@given(seeds, st.integers(1, 9), st.integers(1, 40), widths, st.integers(1, 3))
+def test_sign_sum_copies_from_bits(seed, B, K, m, parts):
+    """The first layer's A[b] = sum_k L sign(eps) read from the bits, by column ranges: exact."""
+    rng = np.random.default_rng(seed)
+    a = signed_array(seed, (K * B, m))
+    s = sb.pack(a, "pm1")
+    L = rng.integers(-1000, 1001, K * B).astype(np.float32)
+    A = np.zeros((B, m), np.float32)
+    for c0, c1 in minilr.noise.split(m, parts):
+        sb.sign_sum_copies(s, L, B, A, c0, c1)
+    want = (L[:, None] * sb.unpack_reference(s, "pm1", K * B)).reshape(K, B, m).sum(axis=0)
+    np.testing.assert_array_equal(A, want)
