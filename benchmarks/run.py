@@ -149,7 +149,7 @@ def cpu_benchmarks(R):
     rows.append(("LR step: minilr threads (MINILR_NOISE_THREADS: noise, fused blocks) 1 / 2 "
                  "(OpenBLAS threads as run; the fused path holds BLAS at 1 inside a step)",
                  f"{t1 / t2:.2f}x ({1e3 * t1:.1f} vs {1e3 * t2:.1f} ms); with OPENBLAS_NUM_THREADS=1: {1e3 * ob1:.1f} ms", "-", "-"))
-    prof = work("profile")["top"]
+    prof = {e: work("profile", est=e)["top"] for e in ("lr", "alr")}
     print(rows[-1], flush=True)
 
     return rows, prof
@@ -176,7 +176,7 @@ def main(argv=None):
         desc += f"; every side limited to {a.threads} thread(s)"
     print(desc, flush=True)
     rows = []  # (what, measured, target, met)
-    prof = []
+    prof = {}
     if a.gpu_only:
         a.gpu = True
     else:
@@ -207,9 +207,10 @@ def main(argv=None):
              "processes, the two sides of a ratio alternating. MLP 784-256-256-10, ReLU, float32.", "",
              "| measurement | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {w} | {m} | {t} | {ok} |" for w, m, t, ok in rows + gpu_rows]
-    lines += ["", "Where an LR step's time goes (cProfile own time per step, B=50, K=200; the "
-              "calling thread's share only: the other thread runs the other blocks alike):", ""]
-    lines += [f"* {ms} ms — `{name}`" for ms, name in prof]
+    for e, top in prof.items():
+        lines += ["", f"Where an {e.upper()} step's time goes (cProfile own time per step, B=50, K=200; "
+                  "the calling thread's share only: the other thread runs the other blocks alike):", ""]
+        lines += [f"* {ms} ms — `{name}`" for ms, name in top]
     lines += ["", "Packed-gradient algorithms: `python benchmarks/packed_gradient.py` (see "
               "`minilr/signbits.py` for the figures that chose unpack-then-BLAS).", ""]
     with open(a.out, "w") as fh:

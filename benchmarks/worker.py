@@ -127,7 +127,7 @@ def noise_rate(n=5_220_000, reps=5):
 
 
 def profile(est="lr", K=200, B=50):
-    """Where an LR step's time goes: cProfile's own-time table, top entries."""
+    """Where a step's time goes (LR or ALR): cProfile's own-time table, top entries."""
     import cProfile
     import pstats
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import threading
 
 import numba
@@ -236,7 +237,7 @@ class Arena:
     def get(self, tag, shape, dtype):
         """An uninitialised array of ``shape``, this thread's for ``tag`` (valid till its next get)."""
         d = self._local.__dict__
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         a = d.get(tag)
         if a is None or a.size < n or a.dtype != np.dtype(dtype):
             a = d[tag] = np.empty(n, dtype)

@@ -29,6 +29,12 @@ estimator, and even 8 planes move ``8 * rows * m * d / 64`` popcounts against sg
 per core. sgemm wins because the arithmetic is small next to what BLAS sustains; the bits pay for
 themselves in memory, not in flops.
 
+On NumPy the estimator's fast path calls :func:`packed_gradient_block` instead: fixed parts of
+``G`` (or of the rows, where ``G`` is small) run side by side, the products accumulate in place
+(``sgemm`` with ``beta = 1``), whole rows are unpacked by :func:`_unpack_cpu` and the bias sum is
+read from the bits, so what is alive beyond the bits is one ``G`` and two small blocks per part
+(ALR's peak memory); the first layer's sums come straight from the bits (:func:`sign_sum_copies`).
+
 Three implementations share one contract and one test suite: ``*_reference`` (``np.packbits``,
 for checking), Numba on the CPU (``cache=True``; serial, see below) and ``numba.cuda`` kernels for
 CuPy arrays (:mod:`minilr._cuda_kernels`). The CPU kernels are deliberately single-threaded:

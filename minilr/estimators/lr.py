@@ -22,8 +22,9 @@ What a record keeps between the forward pass and the gradient:
 
 Two paths, one arithmetic: on NumPy an LR site runs fused kernels (:mod:`minilr.kernels`: noise
 drawn inside the pass, the activation fused, ``L * eps`` formed in place) over blocks of copies
-side by side on every core (ALR: its packed sums over fixed ranges of output neurons); the plain
-``xp`` code beside them is what CuPy runs and what the tests compare them with.
+side by side on every core (ALR: its packed sums over fixed parts of ``G`` or of the rows, its
+ReLU pass packing the next layer's input signs too); the plain ``xp`` code beside them is what
+CuPy runs and what the tests compare them with.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ from .base import draw_noise
 
 
 FAST = True
-# ALR's packed-gradient sums on the fast path: G's wider side in this many fixed ranges,
-# one per thread at a time (each range's sums run over all rows in order, so the split never
-# changes a bit; fixed so that neither do the products' shapes).
+# ALR's packed-gradient sums on the fast path: this many fixed parts (of G's wider side, or of
+# the rows), run side by side. Fixed by the sizes, never by the thread count, so the bits are
+# the same on 1 or 3 threads. Two parts, not four: each part's G or blocks are alive at once,
+# and ALR's peak memory is made of them (K=2000, B=10: 6.5 MB with four row parts, 5.0 MB now).
 SIGN_PARTS = 2
 # Up to this many weights (512 KB of float32) the packed sum splits the rows instead, one G per
 # part added in order: no bits unpacked twice (a 256 x 256 layer: ~2 ms less CPU per step at
