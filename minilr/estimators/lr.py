@@ -244,11 +244,9 @@ class LRSite:
         m, d = self.W.shape
         B, rows = self.B, K * self.B
         Lf = np.ascontiguousarray(Lc, self.dtype).reshape(-1)
-        cols = noise.split(m, SIGN_PARTS, align=16)
         if self.first:  # A[b, i] = sum_k L sign(eps_i), read from the bits; then one product
-            A = np.zeros((B, m), self.dtype)
-            kernels.run_blocks(lambda p: signbits.sign_sum_copies(self.s, Lf, B, A, *cols[p]),
-                               list(range(len(cols))))
+            # one thread: ~0.2 ms of work (B=50, K=200), less than a hand-off to the other
+            A = signbits.sign_sum_copies(self.s, Lf, B, np.zeros((B, m), self.dtype), 0, m)
             return A.T @ self.x_shared, A.sum(axis=0)
         if m * d <= SMALL_G:  # G is small: split the rows, one G per part, added in order
             parts = [(c0 * B, c1 * B, 0, m, 0, d) for c0, c1 in noise.split(K, SIGN_PARTS, align=8)]
@@ -257,7 +255,7 @@ class LRSite:
             # leaves the rest to the blocks (fewer, larger blocks: less Python per flop)
             floats = 2 * signbits.GRAD_BLOCK_FLOATS - min(m * d, signbits.GRAD_BLOCK_FLOATS)
         else:  # split G's wider side: the narrower side's bits are unpacked by every part
-            cut = [(i0, i1, 0, d) for i0, i1 in cols] if m >= d else \
+            cut = [(i0, i1, 0, d) for i0, i1 in noise.split(m, SIGN_PARTS, align=16)] if m >= d else \
                 [(0, m, j0, j1) for j0, j1 in noise.split(d, SIGN_PARTS, align=16)]
             parts = [(0, rows) + c for c in cut]
             sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype))] * len(parts)
