@@ -253,18 +253,23 @@ def release():
 # OpenBLAS's workers busy-wait for ~0.1 s after every multi-threaded call (measured here: a fused
 # pass right after a 2-thread sgemm took 12.7 ms instead of 4.6 ms, back to normal only 0.2 s
 # later), so the fused path never lets OpenBLAS start its own threads.
-def _find_openblas():
-    """``(get, set)`` for the thread count of the OpenBLAS that NumPy loaded, via ctypes, or None."""
+def _openblas_libs():
+    """The OpenBLAS shared libraries this process has loaded (NumPy's), opened with ctypes."""
     try:
         with open("/proc/self/maps") as fh:
             paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
     except OSError:  # not Linux: leave BLAS alone
-        return None
+        return
     for path in sorted(paths):
         try:
-            lib = ctypes.CDLL(path)
+            yield ctypes.CDLL(path)
         except OSError:
             continue
+
+
+def _find_openblas():
+    """``(get, set)`` for the thread count of the OpenBLAS that NumPy loaded, via ctypes, or None."""
+    for lib in _openblas_libs():
         for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
                                ("openblas", "")):
             get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
@@ -281,16 +286,7 @@ _OPENBLAS = _find_openblas()
 
 def _find_sgemm():
     """OpenBLAS's ``cblas_sgemm`` (ILP64 or not) via ctypes, as ``(function, int type)``, or None."""
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in _openblas_libs():
         for name, it in (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),
                          ("scipy_cblas_sgemm", ctypes.c_int), ("cblas_sgemm", ctypes.c_int)):
             f = getattr(lib, name, None)
