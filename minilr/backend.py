@@ -96,10 +96,11 @@ class Backend:
 
     # -- randomness -----------------------------------------------------------------------------
     def generator(self, ss: np.random.SeedSequence):
-        """A random generator on this backend, seeded from ``ss``.
+        """A general-purpose random generator on this backend, seeded from ``ss``
+        (``Generator(SFC64)`` on NumPy), for users' own sampling.
 
-        On NumPy this is ``Generator(SFC64)``: a fast, high-quality bit generator whose
-        ``standard_normal`` (ziggurat) is the cost of drawing noise.
+        The estimators do not use it: their noise is counter-based (:mod:`minilr.noise`), so any
+        block of it can be drawn again from the seed instead of stored.
         """
         if self.name == "cupy":
             return self.xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0]))
