@@ -11,10 +11,46 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation as _v
-from .layers import Linear
+from .layers import Activation, Linear
 from .losses import LOSSES, per_sample
 
-__all__ = ["gradient", "loss"]
+__all__ = ["gradient", "loss", "register", "backward"]
+
+# Hand-written backward passes of the layers beyond Linear, by layer type:
+# ``fn(layer, x, delta) -> (delta_x, grads)`` with ``x`` the layer's float64 input (batch, ...),
+# ``delta`` = dLoss/d(output), ``grads`` keyed relative to the layer ("weight", "body.0.bias").
+BACKWARD = {}
+
+
+def register(layer_type):
+    """Decorator: ``fn`` is the exact backward pass of ``layer_type`` (see :data:`BACKWARD`)."""
+    def deco(fn):
+        BACKWARD[layer_type] = fn
+        return fn
+    return deco
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def backward(layer, x, delta):
+    """``(dLoss/dx, {param: dLoss/dparam})`` for one layer given ``delta`` = dLoss/d(output)."""
+    if isinstance(layer, Linear):
+        return delta @ _f64(layer.weight), {"weight": delta.T @ x, "bias": delta.sum(axis=0)}
+    if isinstance(layer, Activation):
+        return delta * layer.derivative(x, layer.forward(x, np), np), {}
+    for cls in type(layer).__mro__:
+        if cls in BACKWARD:
+            return BACKWARD[cls](layer, x, delta)
+    raise TypeError(f"minilr.reference has no backward pass for {type(layer).__name__}")
+
+
+def forward64(layer, x):
+    """A layer's noiseless forward pass in float64 (parameters widened)."""
+    if isinstance(layer, Linear):
+        return x @ _f64(layer.weight).T + _f64(layer.bias)
+    return layer.forward(x, np)
 
 
 def _prepare(model, x, y, loss):
@@ -26,8 +62,9 @@ def _prepare(model, x, y, loss):
         raise ValueError("the reference differentiates only loss='cross_entropy' or 'mse', not a "
                          "custom loss function: write its gradient by hand")
     _v.choice(loss, "loss", LOSSES)
-    x = _v.features(x, "x", model.in_features).astype(np.float64)
-    y = _v.targets(y, "y", loss, x.shape[0], model.out_features)
+    x = model.check_input(x, "x").astype(np.float64)
+    width = model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
+    y = _v.targets(y, "y", loss, x.shape[0], width)
     return x, (y if loss == "cross_entropy" else y.astype(np.float64))
 
 
@@ -49,6 +86,8 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
         If the model has a layer with no usable derivative (the Heaviside ``Step``).
     """
     x, y = _prepare(model, x, y, loss)
+    if not model.is_mlp:
+        return _gradient_general(model, x, y, loss)
     # Forward, keeping every layer's input.
     inputs = []
     h = x
@@ -77,4 +116,31 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
         else:
             out = layer.forward(h_in, np)
             delta = delta * layer.derivative(h_in, out, np)
+    return {k: grads[k] for k in model.parameters() if k in grads}
+
+
+def _output_delta(h, y, loss):
+    """dMeanLoss/d(output) for the named losses."""
+    n = h.shape[0]
+    if loss == "cross_entropy":
+        p = np.exp(h - h.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(n), y] -= 1.0
+        return p / n
+    return (h - y) / n
+
+
+def _gradient_general(model, x, y, loss):
+    """Any layer stack: each layer's :func:`backward` in reverse order, in float64."""
+    inputs = []
+    h = x
+    for layer in model.layers:
+        inputs.append(h)
+        h = forward64(layer, h)
+    delta = _output_delta(h, y, loss)
+    grads = {}
+    for i in range(len(model.layers) - 1, -1, -1):
+        delta, g = backward(model.layers[i], inputs[i], delta)
+        for k, v in g.items():
+            grads[f"{i}.{k}"] = v
     return {k: grads[k] for k in model.parameters() if k in grads}
