@@ -135,16 +135,21 @@ def peak_bytes(model_name, estimator, copies, batch, es_layers):
 
 def copies_at_equal_memory(model_name, estimator, budget, batch, es_layers, start):
     """The most copies (a multiple of 8) whose peak stays within ``budget`` bytes."""
-    lo, hi = start, start
-    while peak_bytes(model_name, estimator, hi * 2, batch, es_layers) <= budget and hi < 64 * start:
-        hi *= 2
-    lo, hi = hi, hi * 2
+    def fits(k):
+        return peak_bytes(model_name, estimator, k, batch, es_layers) <= budget
+
+    if not fits(start):
+        k = start // 8 * 8
+        while k > 8 and not fits(k):
+            k -= 8
+        return max(k, 8)
+    lo = start
+    while fits(lo * 2) and lo < 64 * start:
+        lo *= 2
+    hi = lo * 2
     while hi - lo > 8:
         mid = (lo + hi) // 16 * 8
-        if peak_bytes(model_name, estimator, mid, batch, es_layers) <= budget:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
 
 
@@ -189,13 +194,17 @@ def main(argv=None):
     p.add_argument("--bp-lr", type=float, default=1e-2, help="Adam step for BP and FA")
     p.add_argument("--es-layers", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the equal-memory runs")
+    p.add_argument("--memory-models", default="cnn", help="models that get equal-memory runs")
+    p.add_argument("--memory-cap", type=float, default=4.0,
+                   help="run equal-memory sign variants at most this many times --copies (for time; "
+                        "the copies that fit are printed either way); 0: no cap")
     p.add_argument("--extras", action="store_true", help="also the LR MLP and the digits CNN")
     p.add_argument("--extras-only", action="store_true")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
     if a.quick:
-        a.seeds, a.epochs, a.models = 1, 2, "cnn"
+        a.seeds, a.epochs, a.models, a.memory_cap = 1, 2, "cnn", 2.0
     os.environ["MINILR_NOISE_THREADS"] = "1"  # one thread per process: the seeds run side by side
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
@@ -212,14 +221,15 @@ def main(argv=None):
                     budget = "both" if (col in ("BP", "FA") or not approx) else "copies"
                     jobs.append(dict(base, model=model, method=col, approx=approx, seed=seed, lr=lr,
                                      epochs=epochs, copies=a.copies, budget=budget))
-        if not a.no_memory:
+        if not a.no_memory and model in a.memory_models.split(","):
             for col in ("ES", "LR", "Hybrid"):
                 est_f, est_a = ESTIMATOR[col, False], ESTIMATOR[col, True]
                 budget = peak_bytes(model, est_f, a.copies, a.batch, a.es_layers)
-                k = copies_at_equal_memory(model, est_a, budget, a.batch, a.es_layers, a.copies)
-                budgets[(model, col)] = (budget, k)
+                fit = copies_at_equal_memory(model, est_a, budget, a.batch, a.es_layers, a.copies)
+                k = fit if not a.memory_cap else min(fit, int(a.memory_cap * a.copies) // 8 * 8)
+                budgets[(model, col)] = (budget, fit, k)
                 print(f"{model} {col}: {est_f} K={a.copies} peaks at {budget / 2**20:.1f} MiB; "
-                      f"{est_a} fits K={k} in it", flush=True)
+                      f"{est_a} fits K={fit} in it; run at K={k}", flush=True)
                 for seed in range(a.seeds):
                     jobs.append(dict(base, model=model, method=col, approx=True, seed=seed, lr=a.lr,
                                      epochs=epochs, copies=k, budget="memory"))
@@ -245,7 +255,7 @@ def main(argv=None):
     for model in models:
         print()
         print(table(results, model, "copies"))
-        if not a.no_memory:
+        if not a.no_memory and model in a.memory_models.split(","):
             print()
             print(table(results, model, "memory"))
     extras = [r for r in results if r["budget"] == "extra"]
