@@ -1,0 +1,572 @@
+"""The CUDA engine's kernels (minilr/engines/cuda_kernels.py) and its step (cuda_step.py).
+
+Three layers of checking, so most of it runs without a GPU:
+
+1. each kernel's NumPy *twin* against the reference code it replaces (noise.normal, signbits'
+   packing, the LR/ALR/ES sums, the losses, the baseline): bit for bit where the arithmetic is
+   the same, else to float rounding with the tolerance stated;
+2. each kernel's *CUDA C* against its twin, by compiling the very source NVRTC gets with the host
+   C compiler (CUDA intrinsics mapped to plain IEEE float arithmetic, the grid run as a loop;
+   every kernel here is one thread per item, no shared memory, so a loop is a faithful model),
+   and the whole source with ``nvcc --ptx`` where nvcc is present;
+3. on a GPU (``-m gpu``): each kernel on the device against its twin, and the CUDA step against
+   the reference estimators.
+
+The whole step through the twins is compared with ``minilr.estimate_gradient`` and its launches
+are counted: the count must not grow with the copies.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import minilr
+from minilr import noise, signbits
+from minilr.engines import cuda_kernels as ck
+from minilr.engines import cuda_step as cs
+from minilr.estimators.base import centred_losses, draw_noise
+from minilr.losses import per_sample
+
+ESTIMATORS = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
+SIZES = [64, 32, 32, 10]  # 784-256-256-10 scaled down
+
+
+def _key(seed):
+    return noise.key_from_seed(np.random.SeedSequence(seed))
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8 if a.dtype.itemsize == 1 else
+                                        {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+# -- 1. twins against the reference code ----------------------------------------------------------
+@pytest.mark.parametrize("seed,start", [(0, 0), (1, 12345), (2, 7), (3, 2**40 + 3)])
+def test_noise_twin_equals_noise_normal_bit_for_bit(seed, start):
+    key = _key(seed)
+    n = 1 << 18
+    ref = noise.normal(key, n, start=start)
+    twin = ck.normal_twin(key.k1, key.gamma, np.arange(start, start + n, dtype=np.uint64))
+    assert np.array_equal(_bits(ref), _bits(twin))
+
+
+def test_gauss_twin_equals_the_scalar_recipe_on_the_tails():
+    """All 2^24 levels would take long through the scalar recipe; the extremes (both tails, where
+    the sqrt piece runs), the centre and a random sample of the levels, bit for bit."""
+    j = np.concatenate([np.arange(0, 4096), np.arange(2**24 - 4096, 2**24),
+                        np.arange(2**23 - 2048, 2**23 + 2048),
+                        np.random.default_rng(0).integers(0, 2**24, 4000)]).astype(np.uint64)
+    half = (j << np.uint64(8)) | np.uint64(0xAB)  # the low 8 bits are ignored
+    twin = ck.gauss_twin(half)
+    with np.errstate(over="ignore"):
+        ref = np.array([noise._gauss_py(h) for h in half], dtype=np.float32)
+    assert np.array_equal(_bits(ref), _bits(twin))
+    assert np.abs(twin).max() > 5.4  # the tail piece was exercised
+
+
+def test_noise_source_is_generated_from_noise_constants():
+    src = ck.noise_source()
+    for c in list(noise._C) + list(noise._T) + [noise._T0, noise._LN2, noise._SQRT2]:
+        assert f"0x{int(np.float32(c).view(np.uint32)):08x}" in src, c
+    assert f"0x{int(noise._M1):016x}" in src and f"0x{int(noise._M2):016x}" in src
+    # no float arithmetic outside the rounding intrinsics in the recipe's lines (no FMA to fuse)
+    gauss = src[src.index("minilr_gauss"):src.index("minilr_normal_at")]
+    assert "__fsqrt_rn" in gauss and " * " not in gauss.split("float m =")[1]
+
+
+def test_lr_forward_twin_draws_the_estimators_noise_and_activation():
+    B, m, k0, nb = 5, 7, 6, 4
+    key = _key(4)
+    rng = np.random.default_rng(0)
+    for anti in (False, True):
+        pre = rng.standard_normal((B, m)).astype(np.float32)
+        bias, sigma = rng.standard_normal(m).astype(np.float32), (rng.random(m) + 0.1).astype(np.float32)
+        eps = np.empty((nb * B, m), np.float32)
+        h = np.empty_like(eps)
+        ck.LR_FORWARD.twin(pre, 1, bias, sigma, eps, h, key.k1, key.gamma, k0, B, m, nb * B, anti, 1)
+        ref = draw_noise(key, k0, k0 + nb, B * m, anti, np).reshape(nb * B, m)
+        assert np.array_equal(_bits(eps), _bits(ref))
+        v = np.broadcast_to(pre + bias, (nb, B, m)) + sigma * ref.reshape(nb, B, m)
+        assert np.array_equal(h.reshape(nb, B, m), np.maximum(v, 0))
+
+
+@pytest.mark.parametrize("hcode", [0, 1, 2])
+def test_alr_forward_twin_packs_like_signbits(hcode):
+    B, m, nb, byte0, nball = 3, 9, 5, 2, 5  # 15 rows: the last byte is partial
+    key = _key(5)
+    rng = np.random.default_rng(1)
+    pre = rng.standard_normal((nb * B, m)).astype(np.float32)
+    bias, sigma = rng.standard_normal(m).astype(np.float32), np.full(m, 0.5, np.float32)
+    h = np.empty_like(pre)
+    sbits = np.zeros((nball, m), np.uint8)
+    hbits = np.zeros((2, nball, m), np.uint8)
+    act = 2 if hcode == 2 else 1
+    ck.ALR_FORWARD.twin(pre, 0, bias, sigma, h, sbits, hbits, hcode, key.k1, key.gamma, 8, B, m,
+                        nb * B, 0, act, byte0, nball)
+    eps = draw_noise(key, 8, 8 + nb, B * m, False, np).reshape(-1, m)
+    assert np.array_equal(sbits[byte0:byte0 + 2], signbits.pack_reference(eps, "pm1"))
+    ref_h = ck._act_twin((pre + bias) + sigma * eps, act)
+    assert np.array_equal(h, ref_h)
+    if hcode:
+        kind = "01" if hcode == 1 else "sign"
+        want = signbits.pack_reference(h, kind)
+        got = hbits[0, byte0:byte0 + 2] if hcode == 1 else hbits[:, byte0:byte0 + 2]
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", signbits.KINDS)
+def test_pack_and_unpack_twins_match_signbits(kind):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((21, 6)).astype(np.float32)
+    a[::4, 1] = 0.0
+    a[1, 2] = -0.0
+    code = ck.CODES[kind]
+    out = np.zeros((2, 3, 6), np.uint8)
+    ck.PACK.twin(a, out, code, 21, 6, 0, 3)
+    ref = signbits.pack_reference(a, kind)
+    assert np.array_equal(out[:2] if kind == "sign" else out[0], ref)
+    vals = ck._bits_twin(out, code, 8, 21)
+    assert np.array_equal(vals, signbits.unpack_reference(ref, kind, 21)[8:])
+
+
+def test_centre_twin_equals_centred_losses():
+    rng = np.random.default_rng(3)
+    L = rng.standard_normal((8, 5)).astype(np.float32)
+    for anti in (False, True):
+        for base in (False, True):
+            out = np.empty_like(L)
+            ck.CENTRE.twin(L, L.sum(axis=0), out, 8, 5, anti, base, 1.0)
+            assert np.array_equal(out, centred_losses(L, anti, base, np))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_loss_twins_match_losses(loss):
+    """Classes summed in order (the kernel's order) against NumPy's own sums: float rounding only,
+    |difference| <= 4 ulp of the loss's scale (10 terms of size <= 1e2, each rounded once)."""
+    rng = np.random.default_rng(4)
+    K, B, C = 3, 4, 10
+    z = (3 * rng.standard_normal((K * B, C))).astype(np.float32)
+    y = rng.integers(0, C, B) if loss == "cross_entropy" else rng.standard_normal((B, C)).astype(np.float32)
+    L = np.empty(K * B, np.float32)
+    (ck.CE_LOSS if loss == "cross_entropy" else ck.MSE_LOSS).twin(z, y, L, K * B, B, C)
+    ref = per_sample(loss, z.reshape(K, B, C), y, np).reshape(-1)
+    np.testing.assert_allclose(L, ref, rtol=4 * 2**-23 * C, atol=1e-6)
+
+
+def test_sum_kernels_twins_equal_plain_sums():
+    """LR's first-layer sum, ALR's sum from bits, ES's regenerated sum against the plain formulas
+    of the reference sites in float64: relative 1e-5 (float32 sums of <= 16 terms)."""
+    rng = np.random.default_rng(5)
+    K, B, m = 16, 3, 5
+    eps = rng.standard_normal((K * B, m)).astype(np.float32)
+    L = rng.standard_normal(K * B).astype(np.float32)
+    sigma = (rng.random(m) + 0.5).astype(np.float32)
+    P = np.empty((3, B, m), np.float32)
+    ck.SUM_COPIES.twin(eps, L, sigma, P, K, B, m, 6)
+    ref = (L[:, None].astype(np.float64) * eps).reshape(K, B, m).sum(axis=0) / sigma
+    np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
+    bits = signbits.pack_reference(eps, "pm1")
+    ck.SIGN_SUM_COPIES.twin(bits, L, P, K, B, m, 6)
+    ref = (L[:, None].astype(np.float64) * np.sign(eps)).reshape(K, B, m).sum(axis=0)
+    np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
+    key, d = _key(6), 4
+    Lk = rng.standard_normal(K).astype(np.float32)
+    for anti in (False, True):
+        Eb = draw_noise(key, 2, 2 + K, m * (d + 1), anti, np).reshape(K, m, d + 1).astype(np.float64)
+        for approx in (False, True):
+            P = np.empty((2, m, d + 1), np.float32)
+            ck.ES_GRAD.twin(Lk, sigma, P, key.k1, key.gamma, 2, K, m, d, anti, approx, 8, 0)
+            ref = np.tensordot(Lk.astype(np.float64), np.sign(Eb) if approx else Eb, axes=1)
+            np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("half", [0, 1])
+@pytest.mark.parametrize("kind", ["01", "sign"])
+def test_unpack_pair_gives_the_alr_sums(half, kind):
+    """``S^T T`` of the unpacked blocks = Eq. 3's sums; fp32: exact up to the product's float32
+    rounding; fp16 split: each L within 2^-22 |L| (two fp16 parts), checked on L itself too."""
+    rng = np.random.default_rng(6)
+    rows, m, d = 40, 6, 5
+    dw = 8
+    eps = rng.standard_normal((rows, m)).astype(np.float32)
+    x = np.maximum(rng.standard_normal((rows, d)), 0).astype(np.float32) if kind == "01" else \
+        rng.standard_normal((rows, d)).astype(np.float32)
+    x[::3, 0] = 0
+    L = (rng.standard_normal(rows) * 1e-3).astype(np.float32)
+    sb = signbits.pack_reference(eps, "pm1")
+    tb = signbits.pack_reference(x, kind)
+    tb = tb if kind == "sign" else tb[None]
+    amax = np.abs(L).max(keepdims=True)
+    S = np.empty((rows, 2 * m if half else m), np.float16 if half else np.float32)
+    T = np.empty((rows, dw), np.float16 if half else np.float32)
+    ck.UNPACK_PAIR.twin(sb, L, tb, ck.CODES[kind], S, T, half, amax, 0, rows, m, d, dw, tb.shape[1])
+    G = S.astype(np.float64).T @ T.astype(np.float64)
+    if half:
+        G = (G[:m] + G[m:]) * 2.0 ** -ck._l_exp_twin(amax[0])
+        Lrec = (S[:, 0].astype(np.float64) + S[:, m].astype(np.float64)) * np.sign(eps[:, 0]) \
+            * 2.0 ** -ck._l_exp_twin(amax[0])
+        assert np.all(np.abs(Lrec - L) <= 2.0**-22 * np.abs(L) + 1e-45)
+    ref = signbits.packed_gradient_reference(L, sb, "pm1", tb if kind == "sign" else tb[0], kind, rows)
+    tol = 2.0**-21 * np.abs(L).sum()
+    np.testing.assert_allclose(G[:, :d], ref, atol=tol, rtol=0)
+    np.testing.assert_allclose(G[:, d], (L[:, None] * np.sign(eps)).sum(axis=0), atol=tol, rtol=0)
+    assert np.all(G[:, d + 1:] == 0)
+
+
+# -- 2. the CUDA C itself, on the host ----------------------------------------------------------------
+_SHIM = r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <stdbool.h>
+typedef struct { unsigned x, y, z; } minilr_u3;
+static minilr_u3 threadIdx, blockIdx, blockDim = {256, 1, 1};
+#define __global__
+#define __device__
+#define __forceinline__ static inline
+static inline float __int_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+static inline float __ull2float_rn(unsigned long long a) { return (float)a; }
+typedef _Float16 __half;
+static inline __half __float2half_rn(float a) { return (__half)a; }
+static inline float __half2float(__half a) { return (float)a; }
+static inline __half __hneg(__half a) { return -a; }
+#define min(a, b) ((a) < (b) ? (a) : (b))
+"""
+
+_C_TYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong,
+            "unsigned long long": ctypes.c_ulonglong, "float": ctypes.c_float}
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    """The kernels' CUDA C compiled for the host: ``emu_<name>(n_threads, args...)`` runs the grid
+    as a loop (IEEE float32 with no contraction: -ffp-contract=off, SSE arithmetic)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no host C compiler to run the CUDA C on the CPU")
+    d = tmp_path_factory.mktemp("cuda_host")
+    src = ck.full_source().replace("#include <cuda_fp16.h>", _SHIM).replace('extern "C" ', "")
+    for k in ck.KERNELS.values():
+        args = ", ".join(n for _, n in k.params)
+        src += textwrap.dedent(f"""
+            void emu_{k.name}(long long n, {k.signature}) {{
+                for (long long g = 0; g * 256 < n; g++) {{
+                    blockIdx.x = (unsigned)g;
+                    for (unsigned t = 0; t < 256; t++) {{ threadIdx.x = t; {k.name}({args}); }}
+                }}
+            }}""")
+    (d / "k.c").write_text(src)
+    so = d / "k.so"
+    r = subprocess.run([cc, "-std=gnu11", "-O2", "-ffp-contract=off", "-fno-fast-math", "-fPIC",
+                        "-shared", "-o", str(so), str(d / "k.c"), "-lm"], capture_output=True, text=True)
+    if r.returncode:
+        if "_Float16" in r.stderr:
+            pytest.skip("this C compiler has no _Float16")
+        raise AssertionError(r.stderr)
+    return ctypes.CDLL(str(so))
+
+
+def _host_run(lib, k, n, args):
+    cargs = [ctypes.c_longlong(int(n))]
+    for (ctype, _), a in zip(k.params, args):
+        if ctype.endswith("*"):
+            assert a.flags.c_contiguous
+            cargs.append(ctypes.c_void_p(a.ctypes.data))
+        else:
+            cargs.append(_C_TYPES[ctype](a))
+    getattr(lib, f"emu_{k.name}")(*cargs)
+
+
+def _cases():
+    """(kernel, threads, args, exact) for every kernel: small shapes with partial bytes, odd
+    starts, antithetic copies, both code paths of each flag."""
+    rng = np.random.default_rng(7)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    key = _key(8)
+    out = []
+    B, m, nb = 5, 7, 3
+    rows = nb * B
+    for anti in (0, 1):
+        for act in range(5):
+            for shared in (1, 0):
+                pre = f(B, m) if shared else f(rows, m)
+                out.append((ck.LR_FORWARD, rows * m, [pre, shared, f(m), np.abs(f(m)) + 0.1,
+                            np.zeros((rows, m), np.float32), np.zeros((rows, m), np.float32), key.k1,
+                            key.gamma, 5 + anti, B, m, rows, anti, act], act not in (2, 3)))
+    for hcode in (0, 1, 2):
+        nball = 4
+        out.append((ck.ALR_FORWARD, 2 * m, [f(rows, m), 0, f(m), np.full(m, 0.3, np.float32),
+                    np.zeros((rows, m), np.float32), np.zeros((nball, m), np.uint8),
+                    np.zeros((2, nball, m), np.uint8), hcode, key.k1, key.gamma, 8, B, m, rows, 1,
+                    2 if hcode == 2 else 1, 1, nball], hcode != 2))
+    for code in (0, 1, 2):
+        a = f(21, 6)
+        a[::4, 1] = 0.0
+        a[1, 2] = -0.0
+        out.append((ck.PACK, 3 * 6, [a, np.zeros((2, 4, 6), np.uint8), code, 21, 6, 1, 4], True))
+    for anti in (0, 1):
+        out.append((ck.ES_NOISE, 3 * 4 * 6, [np.zeros((3, 4, 5), np.float32), np.zeros((3, 4), np.float32),
+                    key.k1, key.gamma, 3, 3, 4, 5, anti], True))
+    out.append((ck.ES_COMBINE, 3 * B * m, [f(B, m), 1, f(B, 3 * m), m, 3 * m, f(3, m), f(m), f(m),
+                np.zeros((3 * B, m), np.float32), 3, B, m, 1], True))
+    out.append((ck.ES_COMBINE, 3 * B * m, [f(3 * B, m), 0, f(3, B, m), B * m, m, f(3, m), f(m), f(m),
+                np.zeros((3 * B, m), np.float32), 3, B, m, 0], True))
+    z = 3 * f(12, 10)
+    out.append((ck.CE_LOSS, 12, [z, rng.integers(0, 10, 4).astype(np.int64), np.zeros(12, np.float32),
+                12, 4, 10], False))
+    out.append((ck.MSE_LOSS, 12, [z, f(4, 10), np.zeros(12, np.float32), 12, 4, 10], True))
+    L = f(8, 5)
+    for anti in (0, 1):
+        for base in (0, 1):
+            out.append((ck.CENTRE, 40, [L, L.sum(axis=0), np.zeros((8, 5), np.float32), 8, 5, anti, base,
+                        0.25], True))
+    out.append((ck.LR_SCALE, 40 * 6, [f(40, 6), f(40), np.abs(f(6)) + 0.1, 40, 6], True))
+    K = 16
+    out.append((ck.SUM_COPIES, 3 * 3 * 5, [f(K * 3, 5), f(K * 3), np.abs(f(5)) + 0.1,
+                np.zeros((3, 3, 5), np.float32), K, 3, 5, 6], True))
+    out.append((ck.SIGN_SUM_COPIES, 3 * 3 * 5, [signbits.pack_reference(f(K * 3, 5), "pm1"), f(K * 3),
+                np.zeros((3, 3, 5), np.float32), K, 3, 5, 6], True))
+    for half in (0, 1):
+        for tcode, kind in ((1, "01"), (2, "sign")):
+            r, mm, d, dw = 24, 6, 5, 8
+            x = f(40, d)
+            tb = signbits.pack_reference(np.maximum(x, 0) if kind == "01" else x, kind)
+            tb = np.ascontiguousarray(tb if kind == "sign" else tb[None])
+            Lf = f(40) * np.float32(1e-3)
+            dt = np.float16 if half else np.float32
+            out.append((ck.UNPACK_PAIR, r * (mm + dw), [signbits.pack_reference(f(40, mm), "pm1"), Lf, tb,
+                        tcode, np.zeros((r, 2 * mm if half else mm), dt), np.zeros((r, dw), dt), half,
+                        np.abs(Lf).max(keepdims=True), 8, r, mm, d, dw, tb.shape[1]], True))
+    for anti in (0, 1):
+        for approx in (0, 1):
+            for per, divide in ((16, 1), (6, 0)):
+                parts = -(-K // per)
+                out.append((ck.ES_GRAD, parts * 4 * 6, [f(K), np.abs(f(4)) + 0.1,
+                            np.zeros((parts, 4, 6), np.float32), key.k1, key.gamma, 3, K, 4, 5, anti,
+                            approx, per, divide], True))
+    out.append((ck.SPLIT_FINISH, 4 * 6, [f(8, 8), np.zeros((4, 5), np.float32), np.zeros(4, np.float32),
+                np.array([3e-3], np.float32), 4, 5, 8], True))
+    return out
+
+
+def test_every_kernel_has_a_case():
+    assert {c[0].name for c in _cases()} == set(ck.KERNELS)
+
+
+@pytest.mark.parametrize("i", range(len(_cases())))
+def test_cuda_c_on_the_host_equals_its_twin(host_kernels, i):
+    """Bit for bit, except where libm's tanhf/expf/logf and NumPy's differ (within 4 ulp)."""
+    k, n, args, exact = _cases()[i]
+    a_twin = [copy.deepcopy(a) for a in args]
+    a_c = [copy.deepcopy(a) for a in args]
+    k.twin(*a_twin)
+    _host_run(host_kernels, k, n, a_c)
+    for (ctype, name), x, y in zip(k.params, a_twin, a_c):
+        if isinstance(x, np.ndarray) and not ctype.startswith("const"):
+            if exact:
+                assert np.array_equal(_bits(x), _bits(y)), (k.name, name)
+            else:
+                np.testing.assert_allclose(y, x, rtol=4 * 2**-23, atol=4 * 2**-23, err_msg=f"{k.name} {name}")
+
+
+def test_host_c_noise_equals_noise_normal(host_kernels):
+    """The generated C recipe through ES_NOISE (all counters of its copies) = noise.normal, bits."""
+    key = _key(9)
+    m, d, kb = 16, 63, 40
+    E, e = np.zeros((kb, m, d), np.float32), np.zeros((kb, m), np.float32)
+    _host_run(host_kernels, ck.ES_NOISE, kb * m * (d + 1), [E, e, key.k1, key.gamma, 11, kb, m, d, 0])
+    ref = noise.normal(key, (kb, m, d + 1), start=11 * m * (d + 1))
+    assert np.array_equal(_bits(E), _bits(np.ascontiguousarray(ref[..., :d])))
+    assert np.array_equal(_bits(e), _bits(np.ascontiguousarray(ref[..., d])))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
+def test_the_cuda_source_compiles_with_nvcc(tmp_path):
+    """Each kernel's translation unit (what NVRTC gets) compiles; the kernels without tanh/exp/log
+    (whose library code uses FMA on purpose) contain no fused multiply-add at all."""
+    for k in ck.KERNELS.values():
+        (tmp_path / "k.cu").write_text(k.source)
+        r = subprocess.run(["nvcc", "--ptx", "-arch=sm_80", "--fmad=false", "-o", str(tmp_path / "k.ptx"),
+                            str(tmp_path / "k.cu")], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (k.name, r.stderr)
+        ptx = (tmp_path / "k.ptx").read_text()
+        assert f".entry {k.name}(" in ptx
+        if k.name not in ("lr_forward", "alr_forward", "es_combine", "ce_loss"):
+            assert "fma.rn.f32" not in ptx, k.name
+
+
+# -- the whole step -------------------------------------------------------------------------------------
+def _data(B=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], B)
+
+
+def _rel(g, ref):
+    return max(float(np.abs(np.asarray(g[k]) - ref[k]).max() / (np.abs(ref[k]).max() + 1e-30)) for k in ref)
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+@pytest.mark.parametrize("anti", [False, True])
+def test_cuda_step_on_twins_equals_the_reference(est, anti):
+    """Same seed, same noise, same formulas; only the order of float32 sums differs (GEMMs,
+    reductions split in parts). Max error relative to each gradient's largest entry: 2e-5
+    (float32 sums of 6 * 32 rows: ~sqrt(rows) * 2^-24 * a few, measured ~1e-6)."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=anti)
+    g, loss, lnch = cs.estimate(model, x, y, est, 32, seed=3, antithetic=anti)
+    assert set(g) == set(ref)
+    assert _rel(g, ref) < 2e-5
+
+
+@pytest.mark.parametrize("est", ["lr", "alr", "a-hybrid"])
+def test_cuda_step_chunked_and_mse_equal_the_reference(est):
+    model = minilr.MLP(SIZES, seed=1)
+    x, _ = _data(seed=2)
+    yt = np.random.default_rng(3).standard_normal((6, SIZES[-1])).astype(np.float32)
+    ref = minilr.estimate_gradient(model, x, yt, estimator=est, copies=48, seed=5, loss="mse", chunk=16)
+    g, _, _ = cs.estimate(model, x, yt, est, 48, seed=5, loss="mse", chunk=16)
+    assert _rel(g, ref) < 2e-5
+
+
+@pytest.mark.parametrize("est", ["alr", "es", "aes", "a-hybrid"])
+def test_blocks_do_not_change_the_estimate(est):
+    """Small budgets split the copies into blocks (ALR's bits, ES's weight noise): same noise,
+    same formulas, so equal up to float32 sum order (GEMMs over fewer rows)."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    g1, _, l1 = cs.estimate(model, x, y, est, 64, seed=3)
+    g2, _, l2 = cs.estimate(model, x, y, est, 64, seed=3, approx_budget=20_000, es_budget=200_000)
+    assert l2.count > l1.count  # several blocks did run
+    assert _rel(g2, g1) < 1e-5
+
+
+@pytest.mark.parametrize("est", ["alr", "a-hybrid"])
+def test_fp16_split_is_within_its_stated_tolerance(est):
+    """fp16 operands: signs exact, L = Lh + Ll to 2^-22 relative: gradient within ~2^-22 * sum|L|
+    of the fp32 path; relative to the largest entry, 1e-5 is a loose bound (measured ~2e-7)."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    g1, _, _ = cs.estimate(model, x, y, est, 64, seed=3)
+    g2, _, l2 = cs.estimate(model, x, y, est, 64, seed=3, precision="fp16")
+    assert "gemm_f16" in l2.log
+    assert _rel(g2, g1) < 1e-5
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_launches_per_step_do_not_grow_with_copies(est):
+    """One block when the budget allows: the same launches at K = 16, 128 and 1024, under 30."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data(B=4)
+    counts = []
+    for K in (16, 128, 1024):
+        lnch = ck.Launcher(np)
+        cs.chunk_sums(model, x, y, _modes(est, model), est in ("alr", "aes", "a-hybrid"),
+                      _keys(model), "cross_entropy", False, True, 0, K, lnch)
+        counts.append(lnch.count)
+    assert counts[0] == counts[1] == counts[2], counts
+    assert counts[0] <= 30, counts
+
+
+def _modes(est, model):
+    from minilr.estimators import ESTIMATORS as E
+
+    return E[est].modes(len(model.linear_indices), 2)
+
+
+def _keys(model):
+    from minilr.estimators.base import noise_keys
+
+    return noise_keys(np.random.SeedSequence(0), len(model.linear_indices))
+
+
+def test_gpu_path_needs_no_numba_cuda():
+    """With ``numba.cuda`` failing to import (as under NumPy 2.5), the CUDA engine's modules import
+    and a step runs (on the twins here)."""
+    code = textwrap.dedent("""
+        import sys, types
+        class Broken(types.ModuleType):
+            def __getattr__(self, name):
+                raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        sys.modules["numba.cuda"] = Broken("numba.cuda")
+        import numpy as np, minilr
+        from minilr.engines import cuda_step
+        x = np.ones((2, 64), np.float32); y = np.array([1, 2])
+        g, loss, lnch = cuda_step.estimate(minilr.MLP([64, 8, 10]), x, y, "alr", 8)
+        assert "numba.cuda" not in [m for m in sys.modules if m.startswith("numba.cuda.")]
+        print("ok", lnch.count)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
+
+
+# -- 3. on a GPU ---------------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not minilr.cupy_available(), reason="CuPy with a CUDA GPU is not available here")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(len(_cases())))
+def test_gpu_kernel_equals_its_twin(i):
+    """On the device: bit for bit, except tanh/exp/log (CUDA's tanhf/expf/logf within 2 ulp of
+    correctly rounded, NumPy's within 1: 4 ulp)."""
+    import cupy
+
+    k, n, args, exact = _cases()[i]
+    a_twin = [copy.deepcopy(a) for a in args]
+    a_gpu = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    k.twin(*a_twin)
+    ck.Launcher(cupy).kernel(k, n, *a_gpu)
+    for (ctype, name), x, y in zip(k.params, a_twin, a_gpu):
+        if isinstance(x, np.ndarray) and not ctype.startswith("const"):
+            y = cupy.asnumpy(y)
+            if exact:
+                assert np.array_equal(_bits(x), _bits(y)), (k.name, name)
+            else:
+                np.testing.assert_allclose(y, x, rtol=4 * 2**-23, atol=4 * 2**-23, err_msg=f"{k.name} {name}")
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_noise_equals_noise_normal_bit_for_bit():
+    import cupy
+
+    key = _key(10)
+    m, d, kb = 256, 784, 64
+    E, e = cupy.empty((kb, m, d), np.float32), cupy.empty((kb, m), np.float32)
+    ck.Launcher(cupy).kernel(ck.ES_NOISE, kb * m * (d + 1), E, e, key.k1, key.gamma, 5, kb, m, d, 0)
+    ref = noise.normal(key, (kb, m, d + 1), start=5 * m * (d + 1))
+    assert np.array_equal(_bits(cupy.asnumpy(E)), _bits(np.ascontiguousarray(ref[..., :d])))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("est", ESTIMATORS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_step_equals_the_reference(est, precision):
+    """The CUDA step on the GPU against the NumPy reference, same seed: cuBLAS and NumPy sum in
+    different orders, so 2e-5 of each gradient's largest entry (as on the twins)."""
+    import cupy
+
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3)
+    g, _, lnch = cs.estimate(model, cupy.asarray(x), cupy.asarray(y), est, 64, seed=3, xp=cupy,
+                             precision=precision)
+    assert _rel({k: cupy.asnumpy(v) for k, v in g.items()}, ref) < 2e-5
+    assert lnch.count <= 30
