@@ -408,6 +408,52 @@ def test_the_cuda_source_compiles_with_nvcc(tmp_path):
             assert "fma.rn.f32" not in ptx, k.name
 
 
+@pytest.fixture
+def fake_cupy(host_kernels, monkeypatch):
+    """A stand-in ``cupy`` whose ``RawKernel`` runs the kernel's C on the host (the grid the
+    launcher asks for, as a loop) and whose array functions are NumPy's: the launcher's *GPU*
+    path (argument types, grid sizes, RawKernel options) runs end to end on the CPU."""
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    calls = []
+
+    class RawKernel:
+        def __init__(self, source, name, options=()):
+            assert "--fmad=false" in options
+            assert source == ck.KERNELS[name].source
+            self.k = ck.KERNELS[name]
+
+        def __call__(self, grid, block, args):
+            assert len(args) == len(self.k.params)
+            for (ctype, _), a in zip(self.k.params, args):  # the types RawKernel would marshal
+                if not ctype.endswith("*"):
+                    assert type(a) is ck._CTYPES[ctype], (self.k.name, ctype, type(a))
+            calls.append(self.k.name)
+            _host_run(host_kernels, self.k, grid[0] * block[0], list(args))
+
+    fake.RawKernel = RawKernel
+    fake.calls = calls
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for k in ck.KERNELS.values():
+        monkeypatch.setattr(k, "_compiled", None)
+    return fake
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_gpu_launch_path_with_the_c_kernels_equals_the_reference(fake_cupy, est):
+    """The step through the launcher's GPU branch, every kernel the compiled C (on the host):
+    the reference's numbers to float rounding, as on the twins."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=True)
+    lnch = ck.Launcher(fake_cupy)
+    g, _, _ = cs.estimate(model, x, y, est, 32, seed=3, antithetic=True, xp=fake_cupy, lnch=lnch)
+    assert lnch.gpu and len(fake_cupy.calls) >= 6
+    assert _rel(g, ref) < 2e-5
+
+
 # -- the whole step -------------------------------------------------------------------------------------
 def _data(B=6, seed=0):
     rng = np.random.default_rng(seed)

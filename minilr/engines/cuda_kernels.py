@@ -791,10 +791,17 @@ def _gemm_ex_f16(cp, S, T, rows, p, q):
     from cupy.cuda import cublas, device, runtime  # noqa: PLC0415
 
     C = cp.empty((p, q), dtype=_F32)
-    one, zero = np.array(1.0, _F32), np.array(0.0, _F32)
+    one, zero = np.array(1.0, _F32), np.array(0.0, _F32)  # host scalars: host pointer mode below
     compute = getattr(cublas, "CUBLAS_COMPUTE_32F", 68)
     algo = getattr(cublas, "CUBLAS_GEMM_DEFAULT_TENSOR_OP", 99)
-    cublas.gemmEx(device.get_cublas_handle(), cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T, q, p, rows,
-                  one.ctypes.data, T.data.ptr, runtime.CUDA_R_16F, q, S.data.ptr, runtime.CUDA_R_16F,
-                  p, zero.ctypes.data, C.data.ptr, runtime.CUDA_R_32F, q, compute, algo)
+    r16, r32 = getattr(runtime, "CUDA_R_16F", 2), getattr(runtime, "CUDA_R_32F", 0)
+    handle = device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        cublas.gemmEx(handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T, q, p, rows, one.ctypes.data,
+                      T.data.ptr, r16, q, S.data.ptr, r16, p, zero.ctypes.data, C.data.ptr, r32, q,
+                      compute, algo)
+    finally:
+        cublas.setPointerMode(handle, mode)
     return C

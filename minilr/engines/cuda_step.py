@@ -260,7 +260,12 @@ def _lr_gradient(s, Lc, K, B, lnch, shared):
         return lnch.matmul(A.T, x), lnch.reduce("sum", xp.sum, A, axis=0)
     rows = K * B
     lnch.kernel(ck.LR_SCALE, rows * m, s.eps, Lc, s.sigma, rows, m)  # eps -> L eps / sigma
-    return lnch.matmul(s.eps.T, s.x_all), lnch.reduce("sum", xp.sum, s.eps, axis=0)
+    # the bias sum as a product with ones (cuBLAS reads the rows coalesced; a column reduction
+    # over (rows, m) would read them strided)
+    if "ones" not in shared or shared["ones"].shape[0] != rows:
+        lnch._tick("ones")
+        shared["ones"] = xp.ones(rows, _F32)
+    return lnch.matmul(s.eps.T, s.x_all), lnch.matmul(shared["ones"], s.eps)
 
 
 def _alr_gradient(s, Lc, K, B, lnch, shared, precision, amax, budget):
