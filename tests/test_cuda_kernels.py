@@ -221,6 +221,28 @@ def test_unpack_pair_gives_the_alr_sums(half, kind):
     assert np.all(G[:, d + 1:] == 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_kernel_contracts_on_numpy_match_noise_and_signbits(dtype):
+    """fill_normal / pack / unpack (what device_kernels() gives noise.py and signbits.py) through
+    their twins: the CPU modules' results, bit for bit."""
+    key = _key(11)
+    out = np.empty((7, 9), np.float32)
+    ck.fill_normal(out, key.k1, key.gamma, np.uint64(5))
+    assert np.array_equal(_bits(out), _bits(noise.normal(key, (7, 9), start=5)))
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((37, 5)).astype(dtype)
+    a[::3, 0] = 0
+    for kind in signbits.KINDS:
+        planes = np.zeros((2 if kind == "sign" else 1, 6, 5), np.uint8)
+        ck.pack(a[:21], planes, ck.CODES[kind], 0)
+        ref = signbits.pack_reference(a[:21], kind)
+        assert np.array_equal(planes[:, :3] if kind == "sign" else planes[0, :3], ref)
+        scale = rng.standard_normal(13).astype(dtype)
+        got = ck.unpack(planes, ck.CODES[kind], 8, 21, scale, np.empty((13, 5), dtype))
+        want = signbits.unpack(ref, kind, 8, 21, scale=scale, dtype=dtype)
+        assert np.array_equal(got, want)
+
+
 # -- 2. the CUDA C itself, on the host ----------------------------------------------------------------
 _SHIM = r"""
 #include <stdint.h>
@@ -247,7 +269,7 @@ static inline __half __hneg(__half a) { return -a; }
 """
 
 _C_TYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong,
-            "unsigned long long": ctypes.c_ulonglong, "float": ctypes.c_float}
+            "unsigned long long": ctypes.c_ulonglong, "float": ctypes.c_float, "double": ctypes.c_double}
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +284,8 @@ def host_kernels(tmp_path_factory):
     for k in ck.KERNELS.values():
         args = ", ".join(n for _, n in k.params)
         src += textwrap.dedent(f"""
-            void emu_{k.name}(long long n, {k.signature}) {{
-                for (long long g = 0; g * 256 < n; g++) {{
+            void emu_{k.name}(long long emu_n_, {k.signature}) {{
+                for (long long g = 0; g * 256 < emu_n_; g++) {{
                     blockIdx.x = (unsigned)g;
                     for (unsigned t = 0; t < 256; t++) {{ threadIdx.x = t; {k.name}({args}); }}
                 }}
@@ -357,6 +379,20 @@ def _cases():
                 out.append((ck.ES_GRAD, parts * 4 * 6, [f(K), np.abs(f(4)) + 0.1,
                             np.zeros((parts, 4, 6), np.float32), key.k1, key.gamma, 3, K, 4, 5, anti,
                             approx, per, divide], True))
+    out.append((ck.FILL_NORMAL, 1000, [np.zeros(1001, np.float32), 1000, key.k1, key.gamma, 2**33 + 1], True))
+    for k, dt in ((ck.PACK_F64, np.float64),):
+        a = rng.standard_normal((13, 4))
+        a[0, 0], a[1, 1] = 0.0, -0.0
+        for code in (0, 1, 2):
+            out.append((k, 2 * 4, [a.astype(dt), np.zeros((2, 3, 4), np.uint8), code, 13, 4, 1, 3], True))
+    for k, dt in ((ck.UNPACK_ROWS, np.float32), (ck.UNPACK_ROWS_F64, np.float64)):
+        x = rng.standard_normal((29, 6))
+        x[::5, 2] = 0
+        for code, kind in enumerate(signbits.KINDS):
+            p = signbits.pack_reference(x, kind)
+            p = np.ascontiguousarray(p if kind == "sign" else p[None])
+            out.append((k, 13 * 6, [p, code, 16, 29, rng.standard_normal(13).astype(dt),
+                        np.zeros((13, 6), dt), 6, p.shape[1]], True))
     out.append((ck.SPLIT_FINISH, 4 * 6, [f(8, 8), np.zeros((4, 5), np.float32), np.zeros(4, np.float32),
                 np.array([3e-3], np.float32), 4, 5, 8], True))
     return out

@@ -260,7 +260,8 @@ def _bits_twin(planes, code, r0, r1):
 
 
 # -- kernels ----------------------------------------------------------------------------------------
-_CTYPES = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64, "float": np.float32}
+_CTYPES = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64, "float": np.float32,
+           "double": np.float64}
 
 
 class Kernel:
@@ -381,22 +382,79 @@ def _pack_kernel_twin(a, out, code, rows, w, byte0, nbytes_all):
     out.reshape(-1, nbytes_all, w)[:p.shape[0], byte0:byte0 + p.shape[1]] = p
 
 
-PACK = Kernel("pack_rows", [
-    ("const float*", "a"), ("unsigned char*", "out"), ("int", "code"), ("long long", "rows"),
-    ("int", "w"), ("long long", "byte0"), ("long long", "nbytes_all")],
-    """    const long long nb = (rows + 7) / 8;
+_PACK_BODY = """    const long long nb = (rows + 7) / 8;
     if (t >= nb * w) return;
     const long long r = t / w;
     const int c = (int)(t - r * w);
     unsigned int pos = 0, neg = 0;
     for (int q = 0; q < 8 && r * 8 + q < rows; q++) {
-        const float v = a[(r * 8 + q) * w + c];
-        pos |= ((code == 0 ? !signbit(v) : v > 0.0f) ? 1u : 0u) << q;
-        neg |= (v < 0.0f ? 1u : 0u) << q;
+        const REAL v = a[(r * 8 + q) * w + c];
+        pos |= ((code == 0 ? !signbit(v) : v > (REAL)0) ? 1u : 0u) << q;
+        neg |= (v < (REAL)0 ? 1u : 0u) << q;
     }
     out[(byte0 + r) * w + c] = (unsigned char)pos;
-    if (code == 2) out[(nbytes_all + byte0 + r) * w + c] = (unsigned char)neg;""",
-    _pack_kernel_twin)
+    if (code == 2) out[(nbytes_all + byte0 + r) * w + c] = (unsigned char)neg;"""
+
+
+def _typed(name, params, body, twin):
+    """The float32 kernel ``name`` and its float64 twin ``name_f64`` (``REAL`` in the source)."""
+    out = []
+    for real, suffix in (("float", ""), ("double", "_f64")):
+        ps = [(t.replace("REAL", real), n) for t, n in params]
+        out.append(Kernel(name + suffix, ps, body.replace("REAL", real), twin))
+    return out
+
+
+PACK, PACK_F64 = _typed("pack_rows", [
+    ("const REAL*", "a"), ("unsigned char*", "out"), ("int", "code"), ("long long", "rows"),
+    ("int", "w"), ("long long", "byte0"), ("long long", "nbytes_all")], _PACK_BODY, _pack_kernel_twin)
+
+
+# signbits.unpack's contract: out[r - r0, c] = scale[r - r0] * value(r, c), one thread per value,
+# written as selects (+-f, f * 0) so that it stays exact, as the CPU kernel does.
+def _unpack_rows_twin(p, code, r0, r1, scale, out, w, nbytes_all):
+    planes = p.reshape(-1, nbytes_all, w)
+    pos = np.unpackbits(planes[0, r0 // 8:], axis=0, count=r1 - r0, bitorder="little").astype(bool)
+    f = scale.reshape(-1, 1)
+    if code == 0:
+        v = np.where(pos, f, -f)
+    elif code == 1:
+        v = np.where(pos, f, f * 0)
+    else:
+        neg = np.unpackbits(planes[1, r0 // 8:], axis=0, count=r1 - r0, bitorder="little").astype(bool)
+        v = np.where(pos, f, np.where(neg, -f, f * 0))
+    out.reshape(r1 - r0, w)[...] = v
+
+
+UNPACK_ROWS, UNPACK_ROWS_F64 = _typed("unpack_rows", [
+    ("const unsigned char*", "p"), ("int", "code"), ("long long", "r0"), ("long long", "r1"),
+    ("const REAL*", "scale"), ("REAL*", "out"), ("int", "w"), ("long long", "nbytes_all")],
+    """    if (t >= (r1 - r0) * w) return;
+    const long long i = t / w;
+    const int c = (int)(t - i * w);
+    const long long r = r0 + i;
+    const unsigned int sh = (unsigned int)(r & 7);
+    const REAL f = scale[i];
+    REAL v;
+    if ((p[(r >> 3) * w + c] >> sh) & 1) v = f;
+    else if (code == 0) v = -f;
+    else if (code == 2 && ((p[(nbytes_all + (r >> 3)) * w + c] >> sh) & 1)) v = -f;
+    else v = f * (REAL)0;
+    out[t] = v;""",
+    _unpack_rows_twin)
+
+
+# noise.fill_normal's contract: out[t] = the noise at counter start + t.
+def _fill_twin(out, n, k1, gamma, start):
+    out.reshape(-1)[:n] = normal_twin(k1, gamma, np.arange(n, dtype=_U64) + _U64(start))
+
+
+FILL_NORMAL = Kernel("fill_normal", [
+    ("float*", "out"), ("long long", "n"), ("unsigned long long", "k1"), ("unsigned long long", "gamma"),
+    ("unsigned long long", "start")],
+    """    if (t >= n) return;
+    out[t] = minilr_normal_at(k1, gamma, start + (unsigned long long)t);""",
+    _fill_twin)
 
 
 # ES/AES weight noise of copies k0 .. k0 + kb - 1: E (kb, m, d) and e (kb, m) from the per-copy
@@ -724,7 +782,8 @@ SPLIT_FINISH = Kernel("split_finish", [
     _split_finish_twin)
 
 
-KERNELS = {k.name: k for k in (LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, CE_LOSS, MSE_LOSS,
+KERNELS = {k.name: k for k in (FILL_NORMAL, PACK_F64, UNPACK_ROWS, UNPACK_ROWS_F64,
+                               LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, CE_LOSS, MSE_LOSS,
                                CENTRE, LR_SCALE, SUM_COPIES, SIGN_SUM_COPIES, UNPACK_PAIR, ES_GRAD,
                                SPLIT_FINISH)}
 
@@ -805,3 +864,51 @@ def _gemm_ex_f16(cp, S, T, rows, p, q):
     finally:
         cublas.setPointerMode(handle, mode)
     return C
+
+
+# -- the contracts of noise.fill_normal and signbits.pack / unpack on CuPy arrays ----------------------
+# (what minilr.engines.cuda.device_kernels() hands to those modules; NumPy arrays run the twins)
+def _launcher_for(a):
+    if isinstance(a, np.ndarray):
+        return Launcher(np)
+    import cupy  # noqa: PLC0415
+
+    return Launcher(cupy)
+
+
+def fill_normal(out, k1, gamma, start):
+    """``out`` (C-contiguous float32) = the noise at counters ``start ...`` (noise.fill_normal)."""
+    if out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("fill_normal needs a C-contiguous float32 array")
+    n = out.size
+    if n:
+        _launcher_for(out).kernel(FILL_NORMAL, n, out, n, k1, gamma, start)
+    return out
+
+
+def pack(a, out_planes, code, byte0):
+    """Pack the rows of ``a`` (rows, w) into ``out_planes`` (1 or 2, bytes, w) from byte row
+    ``byte0`` (signbits.pack's layout)."""
+    lnch = _launcher_for(a)
+    a = lnch.xp.ascontiguousarray(a)
+    rows, w = a.shape
+    if rows and w:
+        k = PACK_F64 if a.dtype == np.float64 else PACK
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float32)
+        lnch.kernel(k, -(-rows // 8) * w, a, out_planes, code, rows, w, byte0, out_planes.shape[1])
+    return out_planes
+
+
+def unpack(p_planes, code, r0, r1, scale, out):
+    """``out[r - r0, c] = scale[r - r0] * value(r, c)`` for rows ``r0 .. r1 - 1`` (signbits.unpack)."""
+    w = out.shape[1]
+    if r1 > r0 and w:
+        if not out.flags.c_contiguous:
+            raise ValueError("unpack needs a C-contiguous out")
+        lnch = _launcher_for(out)
+        k = UNPACK_ROWS_F64 if out.dtype == np.float64 else UNPACK_ROWS
+        scale = lnch.xp.ascontiguousarray(scale, dtype=out.dtype)
+        lnch.kernel(k, (r1 - r0) * w, lnch.xp.ascontiguousarray(p_planes), code, r0, r1, scale, out, w,
+                    p_planes.shape[1])
+    return out
