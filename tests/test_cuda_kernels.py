@@ -563,6 +563,39 @@ def test_launches_per_step_do_not_grow_with_copies(est):
     assert counts[0] <= 30, counts
 
 
+@pytest.mark.parametrize("est,precision", [("lr", "fp32"), ("alr", "fp32"), ("alr", "fp16"),
+                                           ("es", "fp32"), ("aes", "fp32"), ("a-hybrid", "fp16")])
+def test_gpu_sized_steps_launch_the_same_few_kernels_at_any_copies(est, precision):
+    """784-256-256-10, B = 50, a budget that holds every copy (a large GPU): one block, so the same
+    launches at K = 200, 2,000 and 10,000, at most 30 (counted without running, DryLauncher)."""
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    counts = []
+    for K in (200, 2000, 10_000):
+        lnch = ck.DryLauncher(np)
+        with np.errstate(all="ignore"):
+            cs.chunk_sums(model, x, y, _modes(est, model), est in ("alr", "aes", "a-hybrid"), _keys(model),
+                          "cross_entropy", True, False, 0, K, lnch, precision=precision,
+                          approx_budget=64 << 30, es_budget=64 << 30)
+        counts.append(lnch.count)
+    assert counts[0] == counts[1] == counts[2] <= 30, counts
+
+
+def test_default_budget_bounds_alr_blocks():
+    """The default ALR budget splits K = 10,000 into blocks (its floats in flight stay within
+    APPROX_BUDGET, for the memory of issue 7): more launches, each block within the budget."""
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    lnch = ck.DryLauncher(np)
+    with np.errstate(all="ignore"):
+        cs.chunk_sums(model, x, y, _modes("alr", model), True, _keys(model), "cross_entropy", True, False,
+                      0, 10_000, lnch)
+    blocks = lnch.log.count("alr_forward") // 3
+    per_copy = 50 * (256 + 256 + 10) * 4
+    assert blocks == -(-10_000 // (cs.APPROX_BUDGET // per_copy // 8 * 8))
+    assert blocks > 1
+
+
 def _modes(est, model):
     from minilr.estimators import ESTIMATORS as E
 

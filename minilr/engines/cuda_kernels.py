@@ -844,6 +844,38 @@ class Launcher:
         return fn(*args, **kw)
 
 
+class DryLauncher(Launcher):
+    """Counts a step's launches on NumPy without running them: kernels do nothing, products return
+    uninitialised arrays of the right shape (untouched pages cost no memory). For counting the
+    launches of GPU-sized steps (784-256-256-10, thousands of copies) on a CPU."""
+
+    def kernel(self, k, n_threads, *args):
+        self._tick(k.name)
+
+    def matmul(self, a, b, out=None):
+        self._tick("gemm")
+        if a.ndim == 1:
+            shape = b.shape[:-2] + b.shape[-1:]
+        elif b.ndim == 1:
+            shape = a.shape[:-1]
+        else:
+            shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        return np.empty(shape, _F32) if out is None else out
+
+    def gemm_t_f16(self, S, T):
+        self._tick("gemm_f16")
+        return np.empty((S.shape[1], T.shape[1]), _F32)
+
+    def reduce(self, name, fn, *args, **kw):
+        self._tick(name)
+        a = args[0]
+        if name in ("sum", "max") and a.ndim:
+            axis = kw.get("axis")
+            shape = () if axis is None else tuple(n for i, n in enumerate(a.shape) if i != axis % a.ndim)
+            return np.zeros(shape, _F32)
+        return np.zeros(np.broadcast_shapes(*[np.shape(x) for x in args]), _F32)
+
+
 def _gemm_ex_f16(cp, S, T, rows, p, q):
     """C (p, q) float32 = S^T T with S, T float16 row-major, by cublasGemmEx (column-major view:
     C^T (q x p) = T^T (q x rows) S (rows x p))."""
