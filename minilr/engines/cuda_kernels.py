@@ -829,8 +829,10 @@ class Launcher:
 
     def gemm_t_f16(self, S, T):
         """``S^T T`` for float16 ``S`` (rows, p), ``T`` (rows, q): float32 result (p, q), fp32
-        accumulation. GPU: cublasGemmEx, fp16 inputs, fp32 output and compute type (the tensor
-        cores); NumPy: the same products in float32 (exact: fp16 values are float32 values)."""
+        accumulation. GPU: cublasGemmEx, fp16 inputs, fp32 output, ``CUBLAS_COMPUTE_32F`` (the
+        tensor cores; each fp16 x fp16 product is exact in fp32). Not ``cupy.matmul``: on float16
+        operands it returns float16, which would round the sums to 11 bits and overflow past
+        65504. NumPy: the same products in float32 (exact: fp16 values are float32 values)."""
         self._tick("gemm_f16")
         rows, p = S.shape
         q = T.shape[1]

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import cuda_kernels as ck
 
-__all__ = ["estimate", "chunk_sums", "APPROX_BUDGET", "ES_BUDGET"]
+__all__ = ["estimate", "chunk_sums", "supported", "APPROX_BUDGET", "ES_BUDGET"]
 
 APPROX_BUDGET = 48 << 20  # bytes of floats in flight for sign-only (ALR) records: with the bits,
 # ~115 MB at K = 10,000 on 784-256-256-10, B = 50, against ~2.1 GB kept by LR (the 16x of issue 7)
@@ -89,6 +89,8 @@ def chunk_sums(model, x, y, modes, approx, keys, loss, antithetic, baseline, k0,
     from ..layers import Activation, Linear  # noqa: PLC0415
 
     xp = lnch.xp
+    if np.dtype(model.dtype) != np.float32:
+        raise NotImplementedError("the fused CUDA step runs float32 models")
     B = x.shape[0]
     layers = model.layers
     lin = [i for i, l in enumerate(layers) if isinstance(l, Linear)]
@@ -365,3 +367,19 @@ def estimate(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entrop
             lnch._tick("divide")
             grads[key] /= rows
     return grads, loss_sum / rows, lnch
+
+
+def supported(model, loss=None) -> str | None:
+    """None when :func:`estimate` runs ``model`` (float32 Linear/activation stacks, sigma not
+    learned); else why not (the engine then runs the reference sites)."""
+    from ..layers import Activation, Linear  # noqa: PLC0415
+
+    if np.dtype(model.dtype) != np.float32:
+        return "the fused CUDA step runs float32 models"
+    for layer in model.layers:
+        if isinstance(layer, Linear):
+            if layer.learn_sigma:
+                return "learn_sigma is not on the fused CUDA path yet"
+        elif not isinstance(layer, Activation) or layer.name not in ck.ACTS:
+            return f"layer {type(layer).__name__} is not on the fused CUDA path"
+    return None
