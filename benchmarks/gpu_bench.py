@@ -29,6 +29,8 @@ sys.path.insert(0, ROOT)
 SIZES = [784, 256, 256, 10]
 B = 50
 CHUNK_BIG = 10_000
+KS = [200, 2000, 10_000, 100_000]
+QUICK_KS = [200, 2000]
 
 
 def _need_gpu():
@@ -240,7 +242,7 @@ def main(argv=None):
     head = (f"GPU: **{name}** ({mem_gb:.0f} GiB), CuPy {cupy.__version__}, NumPy {np.__version__}, "
             f"PyTorch {tv}, Python {platform.python_version()}")
     print(head, flush=True)
-    Ks = [200, 2000] if args.quick else [200, 2000, 10_000, 100_000]
+    Ks = QUICK_KS if args.quick else KS
     cases = [("LR", "lr", "fp32"), ("ALR fp32", "alr", "fp32"), ("ALR fp16-split", "alr", "fp16"),
              ("ES", "es", "fp32"), ("A-Hybrid", "a-hybrid", "fp32")]
     rows = []
