@@ -524,6 +524,20 @@ def test_cuda_step_chunked_and_mse_equal_the_reference(est):
     assert _rel(g, ref) < 2e-5
 
 
+def test_cuda_step_with_a_custom_loss_equals_the_reference():
+    """A loss function of the user's runs as plain xp code inside the step (one counted launch)."""
+    def hinge(out, y, xp):
+        picked = xp.take_along_axis(out, xp.broadcast_to(y, out.shape[:-1])[..., None], axis=-1)[..., 0]
+        return xp.maximum(0, 1 + out.max(axis=-1) - picked)
+
+    model = minilr.MLP(SIZES, seed=2)
+    x, y = _data(seed=4)
+    ref = minilr.estimate_gradient(model, x, y, estimator="alr", copies=16, seed=1, loss=hinge)
+    g, _, lnch = cs.estimate(model, x, y, "alr", 16, seed=1, loss=hinge)
+    assert "loss:custom" in lnch.log
+    assert _rel(g, ref) < 2e-5
+
+
 @pytest.mark.parametrize("est", ["alr", "es", "aes", "a-hybrid"])
 def test_blocks_do_not_change_the_estimate(est):
     """Small budgets split the copies into blocks (ALR's bits, ES's weight noise): same noise,

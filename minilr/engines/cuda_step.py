@@ -345,7 +345,10 @@ def estimate(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entrop
     keys = noise_keys(seed_sequence(seed), len(lin))
     chunk = copies if chunk is None else min(chunk, copies)
     x = xp.ascontiguousarray(xp.asarray(x, dtype=_F32))
-    y = xp.asarray(y, dtype=np.int64 if loss == "cross_entropy" else _F32)
+    if loss == "cross_entropy":  # the kernels' types; a custom loss gets y as given
+        y = xp.asarray(y, dtype=np.int64)
+    elif loss == "mse":
+        y = xp.ascontiguousarray(xp.asarray(y, dtype=_F32))
     B = x.shape[0]
     rows = copies * B
     one = chunk == copies
@@ -361,7 +364,7 @@ def estimate(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entrop
             for key, v in sums.items():
                 lnch._tick("add")
                 grads[key] += v
-        loss_sum += float(L.sum())
+        loss_sum += float(lnch.reduce("sum", xp.sum, L))  # the mean loss reported (one sync)
     if not one:
         for key in grads:
             lnch._tick("divide")
