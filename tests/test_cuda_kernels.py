@@ -243,6 +243,17 @@ def test_device_kernel_contracts_on_numpy_match_noise_and_signbits(dtype):
         assert np.array_equal(got, want)
 
 
+def test_launcher_refuses_arrays_a_raw_pointer_would_misread():
+    L = np.zeros((8, 5), np.float32)
+    lnch = ck.Launcher(np)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        lnch.kernel(ck.CENTRE, 40, L.T.copy().T, L[0], L.copy(), 8, 5, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        lnch.kernel(ck.CENTRE, 40, L.astype(np.float64), L[0], L.copy(), 8, 5, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="arguments expected"):
+        lnch.kernel(ck.CENTRE, 40, L)
+
+
 # -- 2. the CUDA C itself, on the host ----------------------------------------------------------------
 _SHIM = r"""
 #include <stdint.h>

@@ -260,6 +260,8 @@ def _bits_twin(planes, code, r0, r1):
 
 
 # -- kernels ----------------------------------------------------------------------------------------
+_PTR_DTYPES = {"float": np.float32, "double": np.float64, "unsigned char": np.uint8,
+               "long long": np.int64}  # void*: float32 or float16 by the kernel's flag
 _CTYPES = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64, "float": np.float32,
            "double": np.float64}
 
@@ -295,6 +297,19 @@ class Kernel:
             # noise uses __f*_rn intrinsics anyway), so the float arithmetic is the twin's.
             self._compiled = cupy.RawKernel(self.source, self.name, options=("--fmad=false",))
         return self._compiled
+
+    def check(self, args):
+        """Raise ValueError unless each pointer argument is a C-contiguous array of its C type."""
+        if len(args) != len(self.params):
+            raise ValueError(f"{self.name}: {len(self.params)} arguments expected, got {len(args)}")
+        for (ctype, name), a in zip(self.params, args):
+            if not ctype.endswith("*"):
+                continue
+            want = _PTR_DTYPES.get(ctype.replace("const ", "").rstrip("*"))
+            if not getattr(a, "flags", None) or not a.flags.c_contiguous:
+                raise ValueError(f"{self.name}: argument {name} must be a C-contiguous array")
+            if want is not None and a.dtype != want:
+                raise ValueError(f"{self.name}: argument {name} must be {np.dtype(want).name}, got {a.dtype}")
 
     def launch(self, n_threads, args):
         """Launch on the GPU with one thread per item, ``n_threads`` items."""
@@ -815,8 +830,11 @@ class Launcher:
         self.log.append(what)
 
     def kernel(self, k: Kernel, n_threads, *args):
-        """Launch ``k`` over ``n_threads`` items (or run its twin on NumPy arrays)."""
+        """Launch ``k`` over ``n_threads`` items (or run its twin on NumPy arrays). Array arguments
+        are checked first (C order, the pointer's element type), here as on the GPU: a raw
+        pointer has no shape, so a wrong array would be read wrongly, not refused."""
         self._tick(k.name)
+        k.check(args)
         if self.gpu:
             k.launch(n_threads, args)
         else:
