@@ -198,6 +198,19 @@ def _copy_noise_twin(k1, gamma, k, per, off, anti):
 
 # -- activations ----------------------------------------------------------------------------------
 _ACT_C = """
+// t / d and t % d; in 32 bits when both fit (a 64-bit division costs several times a 32-bit one on a
+// GPU, and an index is divided once or twice per value)
+__device__ __forceinline__ long long minilr_div(long long t, long long d, long long* rem) {
+    if (t < 4294967296LL && d < 4294967296LL) {
+        const unsigned int a = (unsigned int)t, b = (unsigned int)d, q = a / b;
+        *rem = (long long)(a - q * b);
+        return (long long)q;
+    }
+    const long long q = t / d;
+    *rem = t - q * d;
+    return q;
+}
+
 // fp16-split ALR: L is scaled by 2^s, s chosen from max|L| so that max |L| 2^s is in [2^14, 2^15)
 // (fp16's largest finite is 65504); a power of two, so the scaling and its undoing are exact.
 __device__ __forceinline__ int minilr_l_exp(float amax) {
@@ -335,10 +348,10 @@ LR_FORWARD = Kernel("lr_forward", [
     ("float*", "eps"), ("float*", "h"), ("unsigned long long", "k1"), ("unsigned long long", "gamma"),
     ("long long", "k0"), ("int", "B"), ("int", "m"), ("long long", "rows"), ("int", "anti"), ("int", "act")],
     """    if (t >= rows * m) return;
-    const long long n = t / m;
-    const int i = (int)(t - n * m);
-    const int b = (int)(n % B);
-    const float e = minilr_copy_noise(k1, gamma, k0 + n / B, (long long)B * m, (long long)b * m + i, anti);
+    long long i, b;
+    const long long n = minilr_div(t, m, &i);
+    const long long c = minilr_div(n, B, &b);
+    const float e = minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti);
     const float v = pre_shared ? pre[(long long)b * m + i] : pre[t];
     eps[t] = e;
     h[t] = minilr_act(__fadd_rn(__fadd_rn(v, bias[i]), __fmul_rn(sigma[i], e)), act);""",
@@ -369,14 +382,15 @@ ALR_FORWARD = Kernel("alr_forward", [
     ("long long", "nbytes_all")],
     """    const long long nb = (rows + 7) / 8;
     if (t >= nb * m) return;
-    const long long r = t / m;
-    const int i = (int)(t - r * m);
+    long long i, b;
+    const long long r = minilr_div(t, m, &i);
+    long long c = minilr_div(r * 8, B, &b);  // copy and sample of the first row; then counted on
     unsigned int sb = 0, hp = 0, hn = 0;
-    for (int q = 0; q < 8; q++) {
+    for (int q = 0; q < 8; q++, b++) {
         const long long n = r * 8 + q;
         if (n >= rows) break;
-        const int b = (int)(n % B);
-        const float e = minilr_copy_noise(k1, gamma, k0 + n / B, (long long)B * m, (long long)b * m + i, anti);
+        if (b == B) { b = 0; c++; }
+        const float e = minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti);
         const float v = pre_shared ? pre[(long long)b * m + i] : pre[n * m + i];
         const float z = minilr_act(__fadd_rn(__fadd_rn(v, bias[i]), __fmul_rn(sigma[i], e)), act);
         h[n * m + i] = z;
@@ -399,8 +413,8 @@ def _pack_kernel_twin(a, out, code, rows, w, byte0, nbytes_all):
 
 _PACK_BODY = """    const long long nb = (rows + 7) / 8;
     if (t >= nb * w) return;
-    const long long r = t / w;
-    const int c = (int)(t - r * w);
+    long long c;
+    const long long r = minilr_div(t, w, &c);
     unsigned int pos = 0, neg = 0;
     for (int q = 0; q < 8 && r * 8 + q < rows; q++) {
         const REAL v = a[(r * 8 + q) * w + c];
@@ -445,8 +459,8 @@ UNPACK_ROWS, UNPACK_ROWS_F64 = _typed("unpack_rows", [
     ("const unsigned char*", "p"), ("int", "code"), ("long long", "r0"), ("long long", "r1"),
     ("const REAL*", "scale"), ("REAL*", "out"), ("int", "w"), ("long long", "nbytes_all")],
     """    if (t >= (r1 - r0) * w) return;
-    const long long i = t / w;
-    const int c = (int)(t - i * w);
+    long long c;
+    const long long i = minilr_div(t, w, &c);
     const long long r = r0 + i;
     const unsigned int sh = (unsigned int)(r & 7);
     const REAL f = scale[i];
@@ -487,10 +501,9 @@ ES_NOISE = Kernel("es_noise", [
     ("long long", "k0"), ("long long", "kb"), ("int", "m"), ("int", "d"), ("int", "anti")],
     """    const long long per = (long long)m * (d + 1);
     if (t >= kb * per) return;
-    const long long c = t / per;
-    const long long off = t - c * per;
-    const int i = (int)(off / (d + 1));
-    const int j = (int)(off - (long long)i * (d + 1));
+    long long off, j;
+    const long long c = minilr_div(t, per, &off);
+    const long long i = minilr_div(off, d + 1, &j);
     const float z = minilr_copy_noise(k1, gamma, k0 + c, per, off, anti);
     if (j < d) E[(c * m + i) * d + j] = z; else e[c * m + i] = z;""",
     _es_noise_twin)
@@ -513,10 +526,9 @@ ES_COMBINE = Kernel("es_combine", [
     ("long long", "pb"), ("const float*", "e"), ("const float*", "bias"), ("const float*", "sigma"),
     ("float*", "h"), ("long long", "kb"), ("int", "B"), ("int", "m"), ("int", "act")],
     """    if (t >= kb * B * m) return;
-    const long long n = t / m;
-    const int i = (int)(t - n * m);
-    const long long k = n / B;
-    const int b = (int)(n - k * B);
+    long long i, b;
+    const long long n = minilr_div(t, m, &i);
+    const long long k = minilr_div(n, B, &b);
     const float v = pre_shared ? pre[(long long)b * m + i] : pre[t];
     const float p = __fadd_rn(pert[k * pk + (long long)b * pb + i], e[k * m + i]);
     h[t] = minilr_act(__fadd_rn(__fadd_rn(v, bias[i]), __fmul_rn(sigma[i], p)), act);""",
@@ -603,8 +615,8 @@ def _lr_scale_twin(w, L, sigma, rows, m):
 LR_SCALE = Kernel("lr_scale", [
     ("float*", "w"), ("const float*", "L"), ("const float*", "sigma"), ("long long", "rows"), ("int", "m")],
     """    if (t >= rows * m) return;
-    const long long n = t / m;
-    const int i = (int)(t - n * m);
+    long long i;
+    const long long n = minilr_div(t, m, &i);
     w[t] = __fdiv_rn(__fmul_rn(L[n], w[t]), sigma[i]);""",
     _lr_scale_twin)
 
@@ -701,8 +713,8 @@ UNPACK_PAIR = Kernel("unpack_pair", [
     ("long long", "nbytes_all")],
     """    const int width = m + dw;
     if (t >= rows * width) return;
-    const long long n = t / width;
-    const int c = (int)(t - n * width);
+    long long c;
+    const long long n = minilr_div(t, width, &c);
     const long long r = r0 + n;
     const unsigned int sh = (unsigned int)(r & 7);
     if (c < m) {
