@@ -404,6 +404,14 @@ def _cases():
             p = np.ascontiguousarray(p if kind == "sign" else p[None])
             out.append((k, 13 * 6, [p, code, 16, 29, rng.standard_normal(13).astype(dt),
                         np.zeros((13, 6), dt), 6, p.shape[1]], True))
+    for regen in (0, 1):
+        for anti in (0, 1):
+            rows_, m_ = 30, 6
+            out.append((ck.SIGMA_SUMS, 4 * m_, [f(rows_, m_), f(rows_), np.abs(f(m_)) + 0.1,
+                        np.zeros((4, m_), np.float32), rows_, m_, 8, regen, key.k1, key.gamma, 2, 5, anti], True))
+    for anti in (0, 1):
+        out.append((ck.ES_SIGMA, 3 * 4, [f(10), np.abs(f(4)) + 0.1, np.zeros((3, 4), np.float32), key.k1,
+                    key.gamma, 4, 10, 4, 5, anti, 4], True))
     out.append((ck.SPLIT_FINISH, 4 * 6, [f(8, 8), np.zeros((4, 5), np.float32), np.zeros(4, np.float32),
                 np.array([3e-3], np.float32), 4, 5, 8], True))
     return out
@@ -523,6 +531,18 @@ def test_cuda_step_on_twins_equals_the_reference(est, anti):
     g, loss, lnch = cs.estimate(model, x, y, est, 32, seed=3, antithetic=anti)
     assert set(g) == set(ref)
     assert _rel(g, ref) < 2e-5
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_cuda_step_with_learned_sigma_equals_the_reference(est):
+    """The sigma score too (LR reads its eps, ALR and ES draw theirs again): float32 rounding."""
+    model = minilr.MLP(SIZES, seed=0, learn_sigma=True)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=True)
+    g, _, lnch = cs.estimate(model, x, y, est, 32, seed=3, antithetic=True)
+    assert set(g) == set(ref) and "0.sigma" in g
+    assert _rel(g, ref) < 2e-5
+    assert lnch.count <= 36  # three more launches or so: one kernel (+ a reduction) per layer
 
 
 @pytest.mark.parametrize("est", ["lr", "alr", "a-hybrid"])

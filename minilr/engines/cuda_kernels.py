@@ -789,6 +789,83 @@ ES_GRAD = Kernel("es_grad", [
     _es_grad_twin)
 
 
+# The sigma score of LR/ALR (kept exact, Eq. 1 and 3): P[part, i] = sum over the part's rows of
+# L_n (eps_n,i^2 - 1), divided by sigma_i; one thread per (part, neuron), rows in order. eps is read
+# (LR keeps it) or, with `regen`, drawn again from its counters (ALR keeps only its signs).
+def _sigma_sums_twin(eps, L, sigma, P, rows, m, per, regen, k1, gamma, k0, B, anti):
+    if regen:
+        n = np.arange(rows)[:, None]
+        e = _copy_noise_twin(k1, gamma, k0 + n // B, B * m, (n % B) * m + np.arange(m), anti)
+    else:
+        e = eps.reshape(rows, m)
+    q = L.reshape(rows, 1) * (e * e - _F32(1))
+    for c in range(P.shape[0]):
+        acc = np.zeros(m, _F32)
+        for n in range(c * per, min(rows, (c + 1) * per)):
+            acc = acc + q[n]
+        P[c] = acc / sigma
+
+
+SIGMA_SUMS = Kernel("sigma_sums", [
+    ("const float*", "eps"), ("const float*", "L"), ("const float*", "sigma"), ("float*", "P"),
+    ("long long", "rows"), ("int", "m"), ("long long", "per"), ("int", "regen"),
+    ("unsigned long long", "k1"), ("unsigned long long", "gamma"), ("long long", "k0"), ("int", "B"),
+    ("int", "anti")],
+    """    long long i;
+    const long long part = minilr_div(t, m, &i);
+    if (part * per >= rows) return;
+    const long long n1 = min(rows, (part + 1) * per);
+    long long b;
+    long long c = minilr_div(part * per, B, &b);
+    float acc = 0.0f;
+    for (long long n = part * per; n < n1; n++, b++) {
+        if (b == B) { b = 0; c++; }
+        const float e = regen ? minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti)
+                              : eps[n * m + i];
+        acc = __fadd_rn(acc, __fmul_rn(L[n], __fsub_rn(__fmul_rn(e, e), 1.0f)));
+    }
+    P[t] = __fdiv_rn(acc, sigma[i]);""",
+    _sigma_sums_twin)
+
+
+# The sigma score of ES/AES: P[part, i] = sum over the part's copies of
+# Lk (sum_j E_k[i, j]^2 + e_k[i]^2 - (d + 1)) / sigma_i, the noise drawn again from its counters.
+def _es_sigma_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, per):
+    E, e = np.empty((K, m, d), _F32), np.empty((K, m), _F32)
+    _es_noise_twin(E, e, k1, gamma, k0, K, m, d, anti)
+    sq = np.zeros((K, m), _F32)
+    for j in range(d):
+        sq = sq + E[:, :, j] * E[:, :, j]
+    sq = sq + e * e
+    q = Lk.reshape(K, 1) * (sq - _F32(d + 1))
+    for c in range(P.shape[0]):
+        acc = np.zeros(m, _F32)
+        for k in range(c * per, min(K, (c + 1) * per)):
+            acc = acc + q[k]
+        P[c] = acc / sigma
+
+
+ES_SIGMA = Kernel("es_sigma", [
+    ("const float*", "Lk"), ("const float*", "sigma"), ("float*", "P"), ("unsigned long long", "k1"),
+    ("unsigned long long", "gamma"), ("long long", "k0"), ("long long", "K"), ("int", "m"), ("int", "d"),
+    ("int", "anti"), ("long long", "per")],
+    """    long long i;
+    const long long part = minilr_div(t, m, &i);
+    if (part * per >= K) return;
+    const long long k1_ = min(K, (part + 1) * per), width = (long long)m * (d + 1);
+    float acc = 0.0f;
+    for (long long k = part * per; k < k1_; k++) {
+        float sq = 0.0f;
+        for (int j = 0; j <= d; j++) {
+            const float z = minilr_copy_noise(k1, gamma, k0 + k, width, i * (d + 1) + j, anti);
+            sq = __fadd_rn(sq, __fmul_rn(z, z));
+        }
+        acc = __fadd_rn(acc, __fmul_rn(Lk[k], __fsub_rn(sq, (float)(d + 1))));
+    }
+    P[t] = __fdiv_rn(acc, sigma[i]);""",
+    _es_sigma_twin)
+
+
 # fp16-split ALR: G = (C[:m] + C[m:]) / scale, split into weights (m, d) and bias (m,).
 def _split_finish_twin(C, gW, gb, amax, m, d, dw):
     C2 = C.reshape(2 * m, dw)
@@ -812,7 +889,7 @@ SPLIT_FINISH = Kernel("split_finish", [
 KERNELS = {k.name: k for k in (FILL_NORMAL, PACK_F64, UNPACK_ROWS, UNPACK_ROWS_F64,
                                LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, CE_LOSS, MSE_LOSS,
                                CENTRE, LR_SCALE, SUM_COPIES, SIGN_SUM_COPIES, UNPACK_PAIR, ES_GRAD,
-                               SPLIT_FINISH)}
+                               SPLIT_FINISH, SIGMA_SUMS, ES_SIGMA)}
 
 
 def full_source() -> str:

@@ -98,8 +98,7 @@ def chunk_sums(model, x, y, modes, approx, keys, loss, antithetic, baseline, k0,
     for j, i in enumerate(lin):
         s = _Site(j, i, layers[i], modes[j], approx, keys[j], j == 0, xp)
         s.k0 = k0  # the chunk's first copy: noise counters are absolute
-        if layers[i].learn_sigma:
-            raise NotImplementedError("learn_sigma is not on the fused CUDA path yet")
+        s.learn_sigma = bool(layers[i].learn_sigma)
         prev = layers[i - 1] if i > 0 else None
         s.x_code = 1 if isinstance(prev, Activation) and prev.nonneg else 2
         sites.append(s)
@@ -180,13 +179,15 @@ def chunk_sums(model, x, y, modes, approx, keys, loss, antithetic, baseline, k0,
     Lc = xp.empty_like(L)
     lnch.kernel(ck.CENTRE, K * B, L, S, Lc, K, B, int(antithetic), int(use_base), scale)
     Lk = None
-    if any(s.mode == "es" for s in sites):
+    if any(s.mode == "es" for s in sites):  # the perturbation is shared by the batch: sum_b
         Lk = lnch.reduce("sum", xp.sum, Lc, axis=1)
     amax = None
     if precision == "fp16" and any(s.mode == "lr" and s.approx and not s.first for s in sites):
         amax = lnch.reduce("max", xp.max, lnch.reduce("abs", xp.abs, Lc)).reshape(1)
     sums = {}
     for s in sites:
+        if s.learn_sigma:  # first: exact LR turns its kept eps into L eps / sigma below
+            sums[f"{s.idx}.sigma"] = _sigma_gradient(s, Lc, Lk, K, B, lnch, antithetic)
         if s.mode == "es":
             gW, gb = _es_gradient(s, Lk, K, lnch, antithetic)
         elif s.approx:
@@ -311,6 +312,26 @@ def _alr_gradient(s, Lc, K, B, lnch, shared, precision, amax, budget):
     return G[:, :d], G[:, d]
 
 
+def _sigma_gradient(s, Lc, Lk, K, B, lnch, anti):
+    """The sigma score (exact in every estimator): LR reads its kept eps, ALR and ES draw their
+    noise again from the counters; parts of rows (copies) in one kernel, then one reduction."""
+    xp = lnch.xp
+    m = s.m
+    if s.mode == "es":
+        parts, per = _parts(K, m)
+        P = xp.empty((parts, m), _F32)
+        lnch.kernel(ck.ES_SIGMA, parts * m, Lk, s.sigma, P, s.key.k1, s.key.gamma, s.k0, K, m, s.d,
+                    int(anti), per)
+    else:
+        rows = K * B
+        parts, per = _parts(rows, m)
+        P = xp.empty((parts, m), _F32)
+        eps = Lc.reshape(-1) if s.approx else s.eps  # ALR: a placeholder, the kernel draws eps again
+        lnch.kernel(ck.SIGMA_SUMS, parts * m, eps, Lc.reshape(-1), s.sigma, P, rows, m, per, int(s.approx),
+                    s.key.k1, s.key.gamma, s.k0, B, int(anti))
+    return lnch.reduce("sum", xp.sum, P, axis=0) if parts > 1 else P[0]
+
+
 def _es_gradient(s, Lk, K, lnch, anti):
     """ES: ``sum_k Lk E_k / sigma``; AES: ``sum_k Lk sign(E_k)``: the noise drawn again in-kernel."""
     xp = lnch.xp
@@ -373,16 +394,15 @@ def estimate(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entrop
 
 
 def supported(model, loss=None) -> str | None:
-    """None when :func:`estimate` runs ``model`` (float32 Linear/activation stacks, sigma not
-    learned); else why not (the engine then runs the reference sites)."""
+    """None when :func:`estimate` runs ``model`` (float32 stacks of Linear layers and the
+    activations of :data:`~.cuda_kernels.ACTS`); else why not (the engine then runs the sites)."""
     from ..layers import Activation, Linear  # noqa: PLC0415
 
     if np.dtype(model.dtype) != np.float32:
         return "the fused CUDA step runs float32 models"
     for layer in model.layers:
         if isinstance(layer, Linear):
-            if layer.learn_sigma:
-                return "learn_sigma is not on the fused CUDA path yet"
-        elif not isinstance(layer, Activation) or layer.name not in ck.ACTS:
+            continue
+        if not isinstance(layer, Activation) or layer.name not in ck.ACTS:
             return f"layer {type(layer).__name__} is not on the fused CUDA path"
     return None
