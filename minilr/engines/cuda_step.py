@@ -19,7 +19,12 @@ Per chunk of copies (``copies`` in one block whenever the budget allows):
   where the product does not give it). ALR unpacks its bits into ``L s`` and ``[t | 1]`` and takes
   ``G`` and the bias sum from one product, in fp32 or, with ``precision="fp16"``, in fp16 on the
   tensor cores with ``L`` split into two fp16 parts (see ``UNPACK_PAIR``). ES regenerates its
-  noise from the counters inside the reduction kernel instead of keeping ``K m (d + 1)`` numbers.
+  noise from the counters inside the reduction kernel instead of keeping ``K m (d + 1)`` numbers;
+* a learned sigma: one more kernel per layer (LR reads its kept ``eps``; ALR and ES draw their
+  noise again) and a reduction.
+
+What runs here (:func:`supported`): float32 stacks of ``Linear`` layers and the activations of
+:data:`~.cuda_kernels.ACTS`, named or custom losses; the engine runs anything else on its sites.
 
 Blocks: exact LR keeps ``eps`` and ``x`` of every copy anyway (one block). ALR keeps bits, so its
 floats in flight are bounded by ``approx_budget`` bytes; ES's weight noise by ``es_budget``. A
