@@ -289,6 +289,9 @@ class Kernel:
     def __init__(self, name, params, body, twin):
         self.name, self.params, self.body, self.twin = name, params, body, twin
         self._compiled = None
+        # per argument: (name, pointer?, element dtype of a pointer or scalar type), made once
+        self._meta = [(n, t.endswith("*"), _PTR_DTYPES.get(t.replace("const ", "").rstrip("*"))
+                       if t.endswith("*") else _CTYPES[t]) for t, n in params]
 
     @property
     def signature(self) -> str:
@@ -313,24 +316,22 @@ class Kernel:
 
     def check(self, args):
         """Raise ValueError unless each pointer argument is a C-contiguous array of its C type."""
-        if len(args) != len(self.params):
-            raise ValueError(f"{self.name}: {len(self.params)} arguments expected, got {len(args)}")
-        for (ctype, name), a in zip(self.params, args):
-            if not ctype.endswith("*"):
+        if len(args) != len(self._meta):
+            raise ValueError(f"{self.name}: {len(self._meta)} arguments expected, got {len(args)}")
+        for (name, ptr, want), a in zip(self._meta, args):
+            if not ptr:
                 continue
-            want = _PTR_DTYPES.get(ctype.replace("const ", "").rstrip("*"))
-            if not getattr(a, "flags", None) or not a.flags.c_contiguous:
+            flags = getattr(a, "flags", None)
+            if flags is None or not flags.c_contiguous:
                 raise ValueError(f"{self.name}: argument {name} must be a C-contiguous array")
             if want is not None and a.dtype != want:
                 raise ValueError(f"{self.name}: argument {name} must be {np.dtype(want).name}, got {a.dtype}")
 
     def launch(self, n_threads, args):
         """Launch on the GPU with one thread per item, ``n_threads`` items."""
-        vals = []
-        for (ctype, _), a in zip(self.params, args):
-            vals.append(a if ctype.endswith("*") else _CTYPES[ctype](a))
+        vals = tuple(a if ptr else conv(a) for (_, ptr, conv), a in zip(self._meta, args))
         grid = max(1, -(-int(n_threads) // THREADS))
-        self.compiled()((grid,), (THREADS,), tuple(vals))
+        self.compiled()((grid,), (THREADS,), vals)
 
 
 # LR forward, one thread per value (row n of the block, neuron i): draw eps at its counter,
