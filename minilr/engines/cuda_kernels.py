@@ -78,7 +78,7 @@ def noise_source() -> str:
     for c in reversed((1.0,) + _SERIES[:-1]):
         series.append(f"s = __fadd_rn({_flit(c)}, __fmul_rn(r2, s));")
     series = "\n    ".join(series)
-    return f"""#include <cuda_fp16.h>
+    return f"""
 // counter-based Gaussian noise: generated from minilr/noise.py (_hash_py, _gauss_py)
 __device__ __forceinline__ unsigned long long minilr_hash(unsigned long long k1,
         unsigned long long gamma, unsigned long long p) {{
@@ -286,8 +286,9 @@ class Kernel:
     arguments in the same order (NumPy arrays for pointers, with their logical shapes).
     """
 
-    def __init__(self, name, params, body, twin):
+    def __init__(self, name, params, body, twin, headers=""):
         self.name, self.params, self.body, self.twin = name, params, body, twin
+        self.headers = headers  # #include lines this kernel alone needs (fp16 types)
         self._compiled = None
         # per argument: (name, pointer?, element dtype of a pointer or scalar type), made once
         self._meta = [(n, t.endswith("*"), _PTR_DTYPES.get(t.replace("const ", "").rstrip("*"))
@@ -300,7 +301,7 @@ class Kernel:
     @property
     def source(self) -> str:
         """The whole translation unit handed to NVRTC."""
-        return (noise_source() + _ACT_C
+        return (self.headers + noise_source() + _ACT_C
                 + f'\nextern "C" __global__ void {self.name}({self.signature}) {{\n'
                 + "    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
                 + self.body + "\n}\n")
@@ -744,7 +745,7 @@ UNPACK_PAIR = Kernel("unpack_pair", [
         }
         if (half) ((__half*)T)[n * dw + j] = __float2half_rn(v); else ((float*)T)[n * dw + j] = v;
     }""",
-    _unpack_pair_twin)
+    _unpack_pair_twin, headers="#include <cuda_fp16.h>\n")
 
 
 # ES/AES gradient, regenerating the noise instead of storing it: thread (part c, i, j) sums over the
@@ -895,7 +896,7 @@ KERNELS = {k.name: k for k in (FILL_NORMAL, PACK_F64, UNPACK_ROWS, UNPACK_ROWS_F
 
 def full_source() -> str:
     """Every kernel in one translation unit (what the tests compile with nvcc when it is present)."""
-    parts = [noise_source(), _ACT_C]
+    parts = ["#include <cuda_fp16.h>", noise_source(), _ACT_C]
     for k in KERNELS.values():
         parts.append(f'extern "C" __global__ void {k.name}({k.signature}) {{\n'
                      "    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
