@@ -641,6 +641,28 @@ def test_default_budget_bounds_alr_blocks():
     assert blocks > 1
 
 
+def test_alr_holds_16x_less_than_lr_at_10000_copies():
+    """Issue 7's memory target, counted on the CPU: the arrays a GPU step allocates (DryLauncher:
+    the same allocations, nothing computed, NumPy reporting them to tracemalloc), 784-256-256-10,
+    B = 50, K = 10,000, default budgets: LR keeps eps and x of every row (~2 GB), ALR its bits
+    and one budget of floats; peak ratio >= 16."""
+    import tracemalloc
+
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    peaks = {}
+    for est, prec in (("lr", "fp32"), ("alr", "fp32"), ("alr", "fp16")):
+        tracemalloc.start()
+        with np.errstate(all="ignore"):
+            cs.chunk_sums(model, x, y, _modes(est, model), est == "alr", _keys(model), "cross_entropy",
+                          True, False, 0, 10_000, ck.DryLauncher(np), precision=prec)
+        peaks[est, prec] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["lr", "fp32"] > 1.9 * 2**30
+    assert peaks["lr", "fp32"] >= 16 * peaks["alr", "fp32"], peaks
+    assert peaks["lr", "fp32"] >= 16 * peaks["alr", "fp16"], peaks
+
+
 def _modes(est, model):
     from minilr.estimators import ESTIMATORS as E
 

@@ -39,8 +39,8 @@ from . import cuda_kernels as ck
 
 __all__ = ["estimate", "chunk_sums", "supported", "APPROX_BUDGET", "ES_BUDGET"]
 
-APPROX_BUDGET = 48 << 20  # bytes of floats in flight for sign-only (ALR) records: with the bits,
-# ~115 MB at K = 10,000 on 784-256-256-10, B = 50, against ~2.1 GB kept by LR (the 16x of issue 7)
+APPROX_BUDGET = 40 << 20  # bytes of floats in flight for sign-only (ALR) records: with the bits,
+# ~106 MB at K = 10,000 on 784-256-256-10, B = 50, against ~2.0 GB kept by LR (issue 7: >= 16x)
 ES_BUDGET = 1 << 30  # bytes of ES weight noise (and products) in flight
 _PAR_THREADS = 1 << 18  # reductions split their loop into parts until about this many threads
 _F32 = np.float32
@@ -294,14 +294,14 @@ def _alr_gradient(s, Lc, K, B, lnch, shared, precision, amax, budget):
     rb = min(rows, _round8(budget // per_row)) if rows > 8 else rows
     Lf = Lc.reshape(-1)
     G = None
+    # the two unpacked blocks, made once and reused (the last block uses their first rows): what
+    # ALR holds beyond its bits
+    dt = np.float16 if half else _F32
+    S_all = xp.empty((rb, 2 * m if half else m), dt)
+    T_all = xp.empty((rb, dw), dt)
     for r0 in range(0, rows, rb):
         n = min(rb, rows - r0)
-        if half:
-            Sb = xp.empty((n, 2 * m), np.float16)
-            Tb = xp.empty((n, dw), np.float16)
-        else:
-            Sb = xp.empty((n, m), _F32)
-            Tb = xp.empty((n, dw), _F32)
+        Sb, Tb = S_all[:n], T_all[:n]
         lnch.kernel(ck.UNPACK_PAIR, n * (m + dw), s.sbits, Lf, s.tbits, s.x_code, Sb, Tb, int(half),
                     amax if half else Lf, r0, n, m, d, dw, s.tbits.shape[1])
         part = lnch.gemm_t_f16(Sb, Tb) if half else lnch.matmul(Sb.T, Tb)
