@@ -663,6 +663,24 @@ def test_alr_holds_16x_less_than_lr_at_10000_copies():
     assert peaks["lr", "fp32"] >= 16 * peaks["alr", "fp16"], peaks
 
 
+@pytest.mark.parametrize("est", ["lr", "alr"])
+def test_chunked_100000_copies_run_in_the_memory_of_one_chunk(est):
+    """K = 100,000 in chunks of 10,000: the peak of the allocations stays that of one chunk (plus
+    the gradient's sums), counted as above."""
+    import tracemalloc
+
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    peaks = []
+    for K in (10_000, 100_000):
+        tracemalloc.start()
+        with np.errstate(all="ignore"):
+            cs.estimate(model, x, y, est, K, chunk=10_000, lnch=ck.DryLauncher(np))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] <= 1.05 * peaks[0] + 4 * 2**20, peaks
+
+
 def _modes(est, model):
     from minilr.estimators import ESTIMATORS as E
 
