@@ -555,6 +555,20 @@ def test_cuda_step_chunked_and_mse_equal_the_reference(est):
     assert _rel(g, ref) < 2e-5
 
 
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_cuda_step_on_an_irregular_stack_equals_the_reference(est):
+    """Two activations in a row (one not fused), Linear after Linear, sigmoid and step: every
+    activation and every way a layer's input is recorded (fused bits, packed later, copied)."""
+    from minilr.layers import Linear
+
+    model = minilr.Sequential([Linear(64, 32), "relu", "tanh", Linear(32, 16), Linear(16, 12), "sigmoid",
+                               Linear(12, 10), "step", Linear(10, 10)], seed=1)
+    x, y = _data(seed=5)
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=16, seed=2, antithetic=True)
+    g, _, _ = cs.estimate(model, x, y, est, 16, seed=2, antithetic=True)
+    assert _rel(g, ref) < 2e-5
+
+
 def test_cuda_step_with_a_custom_loss_equals_the_reference():
     """A loss function of the user's runs as plain xp code inside the step (one counted launch)."""
     def hinge(out, y, xp):

@@ -144,6 +144,7 @@ def chunk_sums(model, x, y, modes, approx, keys, loss, antithetic, baseline, k0,
         h = x
         n = 0
         j = 0
+        fed = None  # the site whose record the last Linear wrote its output into
         while n < len(layers):
             layer = layers[n]
             if not isinstance(layer, Linear):  # an activation no Linear fused
@@ -152,10 +153,13 @@ def chunk_sums(model, x, y, modes, approx, keys, loss, antithetic, baseline, k0,
                 n += 1
                 continue
             s = sites[j]
+            if s.x_all is not None and fed is not s:  # an unfused activation came between
+                lnch._tick("copy")
+                s.x_all[c0 * B:c1 * B] = h.reshape(rows, s.d)
             # where this layer's output block goes: straight into the next exact LR record
-            out = None
+            out, fed = None, None
             if s.next is not None and s.next.x_all is not None:
-                out = s.next.x_all[c0 * B:c1 * B]
+                out, fed = s.next.x_all[c0 * B:c1 * B], s.next
             if out is None:
                 out = xp.empty((rows, s.m), _F32)
             if s.mode == "lr":
