@@ -35,6 +35,7 @@ import ctypes
 import math
 import os
 import threading
+import time
 
 import numba
 import numpy as np
@@ -263,7 +264,7 @@ class Arena:
 # threaded sgemm splits its sums by thread). The limit is process-wide (BLAS has one), so it is
 # counted: the first estimate to start sets it, the last to finish restores what was there, and
 # an estimate running beside another never sees the limit change under it.
-_BLAS = {"users": 0, "limiter": None, "controller": None}
+_BLAS = {"users": 0, "limiter": None, "controller": None, "libs": []}
 _BLAS_LOCK = threading.Lock()
 
 
@@ -275,6 +276,20 @@ def _controller():
     return _BLAS["controller"]
 
 
+def _hold_at_one(libs):
+    """Set every library in ``libs`` to one thread and check that it took: measured here, a set
+    made while another thread was inside a threaded BLAS call sometimes did not (the library
+    still reported 2 threads afterwards), so it is made again until it reads back 1."""
+    for _ in range(1000):
+        busy = [lib for lib in libs if lib.get_num_threads() != 1]
+        if not busy:
+            return
+        for lib in busy:
+            lib.set_num_threads(1)
+        time.sleep(0)
+    raise RuntimeError("could not hold the BLAS library at one thread")
+
+
 @contextlib.contextmanager
 def blas_one_thread():
     """Hold the BLAS libraries at one thread inside the block (counted; yields whether any BLAS
@@ -283,8 +298,11 @@ def blas_one_thread():
         if _BLAS["users"] == 0:
             ctl = _controller().select(user_api="blas")
             _BLAS["limiter"] = ctl.limit(limits=1) if ctl.lib_controllers else None
+            _BLAS["libs"] = ctl.lib_controllers
         _BLAS["users"] += 1
         held = _BLAS["limiter"] is not None
+        if held:
+            _hold_at_one(_BLAS["libs"])
     try:
         yield held
     finally:
