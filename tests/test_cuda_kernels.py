@@ -720,6 +720,8 @@ def test_gpu_path_needs_no_numba_cuda():
         from minilr.engines import cuda_step
         x = np.ones((2, 64), np.float32); y = np.array([1, 2])
         g, loss, lnch = cuda_step.estimate(minilr.MLP([64, 8, 10]), x, y, "alr", 8)
+        from minilr.engines.cuda import device_kernels
+        assert device_kernels().__name__ == "minilr.engines.cuda_kernels"
         assert "numba.cuda" not in [m for m in sys.modules if m.startswith("numba.cuda.")]
         print("ok", lnch.count)
     """)
@@ -860,3 +862,46 @@ def test_gpu_step_equals_the_reference(est, precision):
                              precision=precision)
     assert _rel({k: cupy.asnumpy(v) for k, v in g.items()}, ref) < 2e-5
     assert lnch.count <= 30
+
+
+# -- the CUDA engine (minilr/engines/cuda.py) running this step ---------------------------------------
+def _cuda_engine_backend(**kw):
+    """A NumPy backend whose engine is the CUDA engine: its fused step runs on the kernels' twins."""
+    from minilr.backend import Backend
+    from minilr.engines.cuda import CUDAEngine
+
+    bk = Backend("numpy")
+    bk.engine = CUDAEngine(np, **kw)
+    return bk
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+@pytest.mark.parametrize("anti", [False, True])
+def test_cuda_engine_step_on_twins_equals_the_reference_engine(est, anti):
+    """``estimate_gradient`` through the CUDA engine (fused step, twins) against the reference
+    engine, same seed: float32 rounding only (2e-5 of each gradient's largest entry, as above);
+    one block, at most 30 launches."""
+    from minilr.backend import Backend
+
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=anti,
+                                   backend=Backend("numpy", engine="reference"))
+    bk = _cuda_engine_backend()
+    g = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=anti, backend=bk)
+    assert bk.engine.launches is not None and bk.engine.launches <= 30
+    assert _rel(g, ref) < 2e-5
+
+
+def test_cuda_engine_runs_the_sites_where_the_fused_step_does_not_apply():
+    """A float64 model is not on the fused path: the engine runs the reference sites (same numbers)."""
+    from minilr.backend import Backend
+
+    model = minilr.MLP(SIZES, seed=0, dtype=np.float64)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator="alr", copies=16, seed=3,
+                                   backend=Backend("numpy", engine="reference"))
+    bk = _cuda_engine_backend(memory_budget=1 << 30)
+    g = minilr.estimate_gradient(model, x, y, estimator="alr", copies=16, seed=3, backend=bk)
+    assert bk.engine.launches is None
+    assert _rel(g, ref) < 1e-12

@@ -128,6 +128,11 @@ class Noisy:
         ``copies``.
         """
         engine, xp = bk.engine, bk.xp
+        fused = getattr(engine, "estimate", None)  # an engine may run the whole estimate fused
+        if fused is not None:
+            out = fused(self, model, x, y, s, ss)
+            if out is not None:
+                return out
         lin = model.linear_indices
         modes = self.modes(len(lin), s.es_layers)
         keys = noise_keys(ss, len(lin))
