@@ -864,6 +864,23 @@ def test_gpu_step_equals_the_reference(est, precision):
     assert lnch.count <= 30
 
 
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_gpu_estimate_gradient_on_cupy_equals_numpy(est):
+    """What a user calls: backend="cupy" (the CUDA engine's fused step) against backend="numpy",
+    same seed, learned sigma included: float32 rounding only."""
+    from minilr.backend import Backend
+
+    model = minilr.MLP(SIZES, seed=0, learn_sigma=True)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, antithetic=True)
+    bk = Backend("cupy")
+    g = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, antithetic=True, backend=bk)
+    assert bk.engine.launches is not None and bk.engine.launches <= 36
+    assert _rel(g, ref) < 2e-5
+
+
 # -- the CUDA engine (minilr/engines/cuda.py) running this step ---------------------------------------
 def _cuda_engine_backend(**kw):
     """A NumPy backend whose engine is the CUDA engine: its fused step runs on the kernels' twins."""
