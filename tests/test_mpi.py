@@ -84,3 +84,12 @@ def test_pack_unpack_roundtrip_and_no_comm():
     assert mpi.rank_size(None) == (0, 1) and mpi.is_root(None)
     with pytest.raises(TypeError, match="comm"):
         mpi.check_comm(object())
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_distributed_gradient_equals_one_process(ranks):
+    # every estimator; 7 and 22 copies (not divisible by the ranks), baseline on and off,
+    # antithetic pairs, chunks, and fewer copies than ranks (ranks with nothing to run)
+    out = run_mpi("equal_gradients.py", ranks)
+    assert f"equal gradients on {ranks} ranks, 36 cases" in out
