@@ -93,3 +93,23 @@ def test_distributed_gradient_equals_one_process(ranks):
     # antithetic pairs, chunks, and fewer copies than ranks (ranks with nothing to run)
     out = run_mpi("equal_gradients.py", ranks)
     assert f"equal gradients on {ranks} ranks, 36 cases" in out
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_distributed_training_equals_one_process(ranks):
+    assert f"train equal on {ranks} ranks" in run_mpi("train_equal.py", ranks)
+
+
+@needs_mpi
+def test_cli_distributed_only_rank_0_prints():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MINILR_NOISE_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    base = [sys.executable, "-m", "minilr", "train", "--data", "digits", "--copies", "20", "--epochs", "1",
+            "--hidden", "16", "--no-progress"]
+    one = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    two = subprocess.run([_mpiexec(), "-n", "2", *base, "--distributed"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert two.stdout.count("final test accuracy") == 1 and "2 MPI ranks" in two.stdout
+    final = lambda out: [l for l in out.splitlines() if l.startswith("final test accuracy")][0].split("(")[0]
+    assert final(one.stdout) == final(two.stdout)
