@@ -215,7 +215,7 @@ def measure_times(sizes=(64, 256, 256, 10), copies=100, batch=50, repeats=5, see
     """Per-layer times, in seconds, of the products one bucket's step runs on this machine.
 
     An MLP of ``sizes`` (ReLU between layers) with ``copies * batch`` rows: forward ``h W^T + b +
-    sigma eps`` then the activation; the loss (softmax cross-entropy); the LR gradient
+    sigma eps`` (``eps`` from :mod:`minilr.noise`) then the activation; the loss (softmax cross-entropy); the LR gradient
     ``(L eps / sigma)^T x`` of each layer (Eq. 1); backprop's ``dW = delta^T x`` and
     ``delta_{below} = (delta W) * phi'`` of each layer; the loss's backward ``softmax - onehot``;
     the update (an Adam-like few passes over the weights). Each time is the best of ``repeats``
@@ -235,10 +235,13 @@ def measure_times(sizes=(64, 256, 256, 10), copies=100, batch=50, repeats=5, see
             ts.append(time.perf_counter() - t0)
         return float(np.min(ts)), out
 
+    from .. import noise  # the library's counter-based noise, as the estimators draw it
+
+    key = noise.key_from_seed(np.random.SeedSequence(seed))
     fwd, gl, gb = [], [], []
     for j, W in enumerate(Ws):
         def forward(j=j, W=W):
-            e = rng.standard_normal((n, W.shape[0]), dtype=np.float32)
+            e = noise.normal(key, (n, W.shape[0]), start=j * n * W.shape[0])
             v = xs[j] @ W.T + np.float32(0.1) * e
             return (np.maximum(v, 0) if j < len(Ws) - 1 else v), e
         t, (h, e) = best(forward)
