@@ -15,6 +15,10 @@ copies (all of them when ``chunk`` is None) is shared out in contiguous ranges
 
 At the end ONE ``Allreduce`` of ONE flat buffer adds the LR partial sums of every layer (none for
 ES/AES). The result equals the one-process estimate up to the order of float sums.
+
+The ES exchange trades work for bytes: every rank draws all ``K`` perturbations for the gradient
+(its forward pass only its share), so a rank sends ``4 K B / R`` bytes however large the model,
+but the noise draw, most of an ES step, does not shrink with the ranks.
 """
 from __future__ import annotations
 
