@@ -45,13 +45,25 @@ def problem(sizes=SIZES, batch=BATCH, seed=0):
 CHUNK = 2000  # copies per chunk, shared out over the ranks: memory stays flat as K grows
 
 
+_BACKEND = []  # one backend (and engine, with its scratch memory) per process
+
+
+def backend():
+    from minilr.backend import Backend
+
+    if not _BACKEND:
+        _BACKEND.append(Backend("numpy"))
+    return _BACKEND[0]
+
+
 def one_step(model, x, y, estimator, copies, comm, stats=None, seed=1):
     """One gradient estimate through the library's internals (the distributed path when comm)."""
-    from minilr.backend import get_backend, seed_sequence
+    from minilr.backend import seed_sequence
+    from minilr.estimators import Settings
     from minilr.parallel import distributed
 
-    return distributed.estimate(model, x, y, estimator, copies, seed_sequence(seed), "cross_entropy", True,
-                                False, CHUNK, 2, get_backend("numpy"), comm=comm, stats=stats)[0]
+    s = Settings(estimator, copies, chunk=CHUNK, es_layers=2)
+    return distributed.estimate(model, x, y, s, seed_sequence(seed), backend(), comm=comm, stats=stats)[0]
 
 
 def worker(args):
@@ -114,25 +126,24 @@ def rel_diff(a, b):
 def in_process(K, buckets, rounds):
     """Plain chunked step vs pipelined vs pipelined + layer threads (all cores), and the layers'
     gradients in threads vs one after another, given the losses."""
-    from minilr import kernels
-    from minilr.backend import get_backend, seed_sequence
-    from minilr.estimators import ESTIMATORS, SITES, estimate
-    from minilr.estimators.base import centred_losses, noise_keys, noisy_forward
+    from minilr.backend import seed_sequence
+    from minilr.estimators import ESTIMATORS, Settings, estimate
+    from minilr.estimators.base import centred_losses, noise_keys
     from minilr.parallel import overlap
 
     model, x, y = problem()
-    bk = get_backend("numpy")
+    bk = backend()
     rows = []
     for est in ("lr", "alr"):
         chunk = overlap.bucket_size(K, buckets)
 
         def plain():
-            with kernels.blas_one_thread():
-                return estimate(model, x, y, est, K, seed_sequence(1), "cross_entropy", True, False, chunk, 2, bk)
+            with bk.engine.session():
+                return estimate(model, x, y, Settings(est, K, chunk=chunk), seed_sequence(1), bk)
 
         def piped(threads=1):
-            return overlap.pipelined_estimate(model, x, y, est, K, seed_sequence(1), "cross_entropy", True, False,
-                                              buckets, 2, bk, layer_threads=threads)
+            return overlap.pipelined_estimate(model, x, y, Settings(est, K), seed_sequence(1), bk, buckets,
+                                              layer_threads=threads)
         ts = {"plain": [], "pipelined": [], "pipelined + layer threads": []}
         res = {}
         for _ in range(rounds + 1):  # the first round warms up; sides alternate
@@ -150,13 +161,14 @@ def in_process(K, buckets, rounds):
         gt = {1: [], len(lin): []}
         for _ in range(rounds + 1):
             for threads in gt:
-                with kernels.blas_one_thread():
-                    L, sites = noisy_forward(model, x, y, 0, chunk, e.modes(len(lin), 2), e.approx, keys,
-                                             "cross_entropy", False, bk, SITES)
+                with bk.engine.session():
+                    L, sites = bk.engine.forward(model, x, y, 0, chunk, e.modes(len(lin), 2), e.approx, keys,
+                                                 "cross_entropy", False)
                     Lc = centred_losses(L, False, True, np)
                     t0 = time.perf_counter()
                     overlap.layer_gradients(sites, Lc, threads)
                     gt[threads].append(time.perf_counter() - t0)
+                    bk.engine.done(sites)
         gmed = {t: float(np.median(v[1:])) for t, v in gt.items()}
         rows.append((est, med, equal, gmed))
     return rows

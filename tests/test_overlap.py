@@ -1,7 +1,7 @@
 """Layer-parallel gradients and the pipelined step (minilr.parallel.overlap): same numbers as plain.
 
-OpenBLAS may add a product's terms in another order with another thread count, so the plain
-estimate runs with BLAS on one thread, as the pipeline does; then the results are equal bit for bit.
+Both run inside the engine's session (on the CPU: BLAS on one thread), so the results are equal
+bit for bit; each engine (the fused CPU one and the plain reference) is checked.
 """
 from __future__ import annotations
 
@@ -9,22 +9,21 @@ import numpy as np
 import pytest
 
 import minilr
-from minilr import kernels
-from minilr.backend import get_backend, seed_sequence
-from minilr.estimators import ESTIMATORS, SITES, estimate
-from minilr.estimators.base import centred_losses, noise_keys, noisy_forward
+from minilr.backend import Backend, seed_sequence
+from minilr.estimators import ESTIMATORS, Settings, estimate
+from minilr.estimators.base import centred_losses, noise_keys
 from minilr.parallel import overlap
 
 EST = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
 
 
-@pytest.fixture(scope="module")
-def problem():
+@pytest.fixture(params=["cpu", "reference"])  # a fresh engine per test: no scratch shared between tests
+def problem(request):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(9, 20)).astype(np.float32)
     y = rng.integers(0, 5, 9)
     model = minilr.MLP([20, 48, 24, 5], activation="relu", sigma=0.2, seed=2, learn_sigma=True)
-    return model, x, y, get_backend("numpy")
+    return model, x, y, Backend("numpy", engine=request.param)
 
 
 @pytest.mark.parametrize("estimator", EST)
@@ -33,12 +32,11 @@ def problem():
 def test_pipelined_step_equals_plain_chunked_step(problem, estimator, copies, buckets, antithetic, baseline):
     model, x, y, bk = problem
     chunk = overlap.bucket_size(copies, buckets, antithetic)
-    with kernels.blas_one_thread():
-        g1, l1 = estimate(model, x, y, estimator, copies, seed_sequence(7), "cross_entropy", baseline,
-                          antithetic, chunk, 1, bk)
+    s = Settings(estimator, copies, "cross_entropy", baseline, antithetic, chunk, es_layers=1)
+    with bk.engine.session():
+        g1, l1 = estimate(model, x, y, s, seed_sequence(7), bk)
     for threads in (1, 3):
-        g2, l2 = overlap.pipelined_estimate(model, x, y, estimator, copies, seed_sequence(7), "cross_entropy",
-                                            baseline, antithetic, buckets, 1, bk, layer_threads=threads)
+        g2, l2 = overlap.pipelined_estimate(model, x, y, s, seed_sequence(7), bk, buckets, layer_threads=threads)
         assert l1 == l2
         for k in g1:
             np.testing.assert_array_equal(g1[k], g2[k], err_msg=f"{estimator} {k} threads={threads}")
@@ -47,8 +45,9 @@ def test_pipelined_step_equals_plain_chunked_step(problem, estimator, copies, bu
 def test_pipelined_differs_with_another_seed(problem):
     # the equality above is not vacuous: another seed gives another gradient
     model, x, y, bk = problem
-    g1, _ = overlap.pipelined_estimate(model, x, y, "lr", 20, seed_sequence(1), "cross_entropy", True, False, 2, 1, bk)
-    g2, _ = overlap.pipelined_estimate(model, x, y, "lr", 20, seed_sequence(2), "cross_entropy", True, False, 2, 1, bk)
+    s = Settings("lr", 20)
+    g1, _ = overlap.pipelined_estimate(model, x, y, s, seed_sequence(1), bk, 2)
+    g2, _ = overlap.pipelined_estimate(model, x, y, s, seed_sequence(2), bk, 2)
     assert not np.array_equal(g1["0.weight"], g2["0.weight"])
 
 
@@ -61,13 +60,19 @@ def test_layer_gradients_in_threads_equal_sequential(problem, estimator):
     keys = noise_keys(seed_sequence(4), len(lin))
     out = []
     for threads in (1, 3):
-        with kernels.blas_one_thread():
-            L, sites = noisy_forward(model, x, y, 0, 16, modes, est.approx, keys, "cross_entropy", False, bk, SITES)
+        with bk.engine.session():
+            L, sites = bk.engine.forward(model, x, y, 0, 16, modes, est.approx, keys, "cross_entropy", False)
             Lc = centred_losses(L, False, True, np)
             out.append(overlap.layer_gradients(sites, Lc, threads))
     for a, b in zip(*out):
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_bp_cannot_be_pipelined(problem):
+    model, x, y, bk = problem
+    with pytest.raises(ValueError, match="bp"):
+        overlap.pipelined_estimate(model, x, y, Settings("bp"), seed_sequence(1), bk, 2)
 
 
 def test_bucket_size():

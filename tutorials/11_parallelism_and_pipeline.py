@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 import minilr
-from minilr import kernels, plots
-from minilr.backend import get_backend, seed_sequence
-from minilr.estimators import ESTIMATORS, SITES, estimate
-from minilr.estimators.base import centred_losses, noise_keys, noisy_forward
+from minilr import plots
+from minilr.backend import Backend, seed_sequence
+from minilr.estimators import ESTIMATORS, Settings, estimate
+from minilr.estimators.base import centred_losses, noise_keys
 from minilr.parallel import mpi, overlap, pipeline
 
 QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
@@ -121,7 +121,7 @@ for sizes in ([64, 256, 256, 10], [64, 1024, 1024, 10]):
 
 # %%
 model = minilr.MLP([64, 256, 256, 10], activation="relu", sigma=0.1, seed=0)
-bk = get_backend("numpy")
+bk = Backend("numpy")  # its engine (fused kernels, threads, scratch memory) serves every call below
 K = 200 if QUICK else 1000
 lin = model.linear_indices
 ROUNDS = 2 if QUICK else 5
@@ -132,13 +132,14 @@ def layer_grad_time(est, threads):
     keys = noise_keys(seed_sequence(1), len(lin))
     best, grads = float("inf"), None
     for _ in range(ROUNDS):
-        with kernels.blas_one_thread():
-            L, sites = noisy_forward(model, xb, yb, 0, K, e.modes(len(lin), 2), e.approx, keys,
-                                     "cross_entropy", False, bk, SITES)
+        with bk.engine.session():  # the engine's forward pass records; the estimator's sums consume
+            L, sites = bk.engine.forward(model, xb, yb, 0, K, e.modes(len(lin), 2), e.approx, keys,
+                                         "cross_entropy", False)
             Lc = centred_losses(L, False, True, np)
             t0 = time.perf_counter()
             grads = overlap.layer_gradients(sites, Lc, threads)
             best = min(best, time.perf_counter() - t0)
+            bk.engine.done(sites)
     return best, grads
 
 
@@ -198,12 +199,11 @@ for est in ("lr", "alr"):
     chunk = overlap.bucket_size(K, BUCKETS)
 
     def plain():
-        with kernels.blas_one_thread():
-            return estimate(model, xb, yb, est, K, seed_sequence(2), "cross_entropy", True, False, chunk, 2, bk)[0]
+        with bk.engine.session():
+            return estimate(model, xb, yb, Settings(est, K, chunk=chunk), seed_sequence(2), bk)[0]
 
     def piped():
-        return overlap.pipelined_estimate(model, xb, yb, est, K, seed_sequence(2), "cross_entropy", True, False,
-                                          BUCKETS, 2, bk)[0]
+        return overlap.pipelined_estimate(model, xb, yb, Settings(est, K), seed_sequence(2), bk, BUCKETS)[0]
     ts = {"plain": [], "pipelined": []}
     for _ in range(ROUNDS + 1):
         for name, fn in (("plain", plain), ("pipelined", piped)):

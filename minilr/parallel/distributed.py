@@ -1,6 +1,7 @@
 """One gradient estimate over the copies of all MPI ranks; the same numbers as one process.
 
-:func:`estimate` has the contract of :func:`minilr.estimators.estimate` plus ``comm``. Each chunk of
+:func:`estimate` has the contract of :func:`minilr.estimators.estimate` plus ``comm``; the
+backend's engine runs the forward passes and the sums, as in one process. Each chunk of
 copies (all of them when ``chunk`` is None) is shared out in contiguous ranges
 (:func:`~minilr.parallel.mpi.copy_ranges`, whole antithetic pairs). Then, per chunk:
 
@@ -22,51 +23,52 @@ but the noise draw, most of an ES step, does not shrink with the ranks.
 """
 from __future__ import annotations
 
-import contextlib
-
-from .. import kernels
-from ..estimators import ESTIMATORS, SITES
-from ..estimators.base import centred_losses, noise_keys, noisy_forward
+from ..estimators import ESTIMATORS
+from ..estimators.base import centred_losses, noise_keys
 from . import mpi
 
 
-def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk,
-             comm=None, stats=None):
+def estimate(model, x, y, settings, ss, bk, comm=None, stats=None):
     """Sum the estimator's gradient over all ranks' copies; return (grads by key, mean noisy loss).
 
-    Same arguments as :func:`minilr.estimators.estimate`, plus ``comm`` (an mpi4py communicator;
-    None: one process) and ``stats`` (a dict that gets the bytes this rank sent, see
-    :func:`minilr.parallel.mpi.bytes_sent`). Every rank must call it with the same arguments.
+    Same arguments as :func:`minilr.estimators.estimate` (``settings``: a checked
+    :class:`~minilr.estimators.Settings`; ``x``, ``y`` on the backend ``bk``, whose engine runs
+    the forward passes), plus ``comm`` (an mpi4py communicator; None: one process) and ``stats``
+    (a dict that gets the bytes this rank sent, see :func:`minilr.parallel.mpi.bytes_sent`).
+    Every rank must call it with the same arguments.
     """
-    xp = bk.xp
+    s = settings
+    est = ESTIMATORS[s.estimator]
+    if s.estimator == "bp":  # exact and noiseless: the same on every rank, nothing to share
+        return est.estimate(model, x, y, s, ss, bk)
+    engine, xp = bk.engine, bk.xp
     rank, size = mpi.rank_size(comm)
-    est = ESTIMATORS[estimator]
     lin = model.linear_indices
-    modes = est.modes(len(lin), es_layers)
+    modes = est.modes(len(lin), s.es_layers)
     keys = noise_keys(ss, len(lin))
-    chunk = copies if chunk is None else min(chunk, copies)
-    pair = 2 if antithetic else 1
+    chunk = s.copies if s.chunk is None else min(s.chunk, s.copies)
+    pair = 2 if s.antithetic else 1
     params = model.parameters()
     sums = {key: xp.zeros_like(p) for key, p in params.items()}
     loss_sum, rows = 0.0, 0
     B = x.shape[0]
-    fused = est.fused(xp)
-    with kernels.blas_one_thread() if fused else contextlib.nullcontext():
-        for start in range(0, copies, chunk):
-            kc = min(chunk, copies - start)
+    with engine.session():
+        for start in range(0, s.copies, chunk):
+            kc = min(chunk, s.copies - start)
             ranges = mpi.copy_ranges(kc, size, pair)
             a, b = ranges[rank]
             sites = None
             if b > a:
-                L_mine, sites = noisy_forward(model, x, y, start + a, b - a, modes, est.approx, keys, loss,
-                                              antithetic, bk, SITES)
+                L_mine, sites = engine.forward(model, x, y, start + a, b - a, modes, est.approx, keys, s.loss,
+                                               s.antithetic)
             else:  # more ranks than copy groups in this chunk: nothing to run, only to receive
                 L_mine = xp.empty((0, B), dtype=model.dtype)
             L = mpi.allgather_rows(L_mine, [hi - lo for lo, hi in ranges], comm, stats)
-            Lc = centred_losses(L, antithetic, baseline, xp)
+            Lc = centred_losses(L, s.antithetic, s.baseline, xp)
             for j, i in enumerate(lin):
                 if modes[j] == "es" and comm is not None:
-                    site = _es_site_for_all(model.layers[i], kc, B, start, keys[j], antithetic, est.approx, xp, bk)
+                    site = _es_site_for_all(model.layers[i], kc, B, start, keys[j], s.antithetic, est.approx,
+                                            engine, bk)
                     part = site.gradient(Lc)
                 elif sites is not None:
                     part = sites[j].gradient(Lc[a:b])
@@ -76,24 +78,22 @@ def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chu
                     sums[f"{i}.{name}"] += g
             loss_sum += float(L.sum())
             rows += L.size
-            if fused and sites is not None:
-                kernels.recycle([arr for s in sites for arr in s.buffers()])
+            if sites is not None:
+                engine.done(sites)  # the records are dead: an engine may reuse their blocks
             del L, Lc, sites
     # the LR sums of every rank, in one buffer, one call; ES sums are complete on every rank
     lr_keys = [f"{i}.{name}" for j, i in enumerate(lin) if modes[j] == "lr"
                for name in ("weight", "bias", "sigma") if f"{i}.{name}" in sums]
     if lr_keys:
-        reduced = mpi.allreduce_sum({k: sums[k] for k in lr_keys}, comm, stats)
-        sums.update(reduced)
-    grads = {key: sums[key] / rows for key in params}
-    return grads, loss_sum / rows
+        sums.update(mpi.allreduce_sum({k: sums[k] for k in lr_keys}, comm, stats))
+    return {key: sums[key] / rows for key in params}, loss_sum / rows
 
 
-def _es_site_for_all(layer, copies, B, k0, key, antithetic, approx, xp, bk):
+def _es_site_for_all(layer, copies, B, k0, key, antithetic, approx, engine, bk):
     """An ES site for copies ``k0 .. k0 + copies - 1`` that ran no forward pass here: its gradient
     draws every perturbation again from the seed (nothing kept)."""
     W, b, sigma = bk.asarray(layer.weight), bk.asarray(layer.bias), bk.asarray(layer.sigma)
-    site = SITES["es"](W, b, sigma, layer.learn_sigma, copies, B, k0, key, antithetic, approx, False,
-                       False, xp)
+    site = engine.sites["es"](W, b, sigma, layer.learn_sigma, copies, B, k0, key, antithetic, approx, False,
+                              False, engine)
     site.kept = None  # no forward ran for most of these copies on this rank: redraw, block by block
     return site

@@ -14,12 +14,10 @@ what overlapping buys here is measured, not assumed: ``benchmarks/distributed.py
 """
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import kernels
-from ..estimators import ESTIMATORS, SITES
-from ..estimators.base import centred_losses, noise_keys, noisy_forward
+from ..estimators import ESTIMATORS
+from ..estimators.base import centred_losses, noise_keys
 
 
 def layer_gradients(sites, Lc, threads=None):
@@ -40,20 +38,24 @@ def bucket_size(copies, buckets, antithetic=False):
     return size
 
 
-def pipelined_estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, buckets,
-                       es_layers, bk, layer_threads=1):
+def pipelined_estimate(model, x, y, settings, ss, bk, buckets, layer_threads=1):
     """The estimate of :func:`minilr.estimators.estimate` with ``chunk = bucket_size(copies,
     buckets)``, the forward pass of each bucket overlapping the gradients of the one before.
 
-    ``layer_threads`` > 1 also runs each bucket's layers side by side (:func:`layer_gradients`).
-    Returns (grads by key, mean noisy loss), equal bit for bit to the plain chunked estimate.
+    ``settings`` is a :class:`~minilr.estimators.Settings` (its ``chunk`` is ignored: the buckets
+    are the chunks); ``x``, ``y`` are on the backend ``bk``. ``layer_threads`` > 1 also runs each
+    bucket's layers side by side (:func:`layer_gradients`). Returns (grads by key, mean noisy
+    loss), equal bit for bit to the plain chunked estimate.
     """
-    xp = bk.xp
-    est = ESTIMATORS[estimator]
+    s = settings
+    engine, xp = bk.engine, bk.xp
+    est = ESTIMATORS[s.estimator]
+    if s.estimator == "bp":
+        raise ValueError("estimator='bp' has no copies to pipeline")
     lin = model.linear_indices
-    modes = est.modes(len(lin), es_layers)
+    modes = est.modes(len(lin), s.es_layers)
     keys = noise_keys(ss, len(lin))
-    chunk = min(copies, bucket_size(copies, buckets, antithetic))
+    chunk = min(s.copies, bucket_size(s.copies, buckets, s.antithetic))
     sums = {key: xp.zeros_like(p) for key, p in model.parameters().items()}
     totals = {"loss": 0.0, "rows": 0}
 
@@ -64,25 +66,20 @@ def pipelined_estimate(model, x, y, estimator, copies, ss, loss, baseline, antit
                 sums[f"{i}.{name}"] += g
         totals["loss"] += float(L.sum())
         totals["rows"] += L.size
-        return sites
 
-    fused = est.fused(xp)
-    last = None
-    # BLAS held at one thread around the whole pipeline: two threads calling a threaded BLAS at
-    # once oversubscribe the cores (and the inner holds of the fused path then nest cleanly)
-    with kernels.blas_one_thread(), \
-            ThreadPoolExecutor(max_workers=1) as worker:
-        pending = None
-        for start in range(0, copies, chunk):
-            k = min(chunk, copies - start)
-            L, sites = noisy_forward(model, x, y, start, k, modes, est.approx, keys, loss, antithetic, bk, SITES)
-            Lc = centred_losses(L, antithetic, baseline, xp)
+    # the engine's session (BLAS held at one thread on the CPU) around the whole pipeline: two
+    # threads calling a threaded BLAS at once would oversubscribe the cores
+    with engine.session(), ThreadPoolExecutor(max_workers=1) as worker:
+        pending, previous = None, None
+        for start in range(0, s.copies, chunk):
+            k = min(chunk, s.copies - start)
+            L, sites = engine.forward(model, x, y, start, k, modes, est.approx, keys, s.loss, s.antithetic)
+            Lc = centred_losses(L, s.antithetic, s.baseline, xp)
             if pending is not None:
-                pending.result()  # keeps at most two buckets' records alive
-            pending = worker.submit(gradients, sites, L, Lc)
+                pending.result()  # at most two buckets' records alive
+                engine.done(previous)  # its gradients are formed: its blocks may serve the next forward
+            pending, previous = worker.submit(gradients, sites, L, Lc), sites
             del L, Lc, sites
-        last = pending.result()
-    if fused:  # the last bucket's blocks serve the next step (never recycled while in use)
-        kernels.recycle([a for s in last for a in s.buffers()])
-    grads = {key: sums[key] / totals["rows"] for key in sums}
-    return grads, totals["loss"] / totals["rows"]
+        pending.result()
+        engine.done(previous)
+    return {key: sums[key] / totals["rows"] for key in sums}, totals["loss"] / totals["rows"]

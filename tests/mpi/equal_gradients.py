@@ -11,6 +11,7 @@ from mpi4py import MPI
 
 import minilr
 from minilr.backend import get_backend, seed_sequence
+from minilr.estimators import Settings
 from minilr.estimators import estimate as estimate_one
 from minilr.parallel import distributed, mpi
 
@@ -25,7 +26,7 @@ model = minilr.MLP([12, 16, 8, 4], activation="relu", sigma=0.2, seed=1, learn_s
 bk = get_backend("numpy")
 
 cases = []
-for est in ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]:
+for est in ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]:  # (+ "bp" below)
     for copies, baseline, antithetic, chunk in [(7, True, False, None), (10, False, False, None),
                                                 (10, True, True, None), (22, True, False, 8),
                                                 (2, True, False, None), (1, True, False, None)]:
@@ -33,10 +34,10 @@ for est in ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]:
 
 worst = 0.0
 for est, copies, baseline, antithetic, chunk in cases:
-    args = (model, x, y, est, copies, seed_sequence(5), "cross_entropy", baseline, antithetic, chunk, 1, bk)
-    g1, l1 = estimate_one(*args)
+    s = Settings(est, copies, "cross_entropy", baseline, antithetic, chunk, es_layers=1)
+    g1, l1 = estimate_one(model, x, y, s, seed_sequence(5), bk)
     stats = {}
-    g2, l2 = distributed.estimate(*args, comm=comm, stats=stats)
+    g2, l2 = distributed.estimate(model, x, y, s, seed_sequence(5), bk, comm=comm, stats=stats)
     assert set(g1) == set(g2)
     for k in g1:
         scale = float(np.abs(g1[k]).max()) or 1.0
@@ -53,6 +54,15 @@ for est, copies, baseline, antithetic, chunk in cases:
         assert mpi.bytes_sent(stats) == stats["allgather_bytes"]
     else:
         assert stats["allreduce_calls"] == 1, stats
+# "bp" is exact: every rank computes it alone, nothing is sent
+g1, _ = estimate_one(model, x, y, Settings("bp"), seed_sequence(5), bk)
+stats = {}
+g2, _ = distributed.estimate(model, x, y, Settings("bp"), seed_sequence(5), bk, comm=comm, stats=stats)
+assert all(np.array_equal(g1[k], g2[k]) for k in g1) and stats == {}
+# the public entry point
+g3 = minilr.estimate_gradient(model, x, y, estimator="alr", copies=13, seed=4, comm=comm)
+g4 = minilr.estimate_gradient(model, x, y, estimator="alr", copies=13, seed=4)
+assert all(float(np.abs(g3[k] - g4[k]).max()) <= TOL * float(np.abs(g4[k]).max()) for k in g4)
 comm.Barrier()
 if rank == 0:
     print(f"equal gradients on {size} ranks, {len(cases)} cases, worst relative difference {worst:.2e}")
