@@ -15,6 +15,7 @@ from .layers import Linear
 from .losses import per_sample
 from .models import Sequential, _forward
 from .optim import Projection, make_optimizer
+from .parallel import mpi as _mpi
 
 __all__ = ["estimate_gradient", "train", "History", "TrainingDiverged"]
 
@@ -65,9 +66,10 @@ def _check_model(model):
 
 
 def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                  baseline=True):
+                  baseline=True, comm=None):
     """Every shared argument checked once: (Settings, Backend)."""
     _check_model(model)
+    _mpi.check_comm(comm)
     settings = Settings(estimator, copies, loss, baseline, antithetic, chunk, es_layers)
     _v.seed_arg(seed)
     return settings, get_backend(backend)
@@ -92,7 +94,7 @@ def _on_backend(model, bk):
 
 # -- estimate_gradient ----------------------------------------------------------------------------
 def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entropy",
-                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy"):
+                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy", comm=None):
     """One gradient estimate of the mean loss on the batch ``(x, y)``.
 
     Parameters
@@ -120,6 +122,10 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         A name makes a fresh backend and engine for this call; a :class:`~minilr.Backend` you hold
         (e.g. ``Backend("numpy", engine="reference")``) is used as it is, its engine's scratch
         memory kept between calls.
+    comm : mpi4py communicator, optional
+        Share the copies over its ranks (run under ``mpiexec``; every rank calls with the same
+        arguments and gets the same gradient: the one-process one, up to the order of float sums).
+        See :mod:`minilr.parallel.distributed`.
 
     Returns
     -------
@@ -127,13 +133,22 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Same keys and shapes as ``model.parameters()``.
     """
     s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline)
+                            baseline, comm)
     x = _v.features(x, "x", model.in_features)
     y = _v.targets(y, "y", s.loss, x.shape[0], model.out_features)
     with _on_backend(model, bk):
-        grads, _ = estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
-                            s, seed_sequence(seed), bk)
+        grads, _ = _estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
+                             s, seed_sequence(seed), bk, comm)
         return {k: bk.to_numpy(g) for k, g in grads.items()}
+
+
+def _estimate(model, x, y, s, ss, bk, comm):
+    """One estimate in this process, or over the ranks of ``comm``."""
+    if comm is None:
+        return estimate(model, x, y, s, ss, bk)
+    from .parallel import distributed  # noqa: PLC0415
+
+    return distributed.estimate(model, x, y, s, ss, bk, comm)
 
 
 def _device_targets(y, loss, model, bk):
@@ -166,7 +181,7 @@ def _evaluate(model, x, y, loss, bk):
 def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, batch_size=50,
           optimizer="adam", lr=1e-2, backend="numpy", seed=0, progress=True, loss="cross_entropy",
           baseline=True, antithetic=False, chunk=None, es_layers=2, schedule="constant",
-          momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None) -> History:
+          momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None, comm=None) -> History:
     """Train ``model`` in place without backpropagation; return its :class:`History`.
 
     Each step estimates the gradient on a mini-batch with ``estimator`` (see
@@ -175,12 +190,14 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     ``.step(params, grads)``) and the projection of Eq. 4 (``sigma_bounds``, ``weight_bound``).
     ``schedule="robbins-monro"`` decays the step size as Assumption 3 asks.
     ``callback(epoch, history)``, if given, runs after every epoch.
+    ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
+    one process for the same seed; every rank runs the callback, only rank 0 shows progress.
 
     A loss or parameter that becomes NaN/inf stops training with :class:`TrainingDiverged`; the
     model then holds the parameters from before the failing step.
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline)
+                            baseline, comm)
     loss = cfg.loss
     x, y = _check_data(data, "data", model, loss)
     if val_data is not None:
@@ -204,7 +221,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, unit="step",
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress or not _mpi.is_root(comm), unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
     step = 0
     # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream of
@@ -219,7 +236,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                 idx = order[s:s + batch_size]
                 xb = bk.asarray(x[idx], model.dtype)
                 yb = _device_targets(y[idx], loss, model, bk)
-                grads, mean_loss = estimate(model, xb, yb, cfg, child(ss, 1, step), bk)
+                grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
                 if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                     raise TrainingDiverged(
                         f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
