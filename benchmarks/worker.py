@@ -31,12 +31,16 @@ def _data(B, seed=0):
     return rng.standard_normal((B, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], B)
 
 
-def minilr_step(est="lr", K=200, B=50, chunk=None, reps=10, backend="numpy"):
+def minilr_step(est="lr", K=200, B=50, chunk=None, reps=10, backend="numpy", held=True):
+    """One estimate's median time. ``held``: one Backend object for every step, as ``train`` does
+    (its engine keeps the blocks of one step for the next); else a fresh one per call."""
     import minilr
 
     model = minilr.MLP(SIZES, seed=0)
     x, y = _data(B)
     seeds = iter(range(10**6))
+    if held:
+        backend = minilr.Backend(backend)
     f = lambda: minilr.estimate_gradient(model, x, y, estimator=est, copies=K, seed=next(seeds),
                                          chunk=chunk, backend=backend)
     return {"seconds": _median_time(f, reps)}
