@@ -119,6 +119,14 @@ def sgemm(n=2048, reps=5):
     return {"gflops": 2 * n**3 / t / 1e9}
 
 
+def _threads():
+    try:
+        from minilr.engines.cpu.threads import threads
+    except ImportError:  # minilr before the engines
+        from minilr.noise import threads
+    return threads()
+
+
 def noise_rate(n=5_220_000, reps=5):
     from minilr import noise
 
@@ -127,7 +135,7 @@ def noise_rate(n=5_220_000, reps=5):
     ours = n / _median_time(lambda: noise.fill_normal(out, key), reps)
     g = np.random.Generator(np.random.SFC64(0))
     sfc = n / _median_time(lambda: g.standard_normal(n, dtype=np.float32, out=out), reps)
-    return {"minilr": ours, "sfc64": sfc, "threads": noise.threads()}
+    return {"minilr": ours, "sfc64": sfc, "threads": _threads()}
 
 
 def profile(est="lr", K=200, B=50):

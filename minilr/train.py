@@ -127,7 +127,7 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Same keys and shapes as ``model.parameters()``.
     """
     s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline)
+                          baseline)
     x = _v.features(x, "x", model.in_features)
     y = _v.targets(y, "y", s.loss, x.shape[0], model.out_features)
     with _on_backend(model, bk):

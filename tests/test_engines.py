@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import minilr
-from minilr import noise, signbits
-from minilr.engines.cpu import kernels, signs
+from minilr import signbits
+from minilr.engines.cpu import kernels, signs, threads
 from minilr.engines.cuda import CUDAEngine, block_plan
 from minilr.estimators import alr_sums, lr_sigma_sums, lr_sums
 
@@ -327,7 +327,7 @@ def test_gpu_path_imports_without_numba_cuda():
 
 
 def test_workers_close_and_restart():
-    w = noise.Workers()
+    w = threads.Workers()
     out = []
     w.run_groups(out.append, [[1], [2], [3]])
     w.close()
