@@ -36,7 +36,7 @@ read from the bits, so what is alive beyond the bits is one ``G`` and two small 
 (ALR's peak memory); the first layer's sums come straight from the bits (``sign_sum_copies``).
 
 Three implementations share one contract and one test suite: ``*_reference`` (``np.packbits``,
-for checking), Numba on the CPU (``cache=True``; serial, see below) and ``numba.cuda`` kernels for
+for checking), Numba on the CPU (``cache=True``; serial, see below) and GPU kernels for
 CuPy arrays (:func:`minilr.engines.cuda.device_kernels`). The CPU kernels are deliberately single-threaded:
 they are memory-bound, and a Numba thread pool spinning next to OpenBLAS's slowed the sgemm that
 follows (benchmarks/RESULTS.md).
