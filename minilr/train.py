@@ -133,7 +133,7 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Same keys and shapes as ``model.parameters()``.
     """
     s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline, comm)
+                          baseline, comm)
     x = _v.features(x, "x", model.in_features)
     y = _v.targets(y, "y", s.loss, x.shape[0], model.out_features)
     with _on_backend(model, bk):
@@ -197,7 +197,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     model then holds the parameters from before the failing step.
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline, comm)
+                          baseline, comm)
     loss = cfg.loss
     x, y = _check_data(data, "data", model, loss)
     if val_data is not None:

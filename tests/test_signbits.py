@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minilr
+import minilr.engines.cpu.threads
 from minilr import signbits as sb
 
 from strategies import kinds, rows, seeds, signed_array, widths
@@ -200,7 +201,7 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
                                                     floats):
     """The fast path's parts (ranges of rows, of s's columns or of t's columns), each into its share
     of G and g, add up to the reference exactly (integer losses), with sgemm or NumPy products."""
-    from minilr.engines.cpu import kernels
+    from minilr.engines.cpu import kernels, signs
 
     rng = np.random.default_rng(seed)
     s = sb.pack(signed_array(seed, (n, m)), s_kind)
@@ -212,13 +213,13 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
         G, g = np.zeros((m, d), np.float32), np.zeros(m, np.float32)
         if split == "rows":
             cuts = [(r0 * 8, min(n, r1 * 8), 0, m, 0, d) for r0, r1 in
-                    minilr.noise.split(-(-n // 8), parts)]
+                    minilr.engines.cpu.threads.split(-(-n // 8), parts)]
         elif split == "s":
-            cuts = [(0, n, i0, i1, 0, d) for i0, i1 in minilr.noise.split(m, parts)]
+            cuts = [(0, n, i0, i1, 0, d) for i0, i1 in minilr.engines.cpu.threads.split(m, parts)]
         else:
-            cuts = [(0, n, 0, m, j0, j1) for j0, j1 in minilr.noise.split(d, parts)]
+            cuts = [(0, n, 0, m, j0, j1) for j0, j1 in minilr.engines.cpu.threads.split(d, parts)]
         for cut in cuts:
-            sb.packed_gradient_block(L, s, s_kind, t, t_kind, G, g, *cut, gemm=gemm, block_floats=floats)
+            signs.packed_gradient_block(L, s, s_kind, t, t_kind, G, g, *cut, gemm=gemm, block_floats=floats)
         np.testing.assert_array_equal(G, ref)
         np.testing.assert_array_equal(g, gref)
 
@@ -227,12 +228,14 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
 @given(seeds, st.integers(1, 9), st.integers(1, 40), widths, st.integers(1, 3))
 def test_sign_sum_copies_from_bits(seed, B, K, m, parts):
     """The first layer's A[b] = sum_k L sign(eps) read from the bits, by column ranges: exact."""
+    from minilr.engines.cpu import signs
+
     rng = np.random.default_rng(seed)
     a = signed_array(seed, (K * B, m))
     s = sb.pack(a, "pm1")
     L = rng.integers(-1000, 1001, K * B).astype(np.float32)
     A = np.zeros((B, m), np.float32)
-    for c0, c1 in minilr.noise.split(m, parts):
-        sb.sign_sum_copies(s, L, B, A, c0, c1)
+    for c0, c1 in minilr.engines.cpu.threads.split(m, parts):
+        signs.sign_sum_copies(s, L, B, A, c0, c1)
     want = (L[:, None] * sb.unpack_reference(s, "pm1", K * B)).reshape(K, B, m).sum(axis=0)
     np.testing.assert_array_equal(A, want)
