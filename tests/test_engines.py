@@ -347,3 +347,21 @@ def test_workers_close_and_restart():
     w.run_groups(out.append, [[4], [5]])
     assert sorted(x for g in out for x in g) == [1, 2, 3, 4, 5]
     w.close()
+
+
+def test_held_backend_survives_hybrid_then_chunked_lr():
+    """A Backend held across calls: a hybrid step keeps an ES site's transposed output as the next
+    LR site's input; the scratch pool must not hand that view back as a block (it crashed the next
+    chunked LR step in Numba: 'reshape() supports contiguous array only')."""
+    from minilr.backend import Backend
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(9, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 9)
+    m = minilr.MLP([20, 48, 24, 5], activation="relu", sigma=0.2, seed=2, learn_sigma=True)
+    bk = Backend("numpy", engine="cpu")
+    minilr.estimate_gradient(m, x, y, estimator="hybrid", copies=30, chunk=10, es_layers=1, backend=bk)
+    held = minilr.estimate_gradient(m, x, y, estimator="lr", copies=25, chunk=7, backend=bk)
+    fresh = minilr.estimate_gradient(m, x, y, estimator="lr", copies=25, chunk=7)
+    for k in fresh:
+        np.testing.assert_array_equal(held[k], fresh[k], err_msg=k)

@@ -6,10 +6,6 @@ exactly, so no summation order can change it).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -122,44 +118,6 @@ def test_alr_records_keep_only_bits():
                 if isinstance(v, np.ndarray) and v.dtype.kind == "f":
                     assert 40 not in v.shape, (type(site).__name__, name, v.shape)
         assert sites[1].t.shape == (25, 9)  # ReLU input: 1 bit per row, 200 rows
-
-
-CUDASIM_SCRIPT = textwrap.dedent("""
-    import warnings
-    import numpy as np
-    warnings.simplefilter("ignore")  # the simulator runs uint64 hashing in NumPy scalars
-    from minilr import _cuda_kernels as ck, noise, signbits as sb
-    rng = np.random.default_rng(0)
-    for n, w in [(1, 1), (13, 5), (64, 3), (70, 9)]:
-        for kind in sb.KINDS:
-            a = rng.standard_normal((n, w)).astype(np.float32)
-            a[rng.random(a.shape) < 0.3] = 0.0
-            a[0, 0] = -0.0
-            ref = sb.pack_reference(a, kind)
-            planes = np.zeros((2, sb.packed_rows(n) + 1, w), np.uint8)
-            ck.pack(a, planes, sb._CODES[kind], 1)  # at byte row 1, as a streamed block would
-            got = planes[:, 1:] if kind == "sign" else planes[0, 1:]
-            assert np.array_equal(got, ref), (n, w, kind)
-            scale = rng.standard_normal(n).astype(np.float32)
-            r0 = 8 if n > 8 else 0
-            out = np.empty((n - r0, w), np.float32)
-            ck.unpack(sb._planes(ref, kind), sb._CODES[kind], r0, n, scale[r0:], out)
-            assert np.array_equal(out, scale[r0:, None] * sb.unpack_reference(ref, kind, n)[r0:])
-    key = noise.key_from_seed(np.random.SeedSequence(7))
-    out = np.empty(41, np.float32)
-    ck.fill_normal(out, key.k1, key.gamma, np.uint64(3))
-    assert np.array_equal(out, noise.normal(key, (41,), start=3))
-    print("CUDASIM-OK")
-""")
-
-
-def test_cuda_kernels_in_numba_simulator():
-    """The numba.cuda kernels' logic, run by Numba's CUDA simulator on the CPU (no GPU needed)."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", CUDASIM_SCRIPT], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0 and "CUDASIM-OK" in r.stdout, r.stderr[-3000:]
 
 
 @pytest.mark.gpu
