@@ -52,6 +52,8 @@ def _parser():
     t.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="cupy runs on a GPU")
     t.add_argument("--seed", type=int, default=0, help="seed of weights, noise and batches")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="share the copies over the MPI ranks (run under mpiexec; pip install 'minilr[mpi]')")
     return p
 
 
@@ -82,17 +84,31 @@ def _train(args, epochs) -> int:
     from .models import MLP
     from .train import train
 
+    comm = None
+    if args.distributed:  # every rank runs this same code; only rank 0 speaks
+        from .parallel import mpi
+
+        comm = mpi.world()
+        if args.backend == "cupy":
+            mpi.use_rank_device(comm)
+    root = comm is None or comm.Get_rank() == 0
+
+    def say(*a, **k):
+        if root:
+            print(*a, **k)
+
     kw = {"root": args.data_root} if args.data in ("mnist", "fashion-mnist", "cifar10") else {}
     (x, y), (xt, yt) = datasets.load(args.data, **kw)
     hidden = args.hidden
     model = MLP([x.shape[1], *hidden, int(y.max()) + 1], activation=args.activation, sigma=args.sigma,
                 seed=args.seed, learn_sigma=args.learn_sigma)
-    print(f"minilr: {args.estimator} on {args.data} ({len(x)} train / {len(xt)} test), "
-          f"MLP {[x.shape[1], *hidden, int(y.max()) + 1]}, {args.copies} copies, {epochs} epochs, "
-          f"backend {args.backend}", flush=True)
+    ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
+    say(f"minilr: {args.estimator} on {args.data} ({len(x)} train / {len(xt)} test), "
+        f"MLP {[x.shape[1], *hidden, int(y.max()) + 1]}, {args.copies} copies, {epochs} epochs, "
+        f"backend {args.backend}{ranks}", flush=True)
 
     def report(epoch, h):
-        print(f"epoch {epoch + 1:3d}/{epochs}  train loss {h.train_loss[-1]:.4f}  "
+        say(f"epoch {epoch + 1:3d}/{epochs}  train loss {h.train_loss[-1]:.4f}  "
               f"train acc {h.train_accuracy[-1]:.3f}  test acc {h.val_accuracy[-1]:.3f}  "
               f"({h.seconds[-1]:.1f} s)", flush=True)
 
@@ -101,8 +117,9 @@ def _train(args, epochs) -> int:
               backend=args.backend, seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(),
               baseline=not args.no_baseline, antithetic=args.antithetic, chunk=args.chunk,
               es_layers=args.es_layers, schedule=args.schedule, momentum=args.momentum,
-              sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound, callback=report)
-    print(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
+              sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound, callback=report,
+              **({"comm": comm} if comm is not None else {}))
+    say(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
     return 0
 
 

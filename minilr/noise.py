@@ -26,18 +26,16 @@ The recipe (all of it written here, nothing taken from a library):
 Properties: ``z(1 - u) = -z(u)`` exactly (mean exactly symmetric), 2^24 equally likely levels,
 relative error below ~3e-7 against the exact quantile, tails cut at |z| = 5.54 (probability 3e-8,
 changing ``E[eps^2]`` by ~3e-7). The same key gives the same bits on the same backend; the GPU kernel
-runs the same scalar code through ``numba.cuda``.
+runs the same recipe (:mod:`minilr.engines.cuda`).
 """
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
-__all__ = ["NoiseKey", "key_from_seed", "normal", "fill_normal", "normal_reference", "threads"]
+__all__ = ["NoiseKey", "key_from_seed", "normal", "fill_normal", "normal_reference"]
 
 _U64 = np.uint64
 _M1 = _U64(0xBF58476D1CE4E5B9)
@@ -195,69 +193,7 @@ def _fill_range(out, lo, hi, k1, gamma, start):
         out[t] = _normal_at(k1, gamma, start + _U64(t))
 
 
-# Threads: plain Python threads running the GIL-free kernel on slices. Numba's own parallel
-# layer (OpenMP here) compiled the loop body without vectorising it (3x slower per core) and
-# leaves spinning workers behind that compete with OpenBLAS's; see benchmarks/RESULTS.md.
 _PARALLEL_MIN = 1 << 17  # below this a thread hand-off costs more than it saves
-_POOL = None
-
-
-def threads() -> int:
-    """Threads of minilr's CPU kernels (noise fill, the fused LR blocks of :mod:`minilr.kernels`):
-    ``MINILR_NOISE_THREADS`` or the CPUs this process may use."""
-    env = os.environ.get("MINILR_NOISE_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def pool(nt):
-    """The shared pool of ``nt`` threads that runs GIL-free kernels on slices (noise, :mod:`minilr.kernels`)."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers != nt:
-        _POOL = ThreadPoolExecutor(nt, thread_name_prefix="minilr-noise")
-    return _POOL
-
-
-def split(n, nt, align=1):
-    """``nt`` fixed ranges ``(lo, hi)`` covering ``0 .. n - 1``, interior bounds multiples of ``align``.
-
-    Fixed by ``n`` and ``nt`` alone, so per-range partial sums combined in range order give the
-    same bits on every run.
-    """
-    step = max(1, -(-n // nt))
-    step += -step % align
-    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-
-
-def run_split(kernel, n, args, align=1, min_items=1, parts=None):
-    """Call ``kernel(*args, lo, hi)`` over :func:`split` ranges of ``0 .. n - 1``, on the pool.
-
-    ``parts`` ranges (default: one per thread), dealt to the threads in contiguous groups; the
-    calling thread runs the first group instead of waiting. Give ``parts`` a fixed number when
-    the kernel writes one partial sum per range: the ranges, hence the sums' bits, then do not
-    depend on the thread count. One thread when :func:`threads` is 1 or ``n < min_items``.
-    """
-    nt = threads()
-    ranges = split(n, parts or nt, align) if n >= min_items else [(0, n)]
-    if nt == 1 or len(ranges) == 1:
-        for lo, hi in ranges:
-            kernel(*args, lo, hi)
-        return ranges
-    groups = [ranges[len(ranges) * g // nt:len(ranges) * (g + 1) // nt] for g in range(nt)]
-
-    def run(group):
-        for lo, hi in group:
-            kernel(*args, lo, hi)
-
-    futs = [pool(nt).submit(run, g) for g in groups[1:] if g]
-    run(groups[0])
-    for f in futs:
-        f.result()
-    return ranges
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -268,6 +204,8 @@ def _fill_slice(out, k1, gamma, start, lo, hi):
 
 
 def _fill_host(flat, key, start):
+    from .engines.cpu.threads import run_split  # noqa: PLC0415 (the CPU engine's threads)
+
     # even slice bounds keep whole pairs in one slice
     run_split(_fill_slice, flat.size, (flat, key.k1, key.gamma, _U64(start)), align=2,
               min_items=_PARALLEL_MIN)
@@ -278,9 +216,9 @@ def fill_normal(out, key: NoiseKey, start: int = 0, xp=np):
     if xp is np:
         _fill_host(out.reshape(-1), key, start)
     else:
-        from . import _cuda_kernels  # noqa: PLC0415 (CUDA only when asked)
+        from .engines.cuda import device_kernels  # noqa: PLC0415 (CUDA only when asked)
 
-        _cuda_kernels.fill_normal(out, key.k1, key.gamma, _U64(start))
+        device_kernels().fill_normal(out, key.k1, key.gamma, _U64(start))
     return out
 
 

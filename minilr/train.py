@@ -8,15 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference
 from . import validation as _v
 from .backend import child, get_backend, seed_sequence
-from .estimators import NAMES as ESTIMATOR_NAMES
-from .estimators import estimate
+from .estimators import Settings, estimate
 from .layers import Linear
 from .losses import per_sample
 from .models import Sequential, _forward
 from .optim import Projection, make_optimizer
+from .parallel import mpi as _mpi
 
 __all__ = ["estimate_gradient", "train", "History", "TrainingDiverged"]
 
@@ -66,24 +65,14 @@ def _check_model(model):
             raise ValueError(f"sigma of layer {prefix[:-1]} must be > 0 and finite, got min {np.min(s)}")
 
 
-def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend):
+def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
+                  baseline=True, comm=None):
+    """Every shared argument checked once: (Settings, Backend)."""
     _check_model(model)
-    _v.choice(estimator, "estimator", ESTIMATOR_NAMES)
-    copies = _v.positive_int(copies, "copies")
-    loss = _v.loss_arg(loss)
-    if estimator == "bp" and callable(loss):
-        raise ValueError("estimator='bp' needs a named loss ('cross_entropy' or 'mse'): the exact "
-                         "reference cannot differentiate a custom loss function")
+    _mpi.check_comm(comm)
+    settings = Settings(estimator, copies, loss, baseline, antithetic, chunk, es_layers)
     _v.seed_arg(seed)
-    if chunk is not None:
-        chunk = _v.positive_int(chunk, "chunk")
-    if not isinstance(antithetic, (bool, np.bool_)):
-        raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
-    if antithetic and (copies % 2 or (chunk is not None and chunk % 2)):
-        raise ValueError(f"antithetic noise pairs copies, so copies (got {copies}) and chunk "
-                         f"(got {chunk}) must be even")
-    _v.positive_int(es_layers, "es_layers", minimum=0)
-    return copies, chunk, loss, get_backend(backend)
+    return settings, get_backend(backend)
 
 
 @contextlib.contextmanager
@@ -110,19 +99,6 @@ def _on_backend(model, bk):
                 layer.weight, layer.bias, layer.sigma = (bk.to_numpy(a) for a in (layer.weight, layer.bias, layer.sigma))
 
 
-def _gradient(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk):
-    """One estimate on device arrays ``x``, ``y``: (grads on device, mean loss)."""
-    if estimator != "bp":
-        return estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk)
-    xh, yh = bk.to_numpy(x), bk.to_numpy(y)
-    host = model if bk.name == "numpy" else _host_copy(model, bk)
-    g = reference.gradient(host, xh, yh, loss)
-    grads = {}
-    for k, p in model.parameters().items():
-        grads[k] = bk.asarray(g[k], model.dtype) if k in g else bk.xp.zeros_like(p)
-    return grads, reference.loss(host, xh, yh, loss)
-
-
 def _move_sites(model, move):
     """Apply ``move`` to every noise site's weight, bias and sigma (general models)."""
     for _, layer, name in model.noise_sites():
@@ -132,29 +108,9 @@ def _move_sites(model, move):
                 setattr(layer, name + p, move(a))
 
 
-def _host_copy(model, bk):
-    """A shallow copy of a device-resident model with its arrays on the host (for the reference)."""
-    import copy
-
-    if not model.is_mlp:
-        host = model.copy()
-        _move_sites(host, bk.to_numpy)
-        return host
-    host = copy.copy(model)
-    host.layers = []
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            l2 = copy.copy(layer)
-            l2.weight, l2.bias, l2.sigma = (bk.to_numpy(a) for a in (layer.weight, layer.bias, layer.sigma))
-            host.layers.append(l2)
-        else:
-            host.layers.append(layer)
-    return host
-
-
 # -- estimate_gradient ----------------------------------------------------------------------------
 def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entropy",
-                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy"):
+                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy", comm=None):
     """One gradient estimate of the mean loss on the batch ``(x, y)``.
 
     Parameters
@@ -178,24 +134,37 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Process copies this many at a time; peak memory then depends on ``chunk``, not ``copies``.
     es_layers : int
         For the hybrids: how many leading Linear layers use ES (the last layer always uses LR).
-    backend : "numpy" | "cupy"
+    backend : "numpy" | "cupy" | Backend
+        A name makes a fresh backend and engine for this call; a :class:`~minilr.Backend` you hold
+        (e.g. ``Backend("numpy", engine="reference")``) is used as it is, its engine's scratch
+        memory kept between calls.
+    comm : mpi4py communicator, optional
+        Share the copies over its ranks (run under ``mpiexec``; every rank calls with the same
+        arguments and gets the same gradient: the one-process one, up to the order of float sums).
+        See :mod:`minilr.parallel.distributed`.
 
     Returns
     -------
     dict[str, numpy.ndarray]
         Same keys and shapes as ``model.parameters()``.
     """
-    copies, chunk, loss, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic,
-                                            es_layers, backend)
-    if not isinstance(baseline, (bool, np.bool_)):
-        raise TypeError(f"baseline must be True or False, got {baseline!r}")
+    s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
+                          baseline, comm)
     x = model.check_input(x, "x")
-    y = _v.targets(y, "y", loss, x.shape[0], _out_width(model, x))
-    ss = seed_sequence(seed)
+    y = _v.targets(y, "y", s.loss, x.shape[0], _out_width(model, x))
     with _on_backend(model, bk):
-        grads, _ = _gradient(model, bk.asarray(x, model.dtype), _device_targets(y, loss, model, bk),
-                             estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk)
+        grads, _ = _estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
+                             s, seed_sequence(seed), bk, comm)
         return {k: bk.to_numpy(g) for k, g in grads.items()}
+
+
+def _estimate(model, x, y, s, ss, bk, comm):
+    """One estimate in this process, or over the ranks of ``comm``."""
+    if comm is None:
+        return estimate(model, x, y, s, ss, bk)
+    from .parallel import distributed  # noqa: PLC0415
+
+    return distributed.estimate(model, x, y, s, ss, bk, comm)
 
 
 def _out_width(model, x):
@@ -233,7 +202,7 @@ def _evaluate(model, x, y, loss, bk):
 def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, batch_size=50,
           optimizer="adam", lr=1e-2, backend="numpy", seed=0, progress=True, loss="cross_entropy",
           baseline=True, antithetic=False, chunk=None, es_layers=2, schedule="constant",
-          momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None) -> History:
+          momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None, comm=None) -> History:
     """Train ``model`` in place without backpropagation; return its :class:`History`.
 
     Each step estimates the gradient on a mini-batch with ``estimator`` (see
@@ -242,12 +211,15 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     ``.step(params, grads)``) and the projection of Eq. 4 (``sigma_bounds``, ``weight_bound``).
     ``schedule="robbins-monro"`` decays the step size as Assumption 3 asks.
     ``callback(epoch, history)``, if given, runs after every epoch.
+    ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
+    one process for the same seed; every rank runs the callback, only rank 0 shows progress.
 
     A loss or parameter that becomes NaN/inf stops training with :class:`TrainingDiverged`; the
     model then holds the parameters from before the failing step.
     """
-    copies, chunk, loss, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic,
-                                            es_layers, backend)
+    cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
+                          baseline, comm)
+    loss = cfg.loss
     x, y = _check_data(data, "data", model, loss)
     if val_data is not None:
         xv, yv = _check_data(val_data, "val_data", model, loss)
@@ -258,25 +230,24 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function callback(epoch, history) or None, got {callback!r}")
-    if not isinstance(baseline, (bool, np.bool_)):
-        raise TypeError(f"baseline must be True or False, got {baseline!r}")
     if not (isinstance(sigma_bounds, (tuple, list)) and len(sigma_bounds) == 2):
         raise TypeError(f"sigma_bounds must be a pair (sigma_min, sigma_max), got {sigma_bounds!r}")
     project = Projection(sigma_bounds[0], sigma_bounds[1], weight_bound)
     opt = make_optimizer(optimizer, lr, schedule=schedule, momentum=momentum,
                          decay_steps=max(1.0, epochs * math.ceil(len(x) / batch_size) / 10))
     ss = seed_sequence(seed)
-    history = History(estimator=estimator, copies=copies)
+    history = History(estimator=cfg.estimator, copies=cfg.copies)
     n = len(x)
     steps_per_epoch = math.ceil(n / batch_size)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, unit="step",
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress or not _mpi.is_root(comm), unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
     step = 0
     # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream of
     # RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
+    # one engine for every step: its scratch memory serves the next step, and goes when train returns
     with _on_backend(model, bk), bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         params = model.parameters()
         for epoch in range(epochs):
@@ -286,8 +257,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                 idx = order[s:s + batch_size]
                 xb = bk.asarray(x[idx], model.dtype)
                 yb = _device_targets(y[idx], loss, model, bk)
-                grads, mean_loss = _gradient(model, xb, yb, estimator, copies, child(ss, 1, step), loss,
-                                             baseline, antithetic, chunk, es_layers, bk)
+                grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
                 if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                     raise TrainingDiverged(
                         f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
