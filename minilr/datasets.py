@@ -243,7 +243,7 @@ class Graph:
 
 
 def sbm(n_nodes: int = 300, classes: int = 4, features: int = 16, p_in: float = 0.08,
-        p_out: float = 0.01, feature_noise: float = 1.5, train_per_class: int = 20,
+        p_out: float = 0.01, feature_noise: float = 3.0, train_per_class: int = 20,
         seed: int = 0) -> Graph:
     """A stochastic block model with class-dependent features: a small, Cora-like node task.
 
