@@ -7,12 +7,16 @@ from . import datasets, losses, metrics, optim, reference
 from .backend import Backend, cupy_available, get_backend
 from .layers import Identity, Linear, ReLU, Sigmoid, Step, Tanh
 from .models import MLP, Sequential
+from .graph import GraphAttention
+from .recurrent import GRU, LSTM
+from .spiking import LIF
 from .train import History, TrainingDiverged, estimate_gradient, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP", "Sequential", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step",
+    "LSTM", "GRU", "GraphAttention", "LIF",
     "estimate_gradient", "train", "History", "TrainingDiverged",
     "Backend", "get_backend", "cupy_available",
     "datasets", "losses", "metrics", "optim", "reference",

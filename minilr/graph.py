@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation as _v
-from .layers import _check_sigma
+from .layers import Layer, _check_sigma
 
 __all__ = ["GraphAttention", "segment_softmax"]
 
@@ -66,7 +66,7 @@ def segment_sum(v, dst, starts, xp, axis=-1):
     return xp.moveaxis(out, -1, axis)
 
 
-class GraphAttention:
+class GraphAttention(Layer):
     """One graph-attention head on a fixed graph (see the module docstring for the layout).
 
     Parameters

@@ -11,7 +11,45 @@ import numpy as np
 
 from . import validation as _v
 
-__all__ = ["Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation"]
+__all__ = ["Layer", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation"]
+
+
+class Layer:
+    """Base of every layer beyond ``Linear`` and the activations (conv, pooling, residual, ...).
+
+    The contract a layer keeps (see :mod:`minilr.estimators.sites` for the training side):
+
+    * ``sites``: names of its noise sites. Site ``s`` owns the attributes ``{s}weight`` (first axis:
+      the ``m`` outputs; the rest flattened is the ``d`` inputs), ``{s}bias`` (``(m,)`` or None) and
+      ``{s}sigma`` (``(m,)``, one noise scale per output channel). ``""`` gives ``weight``, ``bias``,
+      ``sigma``.
+    * ``children``: names of sub-layers (attributes holding a layer or a list of layers), whose
+      parameters appear under ``"<name>.<j>."`` (containers such as :class:`~minilr.conv.Residual`).
+    * ``init(rng, dtype)`` draws the weights; ``out_shape(in_shape)`` maps a per-sample input shape
+      to the output shape (ValueError naming the layer when it does not fit); ``forward(h, xp)`` is
+      the noiseless pass on ``(N, *in_shape)``; ``train_forward(h, ctx)`` is the training pass, which
+      writes every noisy affine map as ``ctx.affine(self, U, name)``.
+    """
+
+    sites: tuple = ()
+    children: tuple = ()
+    learn_sigma = None
+
+    def init(self, rng: np.random.Generator, dtype) -> None:
+        pass
+
+    def out_shape(self, in_shape: tuple) -> tuple:
+        return tuple(in_shape)
+
+    def forward(self, h, xp):
+        raise NotImplementedError
+
+    def train_forward(self, h, ctx):
+        """The training forward pass; parameter-free layers just run :meth:`forward`."""
+        return self.forward(h, ctx.xp)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
 
 
 class Linear:
@@ -43,6 +81,22 @@ class Linear:
         bound = 1.0 / np.sqrt(self.in_features)
         self.weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(dtype)
         self.bias = rng.uniform(-bound, bound, self.out_features).astype(dtype)
+
+    sites = ("",)
+    children = ()
+
+    def out_shape(self, in_shape: tuple) -> tuple:
+        if tuple(in_shape) != (self.in_features,):
+            raise ValueError(f"{self!r} expects inputs of shape (batch, {self.in_features}), got "
+                             f"(batch, {', '.join(map(str, in_shape))})")
+        return (self.out_features,)
+
+    def forward(self, h, xp):
+        return h @ self.weight.T + self.bias
+
+    def train_forward(self, h, ctx):
+        """The general path (:mod:`minilr.estimators.sites`): one position, ``P = 1``."""
+        return ctx.affine(self, h[:, None, :])[:, 0, :]
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
@@ -77,6 +131,15 @@ class Activation:
     def derivative(self, v, out, xp):
         """``phi'(v)`` for the exact reference; ``out = phi(v)`` is given to save work."""
         raise NotImplementedError
+
+    sites = ()
+    children = ()
+
+    def out_shape(self, in_shape: tuple) -> tuple:
+        return tuple(in_shape)
+
+    def train_forward(self, h, ctx):
+        return self.forward(h, ctx.xp)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

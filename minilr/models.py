@@ -11,7 +11,7 @@ import numpy as np
 
 from . import validation as _v
 from .backend import get_backend, seed_sequence
-from .layers import Activation, Linear, _check_sigma
+from .layers import Activation, Layer, Linear, _check_sigma
 from .layers import activation as make_activation
 
 __all__ = ["Sequential", "MLP"]
@@ -33,7 +33,7 @@ class Sequential:
         Precision of parameters and of the training arithmetic.
     """
 
-    def __init__(self, layers, sigma=0.1, seed=0, learn_sigma=False, dtype=np.float32):
+    def __init__(self, layers, sigma=0.1, seed=0, learn_sigma=False, dtype=np.float32, input_shape=None):
         if not isinstance(layers, (list, tuple)) or not layers:
             raise TypeError("layers must be a non-empty list of Linear layers and activations")
         if not isinstance(learn_sigma, (bool, np.bool_)):
@@ -45,9 +45,13 @@ class Sequential:
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.layers = [l if isinstance(l, Linear) else make_activation(l) for l in layers]
-        if not isinstance(self.layers[0], Linear):
-            raise ValueError("the first layer must be a Linear layer")
+        self.layers = [l if isinstance(l, (Linear, Layer)) else make_activation(l) for l in layers]
+        if isinstance(self.layers[0], Activation):
+            raise ValueError("the first layer must be a Linear layer (or another parameterised or "
+                             f"shape layer such as Conv1d), not the activation {self.layers[0]!r}")
+        # the MLP fast path takes stacks of Linear layers and activations; anything else the
+        # general path (minilr.estimators.sites)
+        self.is_mlp = all(isinstance(l, (Linear, Activation)) for l in self.layers)
         width = None
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Linear):
@@ -55,16 +59,26 @@ class Sequential:
                     raise ValueError(f"layer {i} expects {layer.in_features} inputs but the layer "
                                      f"before it gives {width}")
                 width = layer.out_features
-            elif not isinstance(layer, Activation):
+            elif not isinstance(layer, (Activation, Layer)):
                 raise TypeError(f"layer {i} is a {type(layer).__name__}, not a Linear or activation")
+            elif not isinstance(layer, Activation):
+                width = None
+        if input_shape is None and isinstance(self.layers[0], Linear):
+            input_shape = (self.layers[0].in_features,)
+        if input_shape is not None:
+            if (not isinstance(input_shape, (tuple, list)) or not input_shape
+                    or not all(isinstance(n, (int, np.integer)) and n > 0 for n in input_shape)):
+                raise TypeError(f"input_shape must be a tuple of positive ints (one sample's shape, "
+                                f"e.g. (1, 40)), got {input_shape!r}")
+            input_shape = tuple(int(n) for n in input_shape)
+        self.input_shape = input_shape
+        if input_shape is not None and not self.is_mlp:
+            self.output_shape(input_shape, "input_shape")  # every layer fits, or a clear error now
         children = seed_sequence(seed).spawn(len(self.layers))
         for layer, ss in zip(self.layers, children):
-            if isinstance(layer, Linear):
-                layer.init(np.random.default_rng(ss), self.dtype)
-                s = layer.sigma if layer.sigma is not None else _check_sigma(sigma, layer.out_features)
-                layer.sigma = s.astype(self.dtype)
-                if layer.learn_sigma is None:
-                    layer.learn_sigma = bool(learn_sigma)
+            if isinstance(layer, Activation):
+                continue
+            _init_layer(layer, np.random.default_rng(ss), self.dtype, sigma, learn_sigma)
 
     # -- structure ------------------------------------------------------------------------------
     @property
@@ -74,24 +88,58 @@ class Sequential:
 
     @property
     def in_features(self) -> int:
-        return self.layers[0].in_features
+        if isinstance(self.layers[0], Linear):
+            return self.layers[0].in_features
+        if self.input_shape is not None and len(self.input_shape) == 1:
+            return self.input_shape[0]
+        raise AttributeError("this model takes multi-dimensional inputs: see input_shape")
 
     @property
     def out_features(self) -> int:
-        return self.layers[self.linear_indices[-1]].out_features
+        if self.is_mlp:
+            return self.layers[self.linear_indices[-1]].out_features
+        if self.input_shape is not None:
+            return self.output_shape(self.input_shape, "input_shape")[-1]
+        last = [l for l in self.layers if isinstance(l, Linear)]
+        if last and self.layers.index(last[-1]) == max(i for i, l in enumerate(self.layers)
+                                                        if not isinstance(l, Activation)):
+            return last[-1].out_features
+        raise AttributeError("the model's output width depends on its input: give input_shape")
+
+    def output_shape(self, in_shape, name="x"):
+        """One sample's output shape for one sample's input shape ``in_shape``; ValueError naming
+        ``name`` and the first layer that does not fit."""
+        shape = tuple(in_shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.out_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"{name}: samples of shape {tuple(in_shape)} do not fit layer {i} "
+                                 f"({layer!r}): {exc}") from None
+        return shape
+
+    def noise_sites(self) -> list:
+        """``(key prefix, layer, site name)`` for every noise site, in order (nested layers too).
+
+        The parameters of a site are ``prefix + name + "weight"`` / ``"bias"`` / ``"sigma"``."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            out.extend(_sites(layer, f"{i}."))
+        return out
 
     def parameters(self) -> dict:
-        """``{"<i>.weight", "<i>.bias"[, "<i>.sigma"]: array}`` for every Linear layer ``i``.
+        """``{"<i>.weight", "<i>.bias"[, "<i>.sigma"]: array}`` for every parameterised layer ``i``.
 
-        The arrays are the model's own (not copies): changing them changes the model.
+        Nested layers (residual blocks) give keys such as ``"3.body.0.weight"``. The arrays are the
+        model's own (not copies): changing them changes the model.
         """
         params = {}
-        for i in self.linear_indices:
-            layer = self.layers[i]
-            params[f"{i}.weight"] = layer.weight
-            params[f"{i}.bias"] = layer.bias
+        for prefix, layer, name in self.noise_sites():
+            params[prefix + name + "weight"] = getattr(layer, name + "weight")
+            if getattr(layer, name + "bias", None) is not None:
+                params[prefix + name + "bias"] = getattr(layer, name + "bias")
             if layer.learn_sigma:
-                params[f"{i}.sigma"] = layer.sigma
+                params[prefix + name + "sigma"] = getattr(layer, name + "sigma")
         return params
 
     def set_parameters(self, params: dict) -> None:
@@ -103,8 +151,8 @@ class Sequential:
             if tuple(v.shape) != own[k].shape:
                 raise ValueError(f"parameter {k!r} must have shape {own[k].shape}, got {tuple(v.shape)}")
         for k, v in params.items():
-            i, name = k.split(".")
-            setattr(self.layers[int(i)], name, v)
+            *path, name = k.split(".")
+            setattr(_resolve(self, path), name, v)
 
     def copy(self) -> "Sequential":
         """An independent deep copy."""
@@ -115,10 +163,22 @@ class Sequential:
         return f"{type(self).__name__}([{inner}])"
 
     # -- noiseless inference ----------------------------------------------------------------------
+    def check_input(self, x, name="x"):
+        """``x`` checked as a batch for this model (shape, real, finite); ValueError naming ``name``."""
+        if self.is_mlp:
+            return _v.features(x, name, self.in_features)
+        x = _v.batch(x, name)
+        if self.input_shape is not None and x.shape[1:] != self.input_shape:
+            raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")
+        self.output_shape(x.shape[1:], name)
+        return x
+
     def forward(self, x, backend="numpy"):
-        """Noiseless outputs for a batch ``x`` of shape (batch, in_features), as a NumPy array."""
+        """Noiseless outputs for a batch ``x`` (shape (batch, in_features), or (batch, C, L) etc. for
+        convolutional models), as a NumPy array."""
         bk = get_backend(backend)
-        x = _v.features(x, "x", self.in_features)
+        x = self.check_input(x, "x")
         h = _forward(self, bk.asarray(x, self.dtype), bk.xp, bk)
         return bk.to_numpy(h)
 
@@ -127,8 +187,54 @@ class Sequential:
         return self.forward(x, backend).argmax(axis=1)
 
 
+def _init_layer(layer, rng, dtype, sigma, learn_sigma):
+    """Draw a layer's weights and give each of its noise sites its ``sigma`` (nested layers too)."""
+    layer.init(rng, dtype)
+    for name in layer.sites:
+        m = getattr(layer, name + "weight").shape[0]
+        own = getattr(layer, name + "sigma", None)
+        s = own if own is not None else _check_sigma(sigma, m)
+        setattr(layer, name + "sigma", np.asarray(s).astype(dtype))
+    if layer.sites and layer.learn_sigma is None:
+        layer.learn_sigma = bool(learn_sigma)
+    for j, child in enumerate(_children(layer)):
+        _init_layer(child[1], np.random.default_rng(rng.integers(2**63) + j), dtype, sigma, learn_sigma)
+
+
+def _children(layer):
+    """``(key part, sub-layer)`` of a container layer: ``("body.0", l)``, ``("skip", l)``..."""
+    out = []
+    for attr in layer.children:
+        value = getattr(layer, attr)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            out.extend((f"{attr}.{j}", l) for j, l in enumerate(value) if not isinstance(l, Activation))
+        else:
+            out.append((attr, value))
+    return out
+
+
+def _sites(layer, prefix):
+    out = [(prefix, layer, name) for name in layer.sites]
+    for part, child in _children(layer):
+        out.extend(_sites(child, f"{prefix}{part}."))
+    return out
+
+
+def _resolve(model, path):
+    obj = model.layers
+    for part in path:
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
 def _forward(model, h, xp, bk):
     """Noiseless forward on the backend's arrays (parameters moved as needed)."""
+    if not model.is_mlp:
+        for layer in model.layers:
+            h = layer.forward(h, xp)
+        return h
     for layer in model.layers:
         if isinstance(layer, Linear):
             h = h @ bk.asarray(layer.weight).T + bk.asarray(layer.bias)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation as _v
-from .layers import _check_sigma
+from .layers import Layer, _check_sigma
 
 __all__ = ["LSTM", "GRU", "sigmoid", "NoiselessContext"]
 
@@ -53,7 +53,7 @@ class NoiselessContext:
         return h
 
 
-class _Recurrent:
+class _Recurrent(Layer):
     """What LSTM and GRU share: sizes, shapes, the weight initialisation."""
 
     gates = 1  # pre-activation blocks of size H in the main noise site

@@ -11,10 +11,49 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation as _v
-from .layers import Linear
+from .graph import GraphAttention
+from .layers import Activation, Linear
+from .recurrent import GRU, LSTM
+from .spiking import LIF
 from .losses import LOSSES, per_sample
 
-__all__ = ["gradient", "loss"]
+__all__ = ["gradient", "loss", "register", "backward"]
+
+# Hand-written backward passes of the layers beyond Linear, by layer type:
+# ``fn(layer, x, delta) -> (delta_x, grads)`` with ``x`` the layer's float64 input (batch, ...),
+# ``delta`` = dLoss/d(output), ``grads`` keyed relative to the layer ("weight", "body.0.bias").
+BACKWARD = {}
+
+
+def register(layer_type):
+    """Decorator: ``fn`` is the exact backward pass of ``layer_type`` (see :data:`BACKWARD`)."""
+    def deco(fn):
+        BACKWARD[layer_type] = fn
+        return fn
+    return deco
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def backward(layer, x, delta):
+    """``(dLoss/dx, {param: dLoss/dparam})`` for one layer given ``delta`` = dLoss/d(output)."""
+    if isinstance(layer, Linear):
+        return delta @ _f64(layer.weight), {"weight": delta.T @ x, "bias": delta.sum(axis=0)}
+    if isinstance(layer, Activation):
+        return delta * layer.derivative(x, layer.forward(x, np), np), {}
+    for cls in type(layer).__mro__:
+        if cls in BACKWARD:
+            return BACKWARD[cls](layer, x, delta)
+    raise TypeError(f"minilr.reference has no backward pass for {type(layer).__name__}")
+
+
+def forward64(layer, x):
+    """A layer's noiseless forward pass in float64 (parameters widened)."""
+    if isinstance(layer, Linear):
+        return x @ _f64(layer.weight).T + _f64(layer.bias)
+    return layer.forward(x, np)
 
 
 def _prepare(model, x, y, loss):
@@ -26,8 +65,9 @@ def _prepare(model, x, y, loss):
         raise ValueError("the reference differentiates only loss='cross_entropy' or 'mse', not a "
                          "custom loss function: write its gradient by hand")
     _v.choice(loss, "loss", LOSSES)
-    x = _v.features(x, "x", model.in_features).astype(np.float64)
-    y = _v.targets(y, "y", loss, x.shape[0], model.out_features)
+    x = model.check_input(x, "x").astype(np.float64)
+    width = model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
+    y = _v.targets(y, "y", loss, x.shape[0], width)
     return x, (y if loss == "cross_entropy" else y.astype(np.float64))
 
 
@@ -49,6 +89,8 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
         If the model has a layer with no usable derivative (the Heaviside ``Step``).
     """
     x, y = _prepare(model, x, y, loss)
+    if not model.is_mlp:
+        return _gradient_general(model, x, y, loss)
     # Forward, keeping every layer's input.
     inputs = []
     h = x
@@ -80,6 +122,33 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
     return {k: grads[k] for k in model.parameters() if k in grads}
 
 
+def _output_delta(h, y, loss):
+    """dMeanLoss/d(output) for the named losses."""
+    n = h.shape[0]
+    if loss == "cross_entropy":
+        p = np.exp(h - h.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(n), y] -= 1.0
+        return p / n
+    return (h - y) / n
+
+
+def _gradient_general(model, x, y, loss):
+    """Any layer stack: each layer's :func:`backward` in reverse order, in float64."""
+    inputs = []
+    h = x
+    for layer in model.layers:
+        inputs.append(h)
+        h = forward64(layer, h)
+    delta = _output_delta(h, y, loss)
+    grads = {}
+    for i in range(len(model.layers) - 1, -1, -1):
+        delta, g = backward(model.layers[i], inputs[i], delta)
+        for k, v in g.items():
+            grads[f"{i}.{k}"] = v
+    return {k: grads[k] for k in model.parameters() if k in grads}
+
+
 # -- recurrent, graph and spiking layers (issue 8): forward passes that keep what the backward
 # pass needs, and the backward passes, written out by hand in float64 -----------------------------
 #
@@ -93,7 +162,7 @@ def _sig(v):
     return 0.5 * (1 + np.tanh(0.5 * v))
 
 
-def _f64(layer, name):
+def _p64(layer, name):
     a = getattr(layer, name, None)
     return None if a is None else np.asarray(a, dtype=np.float64)
 
@@ -107,7 +176,7 @@ class _Calls(list):
 
     def affine(self, U, name=""):
         """``U W^T + b`` (+ ``sigma * eps`` from ``noise``), ``U`` (rows, d), recorded."""
-        W, b = _f64(self.layer, name + "weight"), _f64(self.layer, name + "bias")
+        W, b = _p64(self.layer, name + "weight"), _p64(self.layer, name + "bias")
         v = U @ W.reshape(W.shape[0], -1).T
         if b is not None:
             v = v + b
@@ -115,7 +184,7 @@ class _Calls(list):
         if self.noise is not None:
             call = sum(1 for c in self if c[0] == name)
             eps = self.noise(name, call, v.shape)
-            v = v + _f64(self.layer, name + "sigma") * eps
+            v = v + _p64(self.layer, name + "sigma") * eps
         self.append((name, U, eps))
         return v
 
@@ -157,7 +226,7 @@ def _dout_at(layer, dout, t, T):
 def lstm_backward(layer, cache, dout):
     """Backpropagation through time: ``(dLoss/dx, [dLoss/dz_t for every step])``."""
     calls, steps = cache
-    W, H, F = _f64(layer, "weight"), layer.hidden, layer.in_features
+    W, H, F = _p64(layer, "weight"), layer.hidden, layer.in_features
     T, N = len(steps), calls[0][1].shape[0]
     dx, dzs = np.zeros((N, T, F)), [None] * T
     dh_next, dc_next = np.zeros((N, H)), np.zeros((N, H))
@@ -196,7 +265,7 @@ def gru_backward(layer, cache, dout):
     """Backpropagation through time for :class:`~minilr.GRU`: ``(dLoss/dx, dLoss/dv per call)``
     (calls alternate: gates of step t, candidate of step t)."""
     calls, steps = cache
-    Wg, Wc, H, F = _f64(layer, "weight"), _f64(layer, "cand_weight"), layer.hidden, layer.in_features
+    Wg, Wc, H, F = _p64(layer, "weight"), _p64(layer, "cand_weight"), layer.hidden, layer.in_features
     T, N = len(steps), calls[0][1].shape[0]
     dx, dh_next, dvs = np.zeros((N, T, F)), np.zeros((N, H)), [None] * (2 * T)
     for t in range(T - 1, -1, -1):
@@ -238,7 +307,7 @@ def gat_backward(layer, cache, dout):
     from .graph import segment_sum
 
     calls, z, pre, alpha = cache
-    W, A = _f64(layer, "weight"), _f64(layer, "att_weight")
+    W, A = _p64(layer, "weight"), _p64(layer, "att_weight")
     src, dst, starts = layer.src, layer.dst, layer.starts
     N, n, G = z.shape
     d_dst = dout[:, dst, :]  # (N, E, G)
@@ -254,18 +323,23 @@ def gat_backward(layer, cache, dout):
     return (dz @ W).reshape(N, n, -1), [dz.reshape(N * n, G), dsd.reshape(N * n, 2)]
 
 
-# forward, backward by layer type name (the layer modules import this one, not the other way)
-_BEYOND = {"LSTM": (lstm_forward, lstm_backward), "GRU": (gru_forward, gru_backward),
-           "GraphAttention": (gat_forward, gat_backward)}
+_BEYOND = {LSTM: (lstm_forward, lstm_backward), GRU: (gru_forward, gru_backward),
+           GraphAttention: (gat_forward, gat_backward)}
 
 
 def layer_gradient(layer, x, dout, noise=None):
     """``(dLoss/dx, {param: dLoss/dparam})`` of one recurrent or graph layer, given
     ``dout`` = dLoss/d(output) at input ``x`` (float64), optionally with ``noise`` injected."""
-    name = type(layer).__name__
-    if name == "LIF":
-        raise layer.derivative_error()
-    fwd, bwd = _BEYOND[name]
+    fwd, bwd = _BEYOND[type(layer)]
     _, cache = fwd(layer, x, noise)
     dx, dvs = bwd(layer, cache, dout)
     return dx, site_gradients(layer, cache[0], dvs)
+
+
+for _cls in _BEYOND:
+    register(_cls)(layer_gradient)
+
+
+@register(LIF)
+def _lif_refused(layer, x, delta):
+    raise layer.derivative_error()

@@ -25,14 +25,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation as _v
-from .layers import _check_sigma
+from .layers import Layer, _check_sigma
 
 __all__ = ["LIF"]
 
 OUTPUTS = ("spikes", "rate")
 
 
-class LIF:
+class LIF(Layer):
     """A layer of leaky integrate-and-fire neurons fed by a dense input current.
 
     Parameters

@@ -60,10 +60,10 @@ def _check_model(model):
     for k, p in model.parameters().items():
         if not bool(np.all(np.isfinite(p))):
             raise ValueError(f"model parameter {k!r} contains NaN or inf")
-    for i in model.linear_indices:
-        s = model.layers[i].sigma
+    for prefix, layer, name in model.noise_sites():
+        s = getattr(layer, name + "sigma")
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
-            raise ValueError(f"sigma of layer {i} must be > 0 and finite, got min {np.min(s)}")
+            raise ValueError(f"sigma of layer {prefix[:-1]} must be > 0 and finite, got min {np.min(s)}")
 
 
 def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend):
@@ -92,6 +92,13 @@ def _on_backend(model, bk):
     if bk.name == "numpy":
         yield
         return
+    if not model.is_mlp:
+        _move_sites(model, bk.asarray)
+        try:
+            yield
+        finally:
+            _move_sites(model, bk.to_numpy)
+        return
     for layer in model.layers:
         if isinstance(layer, Linear):
             layer.weight, layer.bias, layer.sigma = (bk.asarray(a) for a in (layer.weight, layer.bias, layer.sigma))
@@ -116,10 +123,23 @@ def _gradient(model, x, y, estimator, copies, ss, loss, baseline, antithetic, ch
     return grads, reference.loss(host, xh, yh, loss)
 
 
+def _move_sites(model, move):
+    """Apply ``move`` to every noise site's weight, bias and sigma (general models)."""
+    for _, layer, name in model.noise_sites():
+        for p in ("weight", "bias", "sigma"):
+            a = getattr(layer, name + p, None)
+            if a is not None:
+                setattr(layer, name + p, move(a))
+
+
 def _host_copy(model, bk):
     """A shallow copy of a device-resident model with its arrays on the host (for the reference)."""
     import copy
 
+    if not model.is_mlp:
+        host = model.copy()
+        _move_sites(host, bk.to_numpy)
+        return host
     host = copy.copy(model)
     host.layers = []
     for layer in model.layers:
@@ -169,13 +189,18 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
                                             es_layers, backend)
     if not isinstance(baseline, (bool, np.bool_)):
         raise TypeError(f"baseline must be True or False, got {baseline!r}")
-    x = _v.features(x, "x", model.in_features)
-    y = _v.targets(y, "y", loss, x.shape[0], model.out_features)
+    x = model.check_input(x, "x")
+    y = _v.targets(y, "y", loss, x.shape[0], _out_width(model, x))
     ss = seed_sequence(seed)
     with _on_backend(model, bk):
         grads, _ = _gradient(model, bk.asarray(x, model.dtype), _device_targets(y, loss, model, bk),
                              estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk)
         return {k: bk.to_numpy(g) for k, g in grads.items()}
+
+
+def _out_width(model, x):
+    """The model's output width for inputs like ``x`` (checked by ``model.check_input``)."""
+    return model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
 
 
 def _device_targets(y, loss, model, bk):
@@ -187,8 +212,8 @@ def _check_data(data, name, model, loss):
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         what = f"a {type(data).__name__} of length {len(data)}" if isinstance(data, (tuple, list)) else type(data).__name__
         raise TypeError(f"{name} must be a tuple (x, y), got {what}")
-    x = _v.features(data[0], f"{name}[0] (x)", model.in_features)
-    y = _v.targets(data[1], f"{name}[1] (y)", loss, x.shape[0], model.out_features)
+    x = model.check_input(data[0], f"{name}[0] (x)")
+    y = _v.targets(data[1], f"{name}[1] (y)", loss, x.shape[0], _out_width(model, x))
     return x, y
 
 

@@ -66,6 +66,20 @@ def features(x, name: str, n_features: int) -> np.ndarray:
     return x
 
 
+def batch(x, name: str) -> np.ndarray:
+    """Check a batch of multi-dimensional samples: (batch, ...) with at least 2 axes, real, finite."""
+    x = as_host_array(x, name)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (batch, ...) with one sample per row, got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: need at least one sample")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
 def loss_arg(loss):
     """A loss name from ``LOSSES`` or a callable ``loss(out, y, xp) -> per-row losses``.
 

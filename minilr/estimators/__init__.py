@@ -13,6 +13,7 @@ from .base import centred_losses, noise_keys, noisy_forward
 from .es import ES, ESSite
 from .hybrid import Hybrid
 from .lr import LR, LRSite
+from . import sites as _sites
 
 ESTIMATORS = {
     "lr": LR(False), "alr": LR(True),
@@ -21,6 +22,8 @@ ESTIMATORS = {
 }
 NAMES = tuple(ESTIMATORS) + ("bp",)
 SITES = {"lr": LRSite, "es": ESSite}
+# True sends MLPs through the general path too (tests compare the two paths)
+GENERAL = False
 
 
 def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk):
@@ -33,6 +36,9 @@ def estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chu
     the running sums outlives a chunk, so peak memory depends on ``chunk``, not ``copies``.
     """
     est = ESTIMATORS[estimator]
+    if not getattr(model, "is_mlp", True) or GENERAL:
+        return _sites.estimate(model, x, y, est, copies, ss, loss, baseline, antithetic, chunk,
+                               es_layers, bk)
     lin = model.linear_indices
     modes = est.modes(len(lin), es_layers)
     keys = noise_keys(ss, len(lin))
