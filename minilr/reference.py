@@ -67,7 +67,8 @@ def _prepare(model, x, y, loss):
     _v.choice(loss, "loss", LOSSES)
     x = model.check_input(x, "x").astype(np.float64)
     width = model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
-    y = _v.targets(y, "y", loss, x.shape[0], width)
+    positions = () if model.is_mlp else tuple(model.output_shape(x.shape[1:])[:-1])
+    y = _v.targets(y, "y", loss, x.shape[0], width, positions)
     return x, (y if loss == "cross_entropy" else y.astype(np.float64))
 
 
@@ -125,6 +126,13 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
 def _output_delta(h, y, loss):
     """dMeanLoss/d(output) for the named losses."""
     n = h.shape[0]
+    if loss == "cross_entropy" and y.ndim > 1:  # one label per position, -1 for none
+        mask = y >= 0
+        p = np.exp(h - h.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        p -= np.eye(h.shape[-1])[np.where(mask, y, 0)]
+        count = np.maximum(mask.reshape(n, -1).sum(axis=1), 1).reshape((n,) + (1,) * (y.ndim - 1))
+        return p * (mask / count / n)[..., None]
     if loss == "cross_entropy":
         p = np.exp(h - h.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
