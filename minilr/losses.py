@@ -23,7 +23,8 @@ def positional_cross_entropy(logits, y, xp):
     mask = y >= 0
     per = cross_entropy(logits, xp.where(mask, y, 0), xp) * mask
     axes = tuple(range(-(y.ndim - 1), 0))
-    return per.sum(axis=axes) / xp.maximum(mask.sum(axis=axes), 1)
+    count = xp.maximum(mask.sum(axis=axes), 1).astype(per.dtype)  # an int count would widen float32
+    return per.sum(axis=axes) / count
 
 
 def mse(out, y, xp):
