@@ -5,6 +5,8 @@ CuPy, with no autograd anywhere. See ``README.md`` and ``tutorials/``.
 """
 from . import datasets, losses, metrics, optim, reference
 from .backend import Backend, cupy_available, get_backend
+from .conv import (AvgPool1d, AvgPool2d, Conv1d, Conv2d, Flatten, GroupNorm, MaxPool1d, MaxPool2d,
+                   Residual)
 from .layers import Identity, Linear, ReLU, Sigmoid, Step, Tanh
 from .models import MLP, Sequential
 from .graph import GraphAttention
@@ -16,6 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MLP", "Sequential", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step",
+    "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Flatten", "GroupNorm",
+    "Residual",
     "LSTM", "GRU", "GraphAttention", "LIF",
     "estimate_gradient", "train", "History", "TrainingDiverged",
     "Backend", "get_backend", "cupy_available",

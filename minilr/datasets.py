@@ -2,7 +2,7 @@
 MNIST-format (IDX) and CIFAR-10 (python batches) files already on disk.
 
 Every loader returns ``((x_train, y_train), (x_test, y_test))`` with float32 features of shape
-(n, d) and int64 class indices.
+(n, d) and int64 class indices (``digits(images=True)``: (n, 1, 8, 8) images for conv nets).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import numpy as np
 
 from . import validation as _v
 
-__all__ = ["load", "digits", "spirals", "mnist", "cifar10", "sbm", "temporal_order", "Graph", "NAMES"]
+__all__ = ["load", "digits", "spirals", "mnist", "mnist1d", "cifar10", "sbm", "temporal_order", "Graph",
+           "NAMES"]
 
 
 def _split(x, y, test_fraction, seed):
@@ -37,18 +38,109 @@ def _check_fraction(test_fraction):
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
 
 
-def digits(test_fraction: float = 0.2, seed: int = 0):
+def digits(test_fraction: float = 0.2, seed: int = 0, images: bool = False):
     """The 1,797 8x8 handwritten digits bundled with scikit-learn, pixels scaled to [0, 1].
 
-    A stratified split: 1,438 training and 359 test images with the defaults.
+    A stratified split: 1,438 training and 359 test images with the defaults. ``images=True``
+    gives them as (n, 1, 8, 8) images (one channel) for ``Conv2d`` models; else (n, 64).
     """
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     _check_fraction(test_fraction)
     _v.seed_arg(seed)
+    if not isinstance(images, (bool, np.bool_)):
+        raise TypeError(f"images must be True or False, got {images!r}")
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
+    if images:
+        x = x.reshape(-1, 1, 8, 8)
     return _split(x, d.target.astype(np.int64), test_fraction, seed)
+
+
+# -- MNIST-1D (Greydanus, 2020) ----------------------------------------------------------------------
+# The ten hand-designed 12-point templates of the published generator (github.com/greydanus/mnist1d),
+# one row per digit 0..9: the data of the recipe, which the code below implements afresh.
+_MNIST1D_TEMPLATES = np.array([
+    [5, 6, 6.5, 6.75, 7, 7, 7, 7, 6.75, 6.5, 6, 5],
+    [5, 3, 3, 3.4, 3.8, 4.2, 4.6, 5, 5.4, 5.8, 5, 5],
+    [5, 6, 6.5, 6.5, 6, 5.25, 4.75, 4, 3.5, 3.5, 4, 5],
+    [5, 6, 6.5, 6.5, 6, 5, 5, 6, 6.5, 6.5, 6, 5],
+    [5, 4.4, 3.8, 3.2, 2.6, 2.6, 5, 5, 5, 5, 5, 5],
+    [5, 3, 3, 3, 3, 5, 6, 6.5, 6.5, 6, 4.5, 5],
+    [5, 4, 3.5, 3.25, 3, 3, 3, 3, 3.25, 3.5, 4, 5],
+    [5, 7, 7, 6.6, 6.2, 5.8, 5.4, 5, 4.6, 4.2, 5, 5],
+    [5, 4, 3.5, 3.5, 4, 5, 5, 4, 3.5, 3.5, 4, 5],
+    [5, 4, 3.5, 3.5, 4, 5, 5, 5, 5, 4.7, 4.3, 5],
+])
+
+
+def _mnist1d_templates():
+    """Each template standardised (mean 0, sd 1), shifted to start at 0, divided by 6."""
+    x = _MNIST1D_TEMPLATES - _MNIST1D_TEMPLATES.mean(axis=1, keepdims=True)
+    x = x / x.std(axis=1, keepdims=True)
+    return (x - x[:, :1]) / 6.0
+
+
+def _resample(x, n):
+    """Linear interpolation of ``x`` (on an even grid over [0, 1]) to ``n`` evenly spaced points."""
+    return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(x)), x)
+
+
+def _smooth(noise, sd=2.0):
+    """Gaussian smoothing (standard deviation ``sd`` points, cut at 4 sd) with mirrored edges."""
+    r = int(4 * sd + 0.5)
+    t = np.arange(-r, r + 1)
+    w = np.exp(-0.5 * (t / sd) ** 2)
+    w /= w.sum()
+    return np.convolve(np.pad(noise, r, mode="symmetric"), w, mode="valid")
+
+
+def mnist1d(n: int = 5000, train_fraction: float = 0.8, length: int = 40, seed: int = 42):
+    """MNIST-1D (Greydanus, 2020): ten 1-D "digits" made hard to classify, generated here.
+
+    Each sample is one of ten 12-point templates, then (the published recipe, with its defaults):
+    padded with 36..60 zeros, stretched to 72 points, scaled by a factor in [0.8, 1.2], rolled by
+    0..47 points; its zero (padding) points replaced by correlated noise (Gaussian smoothing, sd 2
+    points, of white noise of scale 0.25); white noise of scale 0.02 added everywhere; sheared (a
+    linear ramp of slope in [-0.375, 0.375]); resampled to ``length`` points. ``n // 10`` samples
+    per class, shuffled, standardised by the whole set's mean and sd, the first
+    ``train_fraction`` for training: 4,000 / 1,000 with the defaults.
+
+    The random draws follow the reference generator's order with a ``RandomState(seed)`` of our
+    own (no global seeding), so the default ``seed=42`` reproduces the published dataset's
+    generator (checked against the ``mnist1d`` package in tests/test_conv_data.py when it is installed).
+    Returns float32 x of shape (n, length), int64 labels.
+    """
+    n = _v.positive_int(n, "n", minimum=10)
+    length = _v.positive_int(length, "length", minimum=2)
+    f = _v.positive_float(train_fraction, "train_fraction")
+    if f >= 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    seed = _v.seed_arg(seed)
+    rs = np.random.RandomState(seed)
+    templates = _mnist1d_templates()
+    pad_lo, pad_hi, stretched = 36, 60, 12 + 60
+    xs, ys = [], []
+    for label in range(10):
+        for _ in range(n // 10):
+            x = templates[label] + 1e-8  # never exactly 0: the zero test below finds the padding
+            x = np.concatenate([x, np.zeros(pad_lo + int(rs.rand() * (pad_hi - pad_lo + 1)))])
+            x = _resample(x, stretched)
+            x = x * (1 + 0.4 * (rs.rand() - 0.5))
+            k = rs.choice(48)
+            x = np.concatenate([x[-k:], x[:-k]])  # roll right by k (k = 0: unchanged)
+            pad = x == 0
+            x = np.where(pad, _smooth(0.25 * rs.randn(stretched)), x)
+            x = x + 0.02 * rs.randn(stretched)
+            x = x - 0.75 * (rs.rand() - 0.5) * np.linspace(-0.5, 0.5, stretched)
+            xs.append(_resample(x, length))
+            ys.append(label)
+    order = rs.permutation(len(ys))
+    x = np.stack(xs)[order]
+    y = np.asarray(ys, dtype=np.int64)[order]
+    x = (x - x.mean()) / x.std()
+    cut = int(len(y) * f)
+    return (x[:cut].astype(np.float32), y[:cut]), (x[cut:].astype(np.float32), y[cut:])
 
 
 def spirals(n: int = 1000, noise: float = 0.2, turns: float = 1.5, classes: int = 2, seed: int = 0,
@@ -188,16 +280,19 @@ def cifar10(root=None):
     return tuple(out)
 
 
-NAMES = ("digits", "spirals", "mnist", "fashion-mnist", "cifar10", "sbm", "temporal_order")
+NAMES = ("digits", "spirals", "mnist1d", "mnist", "fashion-mnist", "cifar10", "sbm", "temporal_order")
 
 
 def load(name: str, **kwargs):
-    """Load a dataset by name: ``"digits"``, ``"spirals"``, ``"mnist"``, ``"fashion-mnist"`` or
-    ``"cifar10"`` (the last three from local files: pass ``root=...``), ``"sbm"`` (a graph as one
-    sample, see :class:`Graph`) or ``"temporal_order"`` (sequences (N, T, F))."""
+    """Load a dataset by name: ``"digits"``, ``"spirals"``, ``"mnist1d"`` (generated, (n, 40)),
+    ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"`` (the last three from local files: pass
+    ``root=...``), ``"sbm"`` (a generated graph as one sample, see :class:`Graph`) or
+    ``"temporal_order"`` (generated sequences (N, T, F))."""
     _v.choice(name, "dataset", NAMES)
     if name == "digits":
         return digits(**kwargs)
+    if name == "mnist1d":
+        return mnist1d(**kwargs)
     if name == "spirals":
         return spirals(**kwargs)
     if name == "cifar10":

@@ -8,6 +8,8 @@ Everything runs in float64 on the host, whatever the model's dtype.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import validation as _v
@@ -155,6 +157,82 @@ def _gradient_general(model, x, y, loss):
         for k, v in g.items():
             grads[f"{i}.{k}"] = v
     return {k: grads[k] for k in model.parameters() if k in grads}
+
+
+# -- layers beyond Linear: hand-written backward passes ----------------------------------------------
+from . import conv as _conv  # noqa: E402  (after BACKWARD exists)
+
+
+@register(_conv._ConvNd)
+def _conv_backward(layer, x, delta):
+    """v = U W^T + b at every position: dW = sum_{n,p} delta U, dU = delta W, dx = col2im(dU)."""
+    U, out_sp = layer.unfold(x, np)  # (N, P, d)
+    m = layer.out_channels
+    D = delta.reshape(delta.shape[0], m, -1).transpose(0, 2, 1)  # (N, P, m)
+    W = _f64(layer.weight).reshape(m, -1)
+    gW = D.reshape(-1, m).T @ U.reshape(-1, U.shape[-1])
+    dU = D @ W
+    dx = _conv.col2im(dU, x.shape, layer.kernel_size, layer.stride, layer.padding, np)
+    return dx, {"weight": gW.reshape(layer.weight.shape), "bias": D.sum(axis=(0, 1))}
+
+
+@register(_conv._PoolNd)
+def _pool_backward(layer, x, delta):
+    """Average: delta / window size to every input of the window; max: all of it to the (first)
+    largest input of the window."""
+    nd = layer.nd
+    w = layer.windows(x, np)  # (N, C, *out, *kernel)
+    out_sp = w.shape[2:2 + nd]
+    ksize = math.prod(layer.kernel_size)
+    flat = w.reshape(w.shape[:2 + nd] + (ksize,))
+    if layer.mode == "max":
+        route = np.zeros(flat.shape)
+        np.put_along_axis(route, flat.argmax(axis=-1)[..., None], 1.0, axis=-1)
+    else:
+        route = np.full(flat.shape, 1.0 / ksize)
+    contrib = route * delta[..., None]  # (N, C, *out, K)
+    dx = np.zeros(x.shape)
+    for t, off in enumerate(np.ndindex(*layer.kernel_size)):
+        dst = (slice(None), slice(None)) + tuple(slice(o, o + s * (n - 1) + 1, s)
+                                                  for o, s, n in zip(off, layer.stride, out_sp))
+        dx[dst] += contrib[..., t]
+    return dx, {}
+
+
+@register(_conv.Flatten)
+def _flatten_backward(layer, x, delta):
+    return delta.reshape(x.shape), {}
+
+
+@register(_conv.GroupNorm)
+def _groupnorm_backward(layer, x, delta):
+    """y = (x - mu) / s per group: dx = (dy - mean(dy) - y mean(dy y)) / s."""
+    g = x.reshape(x.shape[0], layer.groups, -1)
+    c = g - g.mean(axis=2, keepdims=True)
+    s = np.sqrt((c * c).mean(axis=2, keepdims=True) + layer.eps)
+    y = c / s
+    dy = delta.reshape(g.shape)
+    dx = (dy - dy.mean(axis=2, keepdims=True) - y * (dy * y).mean(axis=2, keepdims=True)) / s
+    return dx.reshape(x.shape), {}
+
+
+@register(_conv.Residual)
+def _residual_backward(layer, x, delta):
+    """Both branches get ``delta``; their input gradients add up."""
+    inputs, h = [], x
+    for l in layer.body:
+        inputs.append(h)
+        h = forward64(l, h)
+    grads = {}
+    d = delta
+    for j in range(len(layer.body) - 1, -1, -1):
+        d, g = backward(layer.body[j], inputs[j], d)
+        grads.update({f"body.{j}.{k}": v for k, v in g.items()})
+    if layer.skip is None:
+        return d + delta, grads
+    ds, g = backward(layer.skip, x, delta)
+    grads.update({f"skip.{k}": v for k, v in g.items()})
+    return d + ds, grads
 
 
 # -- recurrent, graph and spiking layers (issue 8): forward passes that keep what the backward
