@@ -33,6 +33,8 @@ FIGURES = {
     "06_beale_paths.py": ["06_beale_paths.png"],
     "07_convergence.py": ["07_step_sizes.png", "07_step_size_and_projection.png", "07_sigma_bounds.png"],
     "08_gpu.py": ["08_time_per_gradient.png"] + (["08_gpu_training.png"] if minilr.cupy_available() else []),
+    "10_recurrent_graph_spiking.py": ["10_lstm_cosine.png", "10_lstm_training.png", "10_gat_training.png",
+                                      "10_lif_training.png"],
 }
 
 
