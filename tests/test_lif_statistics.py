@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from scipy.integrate import quad
 from scipy.stats import norm
 
@@ -269,5 +270,6 @@ def test_alr_on_lif_matches_its_exact_expectation():
     check_sign("alr", 3000)
 
 
+@pytest.mark.slow  # ~10 s: 6,000 estimates (AES shares one perturbation by the batch)
 def test_aes_on_lif_matches_its_exact_expectation():
     check_sign("aes", 6000)
