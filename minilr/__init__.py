@@ -5,10 +5,10 @@ CuPy, with no autograd anywhere. See ``README.md`` and ``tutorials/``.
 """
 from . import datasets, losses, metrics, optim, reference
 from .backend import Backend, cupy_available, get_backend
-from .conv import (AvgPool1d, AvgPool2d, Conv1d, Conv2d, Flatten, GroupNorm, MaxPool1d, MaxPool2d,
-                   Residual)
+from .conv import (AvgPool1d, AvgPool2d, Conv1d, Conv2d, Flatten, GlobalAvgPool, GroupNorm, MaxPool1d,
+                   MaxPool2d, Residual)
 from .layers import Identity, Linear, ReLU, Sigmoid, Step, Tanh
-from .models import MLP, Sequential
+from .models import MLP, Sequential, cnn, resnet5, resnet9
 from .graph import GraphAttention
 from .recurrent import GRU, LSTM
 from .spiking import LIF
@@ -17,9 +17,9 @@ from .train import History, TrainingDiverged, estimate_gradient, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Sequential", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step",
+    "MLP", "Sequential", "cnn", "resnet5", "resnet9", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step",
     "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Flatten", "GroupNorm",
-    "Residual",
+    "GlobalAvgPool", "Residual",
     "LSTM", "GRU", "GraphAttention", "LIF",
     "estimate_gradient", "train", "History", "TrainingDiverged",
     "Backend", "get_backend", "cupy_available",

@@ -20,7 +20,7 @@ from .layers import Activation, Layer, _check_sigma
 from .layers import activation as make_activation
 
 __all__ = ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Flatten",
-           "GroupNorm", "Residual"]
+           "GlobalAvgPool", "GroupNorm", "Residual"]
 
 
 def _pair(v, name, minimum=1):
@@ -248,6 +248,18 @@ class Flatten(Layer):
 
     def forward(self, h, xp):
         return h.reshape(h.shape[0], -1)
+
+
+class GlobalAvgPool(Layer):
+    """(N, C, *spatial) -> (N, C): the mean over all positions (the head of a ResNet)."""
+
+    def out_shape(self, in_shape):
+        if len(in_shape) < 2:
+            raise ValueError(f"GlobalAvgPool expects samples of shape (C, L) or (C, H, W), got {tuple(in_shape)}")
+        return (in_shape[0],)
+
+    def forward(self, h, xp):
+        return h.reshape(h.shape[0], h.shape[1], -1).mean(axis=2)
 
 
 class GroupNorm(Layer):

@@ -14,7 +14,7 @@ from .backend import get_backend, seed_sequence
 from .layers import Activation, Layer, Linear, _check_sigma
 from .layers import activation as make_activation
 
-__all__ = ["Sequential", "MLP"]
+__all__ = ["Sequential", "MLP", "cnn", "resnet5", "resnet9"]
 
 
 class Sequential:
@@ -258,3 +258,89 @@ def MLP(sizes, activation="relu", sigma=0.1, seed=0, learn_sigma=False, dtype=np
             layers.append(make_activation(activation))
     return Sequential(layers, sigma=sigma, seed=seed, learn_sigma=learn_sigma, dtype=dtype)
 
+
+
+# -- convolutional builders -------------------------------------------------------------------------
+def _conv_kit(input_shape):
+    from . import conv
+
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (2, 3):
+        raise ValueError(f"input_shape must be (C, L) or (C, H, W), got {input_shape!r}")
+    if len(input_shape) == 2:
+        return conv.Conv1d, conv.MaxPool1d
+    return conv.Conv2d, conv.MaxPool2d
+
+
+def cnn(input_shape=(1, 40), classes=10, width=25, sigma=0.1, seed=0, learn_sigma=False,
+        dtype=np.float32) -> Sequential:
+    """A small CNN: three stride-2 convolutions (kernels 5, 3, 3) with ReLU, then a linear read-out.
+
+    The shape of the MNIST-1D paper's convolutional baseline (Greydanus, 2020), which reaches ~94 %
+    there with backprop. Strides instead of pooling keep the positions, hence the noise sites,
+    few: 19 + 10 + 5 positions for 40-point inputs. 1-D for (C, L) inputs, 2-D for (C, H, W).
+    """
+    Conv, _ = _conv_kit(input_shape)
+    from .conv import Flatten
+
+    layers = [Conv(input_shape[0], width, 5, stride=2, padding=1), "relu",
+              Conv(width, width, 3, stride=2, padding=1), "relu",
+              Conv(width, width, 3, stride=2, padding=1), "relu", Flatten()]
+    shape = tuple(input_shape)
+    for l in layers:  # the read-out's width: the trunk's output shape
+        shape = make_activation(l).out_shape(shape) if isinstance(l, str) else l.out_shape(shape)
+    layers.append(Linear(shape[0], classes))
+    return Sequential(layers, sigma=sigma, seed=seed, learn_sigma=learn_sigma, dtype=dtype,
+                      input_shape=tuple(input_shape))
+
+
+def _block(Conv, c_in, c_out, groups=1):
+    from .conv import GroupNorm
+
+    return [Conv(c_in, c_out, 3, padding=1), GroupNorm(groups), "relu"]
+
+
+def resnet5(input_shape=(1, 40), classes=10, width=16, sigma=0.1, seed=0, learn_sigma=False,
+            dtype=np.float32) -> Sequential:
+    """A ResNet with 5 weight layers, the paper's ResNet-5 scaled down (4 conv + 1 linear).
+
+    ``conv(w) -> pool -> residual[conv(w), conv(w)] -> conv(2w) -> pool -> global mean -> linear``;
+    every conv is followed by a parameter-free :class:`~minilr.conv.GroupNorm` (per-sample: batch
+    norm would couple the noisy copies, see its docstring) and ReLU.
+    """
+    Conv, Pool = _conv_kit(input_shape)
+    from .conv import GlobalAvgPool, GroupNorm, Residual
+
+    w = _v.positive_int(width, "width")
+    layers = (_block(Conv, input_shape[0], w) + [Pool(2)]
+              + [Residual([Conv(w, w, 3, padding=1), GroupNorm(1), "relu",
+                           Conv(w, w, 3, padding=1), GroupNorm(1)]), "relu"]
+              + _block(Conv, w, 2 * w) + [Pool(2), GlobalAvgPool(), Linear(2 * w, classes)])
+    return Sequential(layers, sigma=sigma, seed=seed, learn_sigma=learn_sigma, dtype=dtype,
+                      input_shape=tuple(input_shape))
+
+
+def resnet9(input_shape=(1, 40), classes=10, width=8, sigma=0.1, seed=0, learn_sigma=False,
+            dtype=np.float32) -> Sequential:
+    """A ResNet with 9 weight layers, shaped like the paper's ResNet-9 (the "DAWNBench" ResNet-9:
+    prep conv, three conv stages with pooling, residual blocks after the first and the last),
+    channel widths ``w, 2w, 4w, 8w`` scaled down by ``width``.
+
+    ``conv(w) -> conv(2w), pool -> res[conv, conv] -> conv(4w), pool -> conv(8w), pool ->
+    res[conv, conv] -> global mean -> linear``; GroupNorm + ReLU after every conv as in :func:`resnet5`.
+    """
+    Conv, Pool = _conv_kit(input_shape)
+    from .conv import GlobalAvgPool, GroupNorm, Residual
+
+    w = _v.positive_int(width, "width")
+
+    def res(c):
+        return [Residual([Conv(c, c, 3, padding=1), GroupNorm(1), "relu",
+                          Conv(c, c, 3, padding=1), GroupNorm(1)]), "relu"]
+
+    layers = (_block(Conv, input_shape[0], w)
+              + _block(Conv, w, 2 * w) + [Pool(2)] + res(2 * w)
+              + _block(Conv, 2 * w, 4 * w) + [Pool(2)]
+              + _block(Conv, 4 * w, 8 * w) + [Pool(2)] + res(8 * w)
+              + [GlobalAvgPool(), Linear(8 * w, classes)])
+    return Sequential(layers, sigma=sigma, seed=seed, learn_sigma=learn_sigma, dtype=dtype,
+                      input_shape=tuple(input_shape))

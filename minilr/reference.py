@@ -19,7 +19,7 @@ from .recurrent import GRU, LSTM
 from .spiking import LIF
 from .losses import LOSSES, per_sample
 
-__all__ = ["gradient", "loss", "register", "backward"]
+__all__ = ["gradient", "loss", "register", "backward", "feedback_alignment", "feedback_matrices"]
 
 # Hand-written backward passes of the layers beyond Linear, by layer type:
 # ``fn(layer, x, delta) -> (delta_x, grads)`` with ``x`` the layer's float64 input (batch, ...),
@@ -27,10 +27,19 @@ __all__ = ["gradient", "loss", "register", "backward"]
 BACKWARD = {}
 
 
-def register(layer_type):
-    """Decorator: ``fn`` is the exact backward pass of ``layer_type`` (see :data:`BACKWARD`)."""
+# Container layers' backward passes take ``feedback=`` and hand it to their children.
+CONTAINERS = set()
+
+
+def register(layer_type, container=False):
+    """Decorator: ``fn`` is the exact backward pass of ``layer_type`` (see :data:`BACKWARD`).
+
+    ``container=True``: ``fn(layer, x, delta, feedback)`` runs sub-layers through :func:`backward`
+    and must pass ``feedback`` on (for :func:`feedback_alignment`)."""
     def deco(fn):
         BACKWARD[layer_type] = fn
+        if container:
+            CONTAINERS.add(layer_type)
         return fn
     return deco
 
@@ -39,14 +48,27 @@ def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def backward(layer, x, delta):
-    """``(dLoss/dx, {param: dLoss/dparam})`` for one layer given ``delta`` = dLoss/d(output)."""
+def backward(layer, x, delta, feedback=None):
+    """``(dLoss/dx, {param: dLoss/dparam})`` for one layer given ``delta`` = dLoss/d(output).
+
+    ``feedback`` (for :func:`feedback_alignment`): ``{id(layer): B}``; such a layer sends ``delta``
+    back through the fixed matrix ``B`` instead of its weight. Its own weight gradient does not
+    involve its weight (``delta`` times its input), so only ``dx`` changes.
+    """
+    if feedback and id(layer) in feedback:
+        import copy
+
+        twin = copy.copy(layer)
+        twin.weight = feedback[id(layer)]
+        layer = twin
     if isinstance(layer, Linear):
         return delta @ _f64(layer.weight), {"weight": delta.T @ x, "bias": delta.sum(axis=0)}
     if isinstance(layer, Activation):
         return delta * layer.derivative(x, layer.forward(x, np), np), {}
     for cls in type(layer).__mro__:
         if cls in BACKWARD:
+            if cls in CONTAINERS:
+                return BACKWARD[cls](layer, x, delta, feedback)
             return BACKWARD[cls](layer, x, delta)
     raise TypeError(f"minilr.reference has no backward pass for {type(layer).__name__}")
 
@@ -143,7 +165,34 @@ def _output_delta(h, y, loss):
     return (h - y) / n
 
 
-def _gradient_general(model, x, y, loss):
+def feedback_matrices(model, seed=0) -> dict:
+    """Fixed random feedback matrices for :func:`feedback_alignment`: one per weight, its shape,
+    entries uniform in +-1/sqrt(fan_in) (as the weights' initialisation), drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for prefix, layer, name in model.noise_sites():
+        W = getattr(layer, name + "weight")
+        bound = 1.0 / math.sqrt(math.prod(W.shape[1:]))
+        out[prefix + name + "weight"] = rng.uniform(-bound, bound, W.shape)
+    return out
+
+
+def feedback_alignment(model, x, y, feedback, loss="cross_entropy") -> dict:
+    """Feedback alignment (Lillicrap et al., 2016; the local-learning baseline of the paper's
+    Table 1): backprop's pass with every weight's transpose on the way back replaced by a fixed
+    random matrix ``feedback[key]`` (from :func:`feedback_matrices`). Updates are then
+    ``delta x^T`` with ``delta`` carried by the fixed matrices: no weight transport.
+    """
+    x, y = _prepare(model, x, y, loss)
+    ids = {}
+    for prefix, layer, name in model.noise_sites():
+        if name:
+            raise ValueError("feedback_alignment handles layers with one weight each")
+        ids[id(layer)] = np.asarray(feedback[prefix + "weight"], dtype=np.float64)
+    return _gradient_general(model, x, y, loss, ids)
+
+
+def _gradient_general(model, x, y, loss, feedback=None):
     """Any layer stack: each layer's :func:`backward` in reverse order, in float64."""
     inputs = []
     h = x
@@ -153,7 +202,7 @@ def _gradient_general(model, x, y, loss):
     delta = _output_delta(h, y, loss)
     grads = {}
     for i in range(len(model.layers) - 1, -1, -1):
-        delta, g = backward(model.layers[i], inputs[i], delta)
+        delta, g = backward(model.layers[i], inputs[i], delta, feedback)
         for k, v in g.items():
             grads[f"{i}.{k}"] = v
     return {k: grads[k] for k in model.parameters() if k in grads}
@@ -204,6 +253,12 @@ def _flatten_backward(layer, x, delta):
     return delta.reshape(x.shape), {}
 
 
+@register(_conv.GlobalAvgPool)
+def _global_pool_backward(layer, x, delta):
+    n = math.prod(x.shape[2:])
+    return np.broadcast_to((delta / n).reshape(delta.shape + (1,) * (x.ndim - 2)), x.shape).copy(), {}
+
+
 @register(_conv.GroupNorm)
 def _groupnorm_backward(layer, x, delta):
     """y = (x - mu) / s per group: dx = (dy - mean(dy) - y mean(dy y)) / s."""
@@ -216,8 +271,8 @@ def _groupnorm_backward(layer, x, delta):
     return dx.reshape(x.shape), {}
 
 
-@register(_conv.Residual)
-def _residual_backward(layer, x, delta):
+@register(_conv.Residual, container=True)
+def _residual_backward(layer, x, delta, feedback=None):
     """Both branches get ``delta``; their input gradients add up."""
     inputs, h = [], x
     for l in layer.body:
@@ -226,11 +281,11 @@ def _residual_backward(layer, x, delta):
     grads = {}
     d = delta
     for j in range(len(layer.body) - 1, -1, -1):
-        d, g = backward(layer.body[j], inputs[j], d)
+        d, g = backward(layer.body[j], inputs[j], d, feedback)
         grads.update({f"body.{j}.{k}": v for k, v in g.items()})
     if layer.skip is None:
         return d + delta, grads
-    ds, g = backward(layer.skip, x, delta)
+    ds, g = backward(layer.skip, x, delta, feedback)
     grads.update({f"skip.{k}": v for k, v in g.items()})
     return d + ds, grads
 

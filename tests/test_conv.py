@@ -252,14 +252,14 @@ def test_packed_sign_records_equal_the_plain_signs(shared):
     site_f, site_a = ctx_f.sites[j], ctx_a.sites[j]
     assert site_a.records[0][2] == shared
     Lc = L_f - L_f.mean(axis=0)
-    c, P, _, U, eps = site_f.records[0]
+    c, P, _, j0, j1, U, eps = site_f.records[0]
     Ue = np.broadcast_to(U[None], (K,) + U.shape).reshape(K * B, P, -1) if shared else U
     Ls = np.repeat(Lc.reshape(-1), P)[:, None]
     G = (Ls * np.sign(eps.reshape(-1, eps.shape[-1]))).T @ np.sign(Ue.reshape(-1, Ue.shape[-1]))
     g_bias = (Ls * np.sign(eps.reshape(-1, eps.shape[-1]))).sum(axis=0)
     if not shared:  # ReLU output: 1 bit per sign, packed along rows
-        assert site_a.records[0][5] == "01"
-        assert site_a.records[0][4].dtype == np.uint8
+        assert site_a.records[0][7] == "01"
+        assert site_a.records[0][6].dtype == np.uint8
     got = site_a.gradient(Lc)
     np.testing.assert_allclose(got["weight"].reshape(G.shape), G, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["bias"], g_bias, rtol=1e-5, atol=1e-5)

@@ -151,3 +151,21 @@ def test_affine_rejects_bad_shapes():
     bad = minilr.Sequential([Bad(3, 2)], sigma=0.5, seed=0, dtype=np.float64, input_shape=(2, 3))
     with pytest.raises(ValueError, match="U must have shape"):
         minilr.estimate_gradient(bad, x, y, estimator="lr", copies=4, loss="mse")
+
+
+@pytest.mark.parametrize("estimator", ["alr", "aes", "a-hybrid"])
+def test_sign_records_streamed_in_blocks_give_the_same_gradient(estimator, monkeypatch):
+    """Sign records run the forward pass in blocks of copies (floats live for one block); the
+    noise and the sums do not depend on the blocks: 8-copy blocks = one block, to rounding."""
+    rng = np.random.default_rng(4)
+    model = minilr.Sequential([minilr.Conv1d(1, 3, 3, padding=1), "relu", minilr.Conv1d(3, 2, 3),
+                               minilr.Flatten(), minilr.Linear(8, 3)], sigma=0.2, seed=0, learn_sigma=True)
+    x = rng.standard_normal((3, 1, 6))
+    y = rng.integers(0, 3, 3)
+    kw = dict(estimator=estimator, copies=40, seed=2, antithetic=True)
+    whole = minilr.estimate_gradient(model, x, y, **kw)
+    monkeypatch.setattr(minilr.estimators.sites, "BLOCK_ROWS", 8 * 3)
+    assert minilr.estimators.sites.block_copies(40, 3, True) == 8
+    blocks = minilr.estimate_gradient(model, x, y, **kw)
+    for k in whole:
+        np.testing.assert_allclose(blocks[k], whole[k], rtol=1e-5, atol=1e-6 * np.abs(whole[k]).max(), err_msg=k)

@@ -36,6 +36,7 @@ arithmetic in matrix products.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -47,6 +48,28 @@ from .base import centred_losses, noise_keys
 
 # Counter offset between successive calls of one site: room for 2^40 numbers per call.
 CALL_STRIDE = 1 << 40
+# Rows (copies x batch) per forward block when records keep only signs: the floats of a pass
+# live for one block, so sign records' memory is this block plus the bits of all copies.
+BLOCK_ROWS = 2048
+# BLAS threads inside the general path. Its products are tall and skinny (rows = copies x batch x
+# positions, a few dozen columns); measured here (50,000 x 25 by 50,000 x 75, sgemm, OpenBLAS):
+# 6 ms on one thread, 80-500 ms on two threads while other processes kept the 2 cores busy, and
+# at best ~2x faster on an idle machine. One thread is the predictable choice; run independent
+# seeds in parallel processes to use more cores. None leaves BLAS alone.
+BLAS_THREADS = 1
+_CONTROLLER = None
+
+
+def _blas_limit():
+    """A context holding BLAS at :data:`BLAS_THREADS` threads (threadpoolctl; a no-op if None)."""
+    global _CONTROLLER
+    if BLAS_THREADS is None:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=BLAS_THREADS, user_api="blas")
 
 
 def draw(key, k0, k1, per_copy, antithetic, xp, offset=0):
@@ -73,7 +96,8 @@ class AffineSite:
     """One noise site for one chunk of copies: perturbs every call, keeps each call's record.
 
     Parameters are read from ``layer`` as ``{name}weight`` (any shape ``(m, ...)``, used as
-    ``(m, d)``), ``{name}bias`` (``(m,)`` or None) and ``{name}sigma`` (``(m,)``).
+    ``(m, d)``), ``{name}bias`` (``(m,)`` or None) and ``{name}sigma`` (``(m,)``). The chunk's
+    copies may pass in blocks (:meth:`begin`); a record notes its call and its copies.
     """
 
     def __init__(self, layer, name, mode, approx, key, K, B, k0, antithetic, xp):
@@ -86,16 +110,22 @@ class AffineSite:
         self.mode, self.approx, self.key = mode, approx, key
         self.K, self.B, self.k0, self.antithetic, self.xp = K, B, k0, antithetic, xp
         self.dtype = self.W.dtype
-        self.calls = 0
+        self.calls = 0  # calls so far in this block (all blocks see the same calls)
+        self.used = False
+        self.j0, self.j1 = 0, K  # the block: copies j0 .. j1 - 1 of the chunk
         self.records = []
-        self.E = None  # ES: the chunk's [E_k | e_k], (K, m, d (+1)), drawn at the first call
+        self.E = {}  # ES: [E_k | e_k] per block, (copies, m, d (+1)), drawn at its first call
+
+    def begin(self, j0, j1):
+        """The next forward pass runs the chunk's copies ``j0 .. j1 - 1``."""
+        self.j0, self.j1, self.calls = j0, j1, 0
 
     # -- forward ---------------------------------------------------------------------------------
     def affine(self, U):
-        """``v`` of shape ``(K * B, P, m)`` for the unfolded input ``U`` (rows, P, d); records."""
+        """``v`` of shape ``(Kb * B, P, m)`` for the unfolded input ``U`` (rows, P, d); records."""
         xp = self.xp
         m, d = self.W.shape
-        K, B = self.K, self.B
+        K, B = self.j1 - self.j0, self.B
         if U.ndim != 3 or U.shape[2] != d or U.shape[0] not in (B, K * B):
             raise ValueError(f"affine: U must have shape ({K * B} or {B}, positions, {d}), got {U.shape}")
         U = U.astype(self.dtype, copy=False)
@@ -106,47 +136,55 @@ class AffineSite:
             pre += self.b
         c = self.calls
         self.calls += 1
+        self.used = True
         if self.mode == "es":
             return self._es_forward(U, pre, shared).reshape(K * B, P, m)
-        eps = draw(self.key, self.k0, self.k0 + K, B * P * m, self.antithetic, xp, offset=c * CALL_STRIDE)
-        eps = eps.reshape(K, B, P, m).astype(self.dtype, copy=False)
+        eps = self._eps(c, P)
         v = self.sigma * eps
         v += pre[None] if shared else pre.reshape(K, B, P, m)
-        if self.approx:
+        if self.approx:  # the signs only: eps in 1 bit, U in 1 bit (never negative) or 2
             kind = signbits.kind_for(bool((U >= 0).all()))
             s = signbits.pack(eps.reshape(-1, m), "pm1", xp=xp)
             t = xp.sign(U).reshape(-1, d) if shared else signbits.pack(U.reshape(-1, d), kind, xp=xp)
-            self.records.append((c, P, shared, s, t, kind))
+            self.records.append((c, P, shared, self.j0, self.j1, s, t, kind))
         else:
-            self.records.append((c, P, shared, U, eps))
+            self.records.append((c, P, shared, self.j0, self.j1, U, eps))
         return v.reshape(K * B, P, m)
 
-    def _noise_es(self):
-        m, d = self.W.shape
-        w = d + (self.b is not None)
-        E = draw(self.key, self.k0, self.k0 + self.K, m * w, self.antithetic, self.xp)
-        return E.reshape(self.K, m, w).astype(self.dtype, copy=False)
+    def _eps(self, c, P, j0=None, j1=None):
+        """The block's noise of call ``c``, (copies, B, P, m): the same numbers whenever drawn."""
+        j0 = self.j0 if j0 is None else j0
+        j1 = self.j1 if j1 is None else j1
+        m = self.W.shape[0]
+        eps = draw(self.key, self.k0 + j0, self.k0 + j1, self.B * P * m, self.antithetic, self.xp,
+                   offset=c * CALL_STRIDE)
+        return eps.reshape(j1 - j0, self.B, P, m).astype(self.dtype, copy=False)
 
     def _es_forward(self, U, pre, shared):
         xp = self.xp
         m, d = self.W.shape
-        K, B, P = self.K, self.B, U.shape[1]
-        if self.E is None:
-            self.E = self._noise_es()
-        E = self.E[..., :d]
+        K, B, P = self.j1 - self.j0, self.B, U.shape[1]
+        if self.j0 not in self.E:  # one perturbation per copy for all calls of the block
+            w = d + (self.b is not None)
+            E = draw(self.key, self.k0 + self.j0, self.k0 + self.j1, m * w, self.antithetic, xp)
+            self.E[self.j0] = E.reshape(K, m, w).astype(self.dtype, copy=False)
+        Eb = self.E[self.j0]
+        E = Eb[..., :d]
         if shared:  # one product for all copies: (B P, d) x (d, K m)
             pert = (U.reshape(B * P, d) @ E.reshape(K * m, d).T).reshape(B * P, K, m).transpose(1, 0, 2)
         else:  # one product per copy, batched
             pert = xp.matmul(U.reshape(K, B * P, d), E.transpose(0, 2, 1))
         if self.b is not None:
-            pert = pert + self.E[:, None, :, d]
+            pert = pert + Eb[:, None, :, d]
         base = pre.reshape(1 if shared else K, B * P, m)
         return base + self.sigma * pert
 
     # -- gradient --------------------------------------------------------------------------------
     def gradient(self, Lc):
-        """Unnormalised sums over rows and positions: ``{"weight", "bias"?, "sigma"?}``."""
-        if self.calls == 0:
+        """Unnormalised sums over rows and positions: ``{"weight", "bias"?, "sigma"?}``.
+
+        ``Lc`` (K, B): the chunk's centred losses. Consumes the records."""
+        if not self.used:
             return {}
         if self.mode == "es":
             out = self._es_gradient(Lc)
@@ -157,11 +195,9 @@ class AffineSite:
             gb = xp.zeros(m, self.dtype)
             # first: the weight sums below turn the kept eps into L * eps
             gs = self._sigma_sum(Lc) / self.sigma if self.learn_sigma else None
-            for rec in self.records:
-                if self.approx:
-                    G, g = self._sign_sums(Lc, *rec)
-                else:
-                    G, g = self._float_sums(Lc, *rec)
+            for c, P, shared, j0, j1, *rec in self.records:
+                sums = self._sign_sums if self.approx else self._float_sums
+                G, g = sums(Lc[j0:j1], P, shared, *rec)
                 gW += G
                 gb += g
             if not self.approx:
@@ -170,30 +206,31 @@ class AffineSite:
             out = {"weight": gW.reshape(self.w_shape), "bias": gb}
             if self.learn_sigma:
                 out["sigma"] = gs
-            self.records = []  # consumed
+        self.records, self.E = [], {}  # consumed
         if self.b is None:
             out.pop("bias")
         return out
 
-    def _float_sums(self, Lc, c, P, shared, U, eps):
+    def _float_sums(self, Lc, P, shared, U, eps):
         """Eq. 1 summed over positions: ``(L * eps)^T U`` and ``sum L * eps``.
 
         ``eps`` becomes ``L * eps`` in place (the record is consumed); the sums over rows are
         products with a vector of ones (BLAS; a NumPy ``sum(axis=0)`` is ~30x slower here)."""
         xp = self.xp
         m, d = self.W.shape
+        K = Lc.shape[0]
         w = xp.multiply(eps, Lc[:, :, None, None].astype(self.dtype, copy=False), out=eps)  # (K, B, P, m)
         if shared:  # sum over the copies first: the input is the same for all of them
-            A = (xp.ones(self.K, self.dtype) @ w.reshape(self.K, -1)).reshape(-1, m)
+            A = (xp.ones(K, self.dtype) @ w.reshape(K, -1)).reshape(-1, m)
             return A.T @ U.reshape(-1, d), A.sum(axis=0)
         w = w.reshape(-1, m)
         return w.T @ U.reshape(-1, d), xp.ones(w.shape[0], self.dtype) @ w
 
-    def _sign_sums(self, Lc, c, P, shared, s, t, kind):
+    def _sign_sums(self, Lc, P, shared, s, t, kind):
         """Eq. 3 summed over positions, from the packed bits (unpack-then-BLAS in blocks)."""
         xp = self.xp
         m, d = self.W.shape
-        K, B = self.K, self.B
+        K, B = Lc.shape
         Lrows = xp.repeat(Lc.reshape(-1).astype(self.dtype), P)  # one loss per (row, position)
         if not shared:
             return signbits.packed_gradient(Lrows, s, "pm1", t, kind, K * B * P, dtype=self.dtype, xp=xp)
@@ -212,32 +249,29 @@ class AffineSite:
         """``sum L (eps^2 - 1)`` over rows, positions and calls; signs-only records draw ``eps`` again."""
         m = self.W.shape[0]
         total = self.xp.zeros(m, self.dtype)
-        for rec in self.records:
-            c, P = rec[0], rec[1]
-            if self.approx:
-                eps = draw(self.key, self.k0, self.k0 + self.K, self.B * P * m, self.antithetic,
-                           self.xp, offset=c * CALL_STRIDE)
-                eps = eps.reshape(self.K, self.B, P, m).astype(self.dtype, copy=False)
-            else:
-                eps = rec[4]
-            e2 = (eps * eps - 1).reshape(self.K * self.B, P * m)
-            total += (Lc.reshape(-1).astype(self.dtype, copy=False) @ e2).reshape(P, m).sum(axis=0)
+        for c, P, shared, j0, j1, *rec in self.records:
+            eps = self._eps(c, P, j0, j1) if self.approx else rec[1]
+            e2 = (eps * eps - 1).reshape((j1 - j0) * self.B, P * m)
+            total += (Lc[j0:j1].reshape(-1).astype(self.dtype, copy=False) @ e2).reshape(P, m).sum(axis=0)
         return total
 
     def _es_gradient(self, Lc):
         xp = self.xp
         m, d = self.W.shape
-        Eb = self.E
-        w = Eb.shape[-1]
         Lk = Lc.sum(axis=1).astype(self.dtype)  # (K,): the perturbation is shared by the batch
-        # the noise is never exactly 0 (minilr.noise), so sign() is +-1, as AES needs
-        g = xp.tensordot(Lk, xp.sign(Eb) if self.approx else Eb, axes=1)
+        g, gs = 0, 0
+        for j0, Eb in sorted(self.E.items()):
+            Lb = Lk[j0:j0 + Eb.shape[0]]
+            # the noise is never exactly 0 (minilr.noise), so sign() is +-1, as AES needs
+            g = g + xp.tensordot(Lb, xp.sign(Eb) if self.approx else Eb, axes=1)
+            if self.learn_sigma:
+                gs = gs + Lb @ ((Eb * Eb).sum(axis=-1) - Eb.shape[-1])
         if not self.approx:
-            g /= self.sigma[:, None]
+            g = g / self.sigma[:, None]
         out = {"weight": xp.ascontiguousarray(g[:, :d]).reshape(self.w_shape)}
         out["bias"] = xp.ascontiguousarray(g[:, d]) if self.b is not None else None
         if self.learn_sigma:
-            out["sigma"] = (Lk @ ((Eb * Eb).sum(axis=-1) - w)) / self.sigma
+            out["sigma"] = gs / self.sigma
         return out
 
 
@@ -249,11 +283,17 @@ class Context:
     """
 
     def __init__(self, entries, modes, approx, keys, k0, K, B, antithetic, xp):
-        self.K, self.B, self.xp = K, B, xp
+        self.K, self.B, self.xp = K, B, xp  # K: copies of the block running now (see begin)
         self.sites = [AffineSite(layer, name, mode, approx, key, K, B, k0, antithetic, xp)
                       for (prefix, layer, name), mode, key in zip(entries, modes, keys)]
         self._by_layer = {(id(layer), name): site
                           for (prefix, layer, name), site in zip(entries, self.sites)}
+
+    def begin(self, j0, j1):
+        """Run the chunk's copies ``j0 .. j1 - 1`` next (a block; the records remember it)."""
+        self.K = j1 - j0
+        for site in self.sites:
+            site.begin(j0, j1)
 
     def affine(self, layer, U, name=""):
         """``U W^T + b`` plus this site's noise: ``U`` (rows, P, d) -> ``v`` (K * B, P, m).
@@ -298,22 +338,44 @@ def estimate(model, x, y, est, copies, ss, loss, baseline, antithetic, chunk, es
     entries = model.noise_sites()
     modes = est.modes(len(entries), es_layers)
     keys = noise_keys(ss, len(entries))
-    B = x.shape[0]
     chunk = copies if chunk is None else min(chunk, copies)
     params = model.parameters()
     sums = {key: xp.zeros_like(p) for key, p in params.items()}
     loss_sum, rows = 0.0, 0
-    for start in range(0, copies, chunk):
-        K = min(chunk, copies - start)
-        ctx = Context(entries, modes, est.approx, keys, start, K, B, antithetic, xp)
-        out = ctx.expand(forward(model.layers, x, ctx))
-        L = per_sample(loss, out.reshape((K, B) + out.shape[1:]), y, xp)
-        Lc = centred_losses(L, antithetic, baseline, xp)
-        for (prefix, layer, name), site in zip(entries, ctx.sites):
-            for pname, g in site.gradient(Lc).items():
-                if g is not None:
-                    sums[prefix + name + pname] += g
-        loss_sum += float(L.sum())
-        rows += L.size
-        del ctx, out, L, Lc
+    with _blas_limit():
+        for start in range(0, copies, chunk):
+            L = _chunk(model, x, y, est, start, min(chunk, copies - start), entries, modes, keys,
+                       loss, baseline, antithetic, xp, sums)
+            loss_sum += float(L.sum())
+            rows += L.size
     return {key: sums[key] / rows for key in params}, loss_sum / rows
+
+
+def block_copies(K, B, approx):
+    """Copies per forward block: sign records keep bits, so their floats live for one block of
+    about :data:`BLOCK_ROWS` rows (a multiple of 8 copies: whole bytes, whole antithetic pairs);
+    float records keep everything anyway, so they run the chunk in one block."""
+    if not approx:
+        return K
+    return min(K, max(8, BLOCK_ROWS // B // 8 * 8))
+
+
+def _chunk(model, x, y, est, start, K, entries, modes, keys, loss, baseline, antithetic, xp, sums):
+    """One chunk of copies: forward (in blocks), centred losses, every site's sums added into
+    ``sums``; returns the chunk's losses (K, B). Its records die on return."""
+    B = x.shape[0]
+    ctx = Context(entries, modes, est.approx, keys, start, K, B, antithetic, xp)
+    L = xp.empty((K, B), dtype=model.dtype)
+    kb = block_copies(K, B, est.approx)
+    for j0 in range(0, K, kb):
+        j1 = min(K, j0 + kb)
+        ctx.begin(j0, j1)
+        out = ctx.expand(forward(model.layers, x, ctx))
+        L[j0:j1] = per_sample(loss, out.reshape((j1 - j0, B) + out.shape[1:]), y, xp)
+        del out
+    Lc = centred_losses(L, antithetic, baseline, xp)
+    for (prefix, layer, name), site in zip(entries, ctx.sites):
+        for pname, g in site.gradient(Lc).items():
+            if g is not None:
+                sums[prefix + name + pname] += g
+    return L
