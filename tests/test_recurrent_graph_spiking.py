@@ -186,9 +186,9 @@ def test_packed_sign_records_equal_the_plain_ones(name):
     np.testing.assert_array_equal(Lc, Lc2)
     for (prefix, layer, site_name), site_f, site_s in zip(entries, plain.sites, packed.sites):
         G, g = 0, 0
-        for c, P, shared, U, eps in site_f.records:
-            w = Lc[:, :, None, None] * np.sign(eps)  # (K, B, P, m)
-            U = np.broadcast_to(U.reshape(-1, B, P, U.shape[-1]), (K, B, P, U.shape[-1]))
+        for c, P, shared, j0, j1, U, eps in site_f.records:
+            w = Lc[j0:j1, :, None, None] * np.sign(eps)  # (copies, B, P, m)
+            U = np.broadcast_to(U.reshape(-1, B, P, U.shape[-1]), (j1 - j0, B, P, U.shape[-1]))
             G = G + np.einsum("kbpm,kbpd->md", w.astype(np.float64), np.sign(U).astype(np.float64))
             g = g + w.sum(axis=(0, 1, 2))
         got = site_s.gradient(Lc)
@@ -278,3 +278,15 @@ def test_graph_loss_and_accuracy_skip_unlabelled_nodes():
     assert reference.loss(model, x, y) == pytest.approx(expect, rel=1e-12)
     h = minilr.train(model, (x, y), val_data=(x, y), estimator="bp", epochs=1, batch_size=2, progress=False)
     assert h.val_accuracy[0] == pytest.approx(np.mean((model.predict(x) == y)[mask]))
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_MODELS))
+def test_sign_records_streamed_in_blocks_give_the_same_estimate(name, monkeypatch):
+    """ALR runs the copies in blocks (minilr.estimators.sites.BLOCK_ROWS): recurrent steps,
+    graph nodes and spike ticks see the block's copies only, and the estimate does not change."""
+    model, x, y = LAYER_MODELS[name]()
+    whole = minilr.estimate_gradient(model, x, y, estimator="alr", copies=24, seed=4)
+    monkeypatch.setattr(S, "BLOCK_ROWS", 8 * x.shape[0])  # blocks of 8 copies: three of them
+    blocks = minilr.estimate_gradient(model, x, y, estimator="alr", copies=24, seed=4)
+    for k in whole:
+        np.testing.assert_allclose(blocks[k], whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
