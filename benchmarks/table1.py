@@ -135,16 +135,21 @@ def peak_bytes(model_name, estimator, copies, batch, es_layers):
 
 def copies_at_equal_memory(model_name, estimator, budget, batch, es_layers, start):
     """The most copies (a multiple of 8) whose peak stays within ``budget`` bytes."""
-    lo, hi = start, start
-    while peak_bytes(model_name, estimator, hi * 2, batch, es_layers) <= budget and hi < 64 * start:
-        hi *= 2
-    lo, hi = hi, hi * 2
+    def fits(k):
+        return peak_bytes(model_name, estimator, k, batch, es_layers) <= budget
+
+    if not fits(start):
+        k = start // 8 * 8
+        while k > 8 and not fits(k):
+            k -= 8
+        return max(k, 8)
+    lo = start
+    while fits(lo * 2) and lo < 64 * start:
+        lo *= 2
+    hi = lo * 2
     while hi - lo > 8:
         mid = (lo + hi) // 16 * 8
-        if peak_bytes(model_name, estimator, mid, batch, es_layers) <= budget:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
 
 
@@ -189,13 +194,27 @@ def main(argv=None):
     p.add_argument("--bp-lr", type=float, default=1e-2, help="Adam step for BP and FA")
     p.add_argument("--es-layers", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the equal-memory runs")
+    p.add_argument("--memory-models", default="cnn", help="models that get equal-memory runs")
+    p.add_argument("--memory-cap", type=float, default=4.0,
+                   help="run equal-memory sign variants at most this many times --copies (for time; "
+                        "the copies that fit are printed either way); 0: no cap")
     p.add_argument("--extras", action="store_true", help="also the LR MLP and the digits CNN")
     p.add_argument("--extras-only", action="store_true")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--md", default=None, help="write the tables as Markdown here")
+    p.add_argument("--from-json", default=None, help="print the tables of a saved --out file (no runs)")
     a = p.parse_args(argv)
+    saved = None
+    if a.from_json:  # the saved run's settings, then only print
+        with open(a.from_json) as f:
+            saved = json.load(f)
+        for k, v in saved["args"].items():
+            if k not in ("from_json", "md", "out"):
+                setattr(a, k, v)
+        a.quick = False
     if a.quick:
-        a.seeds, a.epochs, a.models = 1, 2, "cnn"
+        a.seeds, a.epochs, a.models, a.memory_cap = 1, 2, "cnn", 2.0
     os.environ["MINILR_NOISE_THREADS"] = "1"  # one thread per process: the seeds run side by side
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
@@ -212,14 +231,15 @@ def main(argv=None):
                     budget = "both" if (col in ("BP", "FA") or not approx) else "copies"
                     jobs.append(dict(base, model=model, method=col, approx=approx, seed=seed, lr=lr,
                                      epochs=epochs, copies=a.copies, budget=budget))
-        if not a.no_memory:
+        if not a.no_memory and model in a.memory_models.split(",") and saved is None:
             for col in ("ES", "LR", "Hybrid"):
                 est_f, est_a = ESTIMATOR[col, False], ESTIMATOR[col, True]
                 budget = peak_bytes(model, est_f, a.copies, a.batch, a.es_layers)
-                k = copies_at_equal_memory(model, est_a, budget, a.batch, a.es_layers, a.copies)
-                budgets[(model, col)] = (budget, k)
+                fit = copies_at_equal_memory(model, est_a, budget, a.batch, a.es_layers, a.copies)
+                k = fit if not a.memory_cap else min(fit, int(a.memory_cap * a.copies) // 8 * 8)
+                budgets[(model, col)] = (budget, fit, k)
                 print(f"{model} {col}: {est_f} K={a.copies} peaks at {budget / 2**20:.1f} MiB; "
-                      f"{est_a} fits K={k} in it", flush=True)
+                      f"{est_a} fits K={fit} in it; run at K={k}", flush=True)
                 for seed in range(a.seeds):
                     jobs.append(dict(base, model=model, method=col, approx=True, seed=seed, lr=a.lr,
                                      epochs=epochs, copies=k, budget="memory"))
@@ -231,31 +251,56 @@ def main(argv=None):
                              epochs=a.epochs, copies=a.copies, budget="extra", batch=50))
     t0 = time.perf_counter()
     results = []
+    if saved is not None:
+        results, wall = saved["results"], saved["wall_s"]
+        budgets = {tuple(k.split("/")): v for k, v in saved["budgets"].items()}
+        jobs = []
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         for r in pool.map(run, jobs):
             results.append(r)
             print(f"  {r['model']:10s} {r['method']:6s} {'A' if r['approx'] else '-'} K={r['copies']:<4d} "
                   f"seed {r['seed']}: {100 * r['acc']:.1f} % in {r['seconds']:.0f} s", flush=True)
-    wall = time.perf_counter() - t0
-    print()
-    print(f"MNIST-1D, 4,000 train / 1,000 test; batch {a.batch}, sigma {a.sigma}, Adam (estimators "
+    if not a.from_json:
+        wall = time.perf_counter() - t0
+    report = []
+
+    def out(line=""):
+        print(line)
+        report.append(line)
+
+    out()
+    out(f"MNIST-1D, 4,000 train / 1,000 test; batch {a.batch}, sigma {a.sigma}, Adam (estimators "
           f"lr {a.lr}, BP/FA lr {a.bp_lr}), {a.seeds} seed(s), {a.epochs} epochs"
           + (f" ({a.resnet_epochs} for resnet5)" if a.resnet_epochs else "")
           + f", hybrid ES layers {a.es_layers}; test accuracy %, mean ± sd over seeds")
     for model in models:
-        print()
-        print(table(results, model, "copies"))
-        if not a.no_memory:
-            print()
-            print(table(results, model, "memory"))
+        out()
+        out(table(results, model, "copies"))
+        if not a.no_memory and model in a.memory_models.split(","):
+            b = {c: budgets[(model, c)] for c in ("ES", "LR", "Hybrid")}
+            out()
+            out(table(results, model, "memory"))
+            out("(peak of one estimate at K=%d: %s; sign variants fit K = %s, run at K = %s)" % (
+                a.copies, ", ".join(f"{c} {v[0] / 2**20:.1f} MiB" for c, v in b.items()),
+                "/".join(str(v[1]) for v in b.values()), "/".join(str(v[2]) for v in b.values())))
     extras = [r for r in results if r["budget"] == "extra"]
     if extras:
-        print()
+        out()
         for m in ("mlp", "digits-cnn"):
             rs = [r for r in extras if r["model"] == m]
-            print(f"LR {m}: {fmt([r['acc'] for r in rs])} % (K={a.copies}, {a.epochs} epochs, "
-                  f"{np.mean([r['seconds'] for r in rs]):.0f} s per run)")
-    print(f"\nwall time {wall / 60:.1f} min with {a.jobs} processes")
+            out(f"LR {m}: {fmt([r['acc'] for r in rs])} % (K={a.copies}, {a.epochs} epochs, "
+                f"{np.mean([r['seconds'] for r in rs]):.0f} s per run)")
+    secs = {}
+    for r in results:
+        secs.setdefault((r["model"], r["method"], r["approx"], r["copies"]), []).append(r["seconds"])
+    out()
+    out("seconds per run (wall, in parallel processes): " + "; ".join(
+        f"{m} {c}{' A' if ap else ''} K={k}: {np.mean(v):.0f}" for (m, c, ap, k), v in sorted(secs.items())))
+    out(f"\nwall time {wall / 60:.1f} min with {a.jobs} processes")
+    if a.md:
+        with open(a.md, "w") as f:
+            f.write("# Table 1 in miniature (benchmarks/table1.py)\n\n```\n" + " ".join(["python"] + sys.argv)
+                    + "\n```\n\n" + "\n".join(report) + "\n")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(dict(args=vars(a), results=results, wall_s=wall,

@@ -118,8 +118,9 @@ class _ConvNd(Layer):
         name = type(self).__name__
         if len(in_shape) != 1 + self.nd or in_shape[0] != self.in_channels:
             want = "(C, L)" if self.nd == 1 else "(C, H, W)"
+            hint = " (add a channel axis: x[:, None])" if len(in_shape) == self.nd else ""
             raise ValueError(f"{name} expects samples of shape {want} with C = in_channels = "
-                             f"{self.in_channels}, got {tuple(in_shape)}")
+                             f"{self.in_channels}, got {tuple(in_shape)}{hint}")
         out = []
         for n, k, s, p in zip(in_shape[1:], self.kernel_size, self.stride, self.padding):
             if n + 2 * p < k:

@@ -100,6 +100,7 @@ LAYERS = [
     ("avgpool1d", lambda: minilr.AvgPool1d(2), (3, 7)),
     ("avgpool2d overlapping", lambda: minilr.AvgPool2d((2, 3), stride=1), (2, 4, 5)),
     ("flatten", lambda: minilr.Flatten(), (2, 3, 2)),
+    ("global avg pool", lambda: minilr.GlobalAvgPool(), (3, 2, 4)),
     ("groupnorm 1", lambda: minilr.GroupNorm(1), (4, 5)),
     ("groupnorm 2", lambda: minilr.GroupNorm(2), (4, 2, 3)),
     ("residual identity", lambda: minilr.Residual([minilr.Conv1d(3, 3, 3, padding=1), "tanh",
@@ -143,6 +144,39 @@ def test_reference_whole_model_matches_finite_differences():
             dn = reference.loss(model, x, y)
             p[idx] = old
             assert abs((up - dn) / 2e-6 - g[k][idx]) < 1e-7 * max(1.0, abs(g[k][idx])), k
+
+
+def test_feedback_alignment_is_backprop_when_the_feedback_is_the_weights():
+    """FA with B = W is backprop exactly; with random B the read-out's gradient is still BP's
+    (nothing is sent back through it) while the earlier layers' differ."""
+    rng = np.random.default_rng(5)
+    model = minilr.resnet5((1, 16), width=4, seed=0, dtype=F64)
+    x = rng.standard_normal((3, 1, 16))
+    y = np.array([1, 2, 3])
+    g = reference.gradient(model, x, y)
+    own = {k: v.copy() for k, v in model.parameters().items() if k.endswith("weight")}
+    fa = reference.feedback_alignment(model, x, y, own)
+    for k in g:
+        np.testing.assert_allclose(fa[k], g[k], rtol=1e-12, atol=1e-15)
+    fb = reference.feedback_matrices(model, seed=1)
+    assert {k: v.shape for k, v in fb.items()} == {k: v.shape for k, v in own.items()}
+    fa = reference.feedback_alignment(model, x, y, fb)
+    last = [k for k in g if k.endswith("weight")][-1]
+    np.testing.assert_allclose(fa[last], g[last], rtol=1e-12)
+    assert not np.allclose(fa["0.weight"], g["0.weight"])
+
+
+@pytest.mark.parametrize("builder,n_sites", [(minilr.cnn, 4), (minilr.resnet5, 5), (minilr.resnet9, 9)])
+@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)])
+def test_builders(builder, n_sites, shape):
+    model = builder(shape, seed=0)
+    assert len(model.noise_sites()) == n_sites  # ResNet-5 / -9: 5 / 9 weight layers
+    x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+    assert model.forward(x).shape == (2, 10)
+    assert model.out_features == 10
+    g = minilr.estimate_gradient(model, x, np.array([0, 1]), estimator="alr", copies=8)
+    assert {k: v.shape for k, v in g.items()} == {k: v.shape for k, v in model.parameters().items()}
+    assert builder(shape, seed=0).parameters()["0.weight"].tobytes() == model.parameters()["0.weight"].tobytes()
 
 
 # -- estimators on one Conv1d --------------------------------------------------------------------------

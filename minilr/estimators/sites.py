@@ -30,9 +30,17 @@ paper's per-row terms over rows *and* positions, one matrix product per call::
 and a site called several times (shared weights) adds its calls into one gradient. ES/AES use
 ``sum_k Lk E_k / sigma`` / ``sum_k Lk sign(E_k)`` as :mod:`minilr.estimators.es` explains.
 
-Unlike the fused MLP path this one materialises every copy of a chunk on plain ``xp``: the
-``chunk`` argument still bounds the memory, and im2col plus one BLAS product per call keeps the
-arithmetic in matrix products.
+Unlike the fused MLP path this one runs on plain ``xp`` (NumPy or CuPy) and materialises whole
+blocks of copies: float records run a chunk in one block (they keep everything anyway); sign
+records run it in blocks of about :data:`BLOCK_ROWS` rows, so their floats live for one block and
+only the bits of all copies stay (the memory the sign approximation is for). ``chunk`` still
+bounds the memory of both; im2col plus one BLAS product per call keeps the arithmetic in matrix
+products.
+
+For the author of a new layer: subclass :class:`minilr.layers.Layer`, name the noise sites in
+``sites``, and write ``train_forward(h, ctx)`` with every noisy map as ``ctx.affine(self, U, name)``
+(``ctx.K`` copies of ``ctx.B`` samples run now; ``ctx.expand`` repeats a still-shared batch);
+register its exact backward pass with :func:`minilr.reference.register`.
 """
 from __future__ import annotations
 
@@ -88,10 +96,6 @@ def draw(key, k0, k1, per_copy, antithetic, xp, offset=0):
     return out
 
 
-def _param(layer, name):
-    return getattr(layer, name)
-
-
 class AffineSite:
     """One noise site for one chunk of copies: perturbs every call, keeps each call's record.
 
@@ -101,11 +105,11 @@ class AffineSite:
     """
 
     def __init__(self, layer, name, mode, approx, key, K, B, k0, antithetic, xp):
-        W = _param(layer, name + "weight")
+        W = getattr(layer, name + "weight")
         self.w_shape = W.shape
         self.W = W.reshape(W.shape[0], -1)
         self.b = getattr(layer, name + "bias", None)
-        self.sigma = _param(layer, name + "sigma")
+        self.sigma = getattr(layer, name + "sigma")
         self.learn_sigma = bool(layer.learn_sigma)
         self.mode, self.approx, self.key = mode, approx, key
         self.K, self.B, self.k0, self.antithetic, self.xp = K, B, k0, antithetic, xp
