@@ -9,6 +9,9 @@ from .conv import (AvgPool1d, AvgPool2d, Conv1d, Conv2d, Flatten, GlobalAvgPool,
                    MaxPool2d, Residual)
 from .layers import Identity, Linear, ReLU, Sigmoid, Step, Tanh
 from .models import MLP, Sequential, cnn, resnet5, resnet9
+from .graph import GraphAttention
+from .recurrent import GRU, LSTM
+from .spiking import LIF
 from .train import History, TrainingDiverged, estimate_gradient, train
 
 __version__ = "0.1.0"
@@ -17,6 +20,7 @@ __all__ = [
     "MLP", "Sequential", "cnn", "resnet5", "resnet9", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step",
     "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Flatten", "GroupNorm",
     "GlobalAvgPool", "Residual",
+    "LSTM", "GRU", "GraphAttention", "LIF",
     "estimate_gradient", "train", "History", "TrainingDiverged",
     "Backend", "get_backend", "cupy_available",
     "datasets", "losses", "metrics", "optim", "reference",

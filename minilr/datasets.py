@@ -16,7 +16,8 @@ import numpy as np
 
 from . import validation as _v
 
-__all__ = ["load", "digits", "spirals", "mnist", "mnist1d", "cifar10", "NAMES"]
+__all__ = ["load", "digits", "spirals", "mnist", "mnist1d", "cifar10", "sbm", "temporal_order", "Graph",
+           "NAMES"]
 
 
 def _split(x, y, test_fraction, seed):
@@ -279,13 +280,14 @@ def cifar10(root=None):
     return tuple(out)
 
 
-NAMES = ("digits", "spirals", "mnist1d", "mnist", "fashion-mnist", "cifar10")
+NAMES = ("digits", "spirals", "mnist1d", "mnist", "fashion-mnist", "cifar10", "sbm", "temporal_order")
 
 
 def load(name: str, **kwargs):
     """Load a dataset by name: ``"digits"``, ``"spirals"``, ``"mnist1d"`` (generated, (n, 40)),
     ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"`` (the last three from local files: pass
-    ``root=...``)."""
+    ``root=...``), ``"sbm"`` (a generated graph as one sample, see :class:`Graph`) or
+    ``"temporal_order"`` (generated sequences (N, T, F))."""
     _v.choice(name, "dataset", NAMES)
     if name == "digits":
         return digits(**kwargs)
@@ -295,4 +297,110 @@ def load(name: str, **kwargs):
         return spirals(**kwargs)
     if name == "cifar10":
         return cifar10(**kwargs)
+    if name == "sbm":  # the whole graph as one sample; its edges: datasets.sbm(...).edges
+        return sbm(**kwargs).split()
+    if name == "temporal_order":
+        return temporal_order(**kwargs)
     return mnist(name=name, **kwargs)
+
+
+# -- a graph and a sequence task, generated in code (issue 8) -----------------------------------
+class Graph:
+    """A node-classification graph: features ``x`` (n_nodes, F) float32, ``edges`` (2, E) int64
+    (row 0 the source node, row 1 the target node; both directions are listed), labels ``y``
+    (n_nodes,) int64, boolean ``train_mask`` and ``test_mask`` (n_nodes,), disjoint.
+
+    :meth:`split` gives the graph in minilr's sample layout: **the whole graph is one sample**, so
+    ``x`` is (1, n_nodes, F) and ``y`` is (1, n_nodes) with ``-1`` on every node outside the split's
+    mask (its loss and accuracy skip those nodes). The edge list belongs to the model
+    (``minilr.GraphAttention(..., edges=graph.edges)``): transductive node classification.
+    """
+
+    def __init__(self, x, edges, y, train_mask, test_mask, n_classes):
+        self.x, self.edges, self.y = x, edges, y
+        self.train_mask, self.test_mask, self.n_classes = train_mask, test_mask, n_classes
+
+    @property
+    def n_nodes(self) -> int:
+        return self.x.shape[0]
+
+    def split(self):
+        """``((x, y_train), (x, y_test))`` with ``x`` (1, n, F) and labels -1 outside each mask."""
+        x = self.x[None]
+        ytr = np.where(self.train_mask, self.y, -1)[None]
+        yte = np.where(self.test_mask, self.y, -1)[None]
+        return (x, ytr), (x, yte)
+
+    def __repr__(self):
+        return (f"Graph(n_nodes={self.n_nodes}, features={self.x.shape[1]}, edges={self.edges.shape[1]}, "
+                f"classes={self.n_classes}, train={int(self.train_mask.sum())}, "
+                f"test={int(self.test_mask.sum())})")
+
+
+def sbm(n_nodes: int = 300, classes: int = 4, features: int = 16, p_in: float = 0.08,
+        p_out: float = 0.01, feature_noise: float = 3.0, train_per_class: int = 20,
+        seed: int = 0) -> Graph:
+    """A stochastic block model with class-dependent features: a small, Cora-like node task.
+
+    Node ``i`` belongs to class ``y_i`` (balanced, ``n_nodes // classes`` or one more each); an
+    undirected edge joins two nodes with probability ``p_in`` inside a class and ``p_out``
+    across. Features are a class mean (a random unit-variance vector per class, fixed by the seed)
+    plus Gaussian noise of scale ``feature_noise``: noisy enough that a node's own features
+    mislabel many nodes, so averaging over neighbours (what a graph layer does) pays. The train
+    mask holds ``train_per_class`` nodes of each class (the Planetoid convention: 20), the test
+    mask all the others. No self-loops and no duplicate edges are listed (layers add self-loops).
+    """
+    n_nodes = _v.positive_int(n_nodes, "n_nodes", minimum=2)
+    classes = _v.positive_int(classes, "classes", minimum=2)
+    features = _v.positive_int(features, "features")
+    train_per_class = _v.positive_int(train_per_class, "train_per_class")
+    for value, name in ((p_in, "p_in"), (p_out, "p_out")):
+        p = _v.positive_float(value, name, allow_zero=True)
+        if p > 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    feature_noise = _v.positive_float(feature_noise, "feature_noise", allow_zero=True)
+    if train_per_class * classes >= n_nodes:
+        raise ValueError(f"train_per_class * classes ({train_per_class * classes}) must be below "
+                         f"n_nodes ({n_nodes}) to leave test nodes")
+    rng = np.random.default_rng(_v.seed_arg(seed))
+    y = rng.permutation(np.arange(n_nodes) % classes).astype(np.int64)
+    iu, ju = np.triu_indices(n_nodes, k=1)
+    p = np.where(y[iu] == y[ju], p_in, p_out)
+    keep = rng.random(iu.size) < p
+    src, dst = iu[keep], ju[keep]
+    edges = np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])]).astype(np.int64)
+    means = rng.standard_normal((classes, features))
+    x = (means[y] + feature_noise * rng.standard_normal((n_nodes, features))).astype(np.float32)
+    train_mask = np.zeros(n_nodes, dtype=bool)
+    for c in range(classes):
+        train_mask[rng.permutation(np.flatnonzero(y == c))[:train_per_class]] = True
+    return Graph(x, edges, y, train_mask, ~train_mask, classes)
+
+
+def temporal_order(n: int = 3000, length: int = 12, symbols: int = 4, seed: int = 0,
+                   test_fraction: float = 0.2):
+    """The temporal-order task (Hochreiter & Schmidhuber, 1997, experiment 6a), as sequences.
+
+    Each sequence holds ``length`` one-hot symbols, shape (n, length, symbols + 2): random
+    distractors from the first ``symbols`` symbols, except at two random times ``t1`` in the first
+    half and ``t2`` in the second, which hold one of the two relevant symbols X or Y. The class
+    (4 of them: XX, XY, YX, YY) is the ordered pair, so a model must remember what it saw at
+    ``t1`` until ``t2``: no single time step, and no bag of symbols, tells the class (chance 25 %).
+    Returns ``((x_train, y_train), (x_test, y_test))``; x float32 (N, T, F), y int64 in 0..3.
+    """
+    n = _v.positive_int(n, "n", minimum=8)
+    length = _v.positive_int(length, "length", minimum=4)
+    symbols = _v.positive_int(symbols, "symbols")
+    _check_fraction(test_fraction)
+    seed = _v.seed_arg(seed)
+    rng = np.random.default_rng(seed)
+    half = length // 2
+    seq = rng.integers(0, symbols, (n, length))
+    t1 = rng.integers(0, half, n)
+    t2 = rng.integers(half, length, n)
+    y = rng.integers(0, 4, n).astype(np.int64)
+    rows = np.arange(n)
+    seq[rows, t1] = symbols + y // 2  # X = symbols, Y = symbols + 1
+    seq[rows, t2] = symbols + y % 2
+    x = np.eye(symbols + 2, dtype=np.float32)[seq]
+    return _split(x, y, test_fraction, seed)

@@ -16,6 +16,17 @@ def cross_entropy(logits, y, xp):
     return lse - picked
 
 
+def positional_cross_entropy(logits, y, xp):
+    """Cross-entropy with one label per position (graph nodes): ``y`` is (B, *positions) with
+    ``-1`` where a position has no label; the loss of a sample is the mean over its labelled
+    positions (0 if it has none). ``logits`` is (..., B, *positions, C)."""
+    mask = y >= 0
+    per = cross_entropy(logits, xp.where(mask, y, 0), xp) * mask
+    axes = tuple(range(-(y.ndim - 1), 0))
+    count = xp.maximum(mask.sum(axis=axes), 1).astype(per.dtype)  # an int count would widen float32
+    return per.sum(axis=axes) / count
+
+
 def mse(out, y, xp):
     """``0.5 * ||out - y||^2`` per row (the 1/2 makes the gradient ``out - y``)."""
     d = out - y
@@ -31,4 +42,6 @@ def per_sample(name, out, y, xp):
     """
     if callable(name):
         return name(out, y, xp)
+    if name == "cross_entropy" and y.ndim > 1:  # one label per position, e.g. per graph node
+        return positional_cross_entropy(out, y, xp)
     return cross_entropy(out, y, xp) if name == "cross_entropy" else mse(out, y, xp)

@@ -184,7 +184,7 @@ class Sequential:
 
     def predict(self, x, backend="numpy") -> np.ndarray:
         """Predicted class indices for a batch ``x`` (NumPy in, NumPy out)."""
-        return self.forward(x, backend).argmax(axis=1)
+        return self.forward(x, backend).argmax(axis=-1)
 
 
 def _init_layer(layer, rng, dtype, sigma, learn_sigma):

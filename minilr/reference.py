@@ -13,7 +13,10 @@ import math
 import numpy as np
 
 from . import validation as _v
+from .graph import GraphAttention
 from .layers import Activation, Linear
+from .recurrent import GRU, LSTM
+from .spiking import LIF
 from .losses import LOSSES, per_sample
 
 __all__ = ["gradient", "loss", "register", "backward", "feedback_alignment", "feedback_matrices"]
@@ -88,7 +91,8 @@ def _prepare(model, x, y, loss):
     _v.choice(loss, "loss", LOSSES)
     x = model.check_input(x, "x").astype(np.float64)
     width = model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
-    y = _v.targets(y, "y", loss, x.shape[0], width)
+    positions = () if model.is_mlp else tuple(model.output_shape(x.shape[1:])[:-1])
+    y = _v.targets(y, "y", loss, x.shape[0], width, positions)
     return x, (y if loss == "cross_entropy" else y.astype(np.float64))
 
 
@@ -146,6 +150,13 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
 def _output_delta(h, y, loss):
     """dMeanLoss/d(output) for the named losses."""
     n = h.shape[0]
+    if loss == "cross_entropy" and y.ndim > 1:  # one label per position, -1 for none
+        mask = y >= 0
+        p = np.exp(h - h.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        p -= np.eye(h.shape[-1])[np.where(mask, y, 0)]
+        count = np.maximum(mask.reshape(n, -1).sum(axis=1), 1).reshape((n,) + (1,) * (y.ndim - 1))
+        return p * (mask / count / n)[..., None]
     if loss == "cross_entropy":
         p = np.exp(h - h.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
@@ -277,3 +288,199 @@ def _residual_backward(layer, x, delta, feedback=None):
     ds, g = backward(layer.skip, x, delta, feedback)
     grads.update({f"skip.{k}": v for k, v in g.items()})
     return d + ds, grads
+
+
+# -- recurrent, graph and spiking layers (issue 8): forward passes that keep what the backward
+# pass needs, and the backward passes, written out by hand in float64 -----------------------------
+#
+# Each forward pass lists its affine maps as *calls* ``(site, U, eps)`` (the site's name, its input
+# U of shape (rows, d), and the noise added to its output, or None); its backward pass returns
+# dLoss/dv for every call, aligned with them. The weight gradient of a site is then
+# ``sum over its calls of dv^T U``, and tests can weight those products differently (noise
+# injected through ``noise(site, call, shape)`` gives the exact gradient of one noisy network:
+# a Monte Carlo of it is the gradient of the smoothed loss the LR estimators are unbiased for).
+def _sig(v):
+    return 0.5 * (1 + np.tanh(0.5 * v))
+
+
+def _p64(layer, name):
+    a = getattr(layer, name, None)
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+class _Calls(list):
+    """The affine maps of one float64 forward pass, each ``(site, U, eps)``."""
+
+    def __init__(self, layer, noise):
+        super().__init__()
+        self.layer, self.noise = layer, noise
+
+    def affine(self, U, name=""):
+        """``U W^T + b`` (+ ``sigma * eps`` from ``noise``), ``U`` (rows, d), recorded."""
+        W, b = _p64(self.layer, name + "weight"), _p64(self.layer, name + "bias")
+        v = U @ W.reshape(W.shape[0], -1).T
+        if b is not None:
+            v = v + b
+        eps = None
+        if self.noise is not None:
+            call = sum(1 for c in self if c[0] == name)
+            eps = self.noise(name, call, v.shape)
+            v = v + _p64(self.layer, name + "sigma") * eps
+        self.append((name, U, eps))
+        return v
+
+
+def site_gradients(layer, calls, dvs):
+    """``{name + "weight": sum dv^T U, name + "bias": sum dv}`` over a layer's calls."""
+    grads = {}
+    for (name, U, _), dv in zip(calls, dvs):
+        grads[name + "weight"] = grads.get(name + "weight", 0) + dv.T @ U
+        if getattr(layer, name + "bias", None) is not None:
+            grads[name + "bias"] = grads.get(name + "bias", 0) + dv.sum(axis=0)
+    return grads
+
+
+def lstm_forward(layer, x, noise=None):
+    """LSTM over ``x`` (N, T, F) in float64: ``(out, cache)`` for :func:`lstm_backward`."""
+    H = layer.hidden
+    N, T = x.shape[:2]
+    h, c = np.zeros((N, H)), np.zeros((N, H))
+    calls, steps, hs = _Calls(layer, noise), [], []
+    for t in range(T):
+        z = calls.affine(np.concatenate([x[:, t], h], axis=1))
+        i, f, g, o = _sig(z[:, :H]), _sig(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), _sig(z[:, 3 * H:])
+        c_prev = c
+        c = f * c_prev + i * g
+        h = o * np.tanh(c)
+        steps.append((i, f, g, o, c_prev, c))
+        hs.append(h)
+    out = np.stack(hs, axis=1) if layer.return_sequences else h
+    return out, (calls, steps)
+
+
+def _dout_at(layer, dout, t, T):
+    if layer.return_sequences:
+        return dout[:, t]
+    return dout if t == T - 1 else 0
+
+
+def lstm_backward(layer, cache, dout):
+    """Backpropagation through time: ``(dLoss/dx, [dLoss/dz_t for every step])``."""
+    calls, steps = cache
+    W, H, F = _p64(layer, "weight"), layer.hidden, layer.in_features
+    T, N = len(steps), calls[0][1].shape[0]
+    dx, dzs = np.zeros((N, T, F)), [None] * T
+    dh_next, dc_next = np.zeros((N, H)), np.zeros((N, H))
+    for t in range(T - 1, -1, -1):
+        i, f, g, o, c_prev, c = steps[t]
+        dh = dh_next + _dout_at(layer, dout, t, T)
+        tc = np.tanh(c)
+        dc = dc_next + dh * o * (1 - tc * tc)
+        dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                             dh * tc * o * (1 - o)], axis=1)
+        dc_next = dc * f
+        dzs[t] = dz
+        dU = dz @ W
+        dx[:, t], dh_next = dU[:, :F], dU[:, F:]
+    return dx, dzs
+
+
+def gru_forward(layer, x, noise=None):
+    """GRU over ``x`` (N, T, F) in float64: ``(out, cache)`` for :func:`gru_backward`."""
+    H = layer.hidden
+    N, T = x.shape[:2]
+    h = np.zeros((N, H))
+    calls, steps, hs = _Calls(layer, noise), [], []
+    for t in range(T):
+        a = _sig(calls.affine(np.concatenate([x[:, t], h], axis=1)))
+        z, r = a[:, :H], a[:, H:]
+        n = np.tanh(calls.affine(np.concatenate([x[:, t], r * h], axis=1), "cand_"))
+        steps.append((z, r, n, h))
+        h = (1 - z) * n + z * h
+        hs.append(h)
+    out = np.stack(hs, axis=1) if layer.return_sequences else h
+    return out, (calls, steps)
+
+
+def gru_backward(layer, cache, dout):
+    """Backpropagation through time for :class:`~minilr.GRU`: ``(dLoss/dx, dLoss/dv per call)``
+    (calls alternate: gates of step t, candidate of step t)."""
+    calls, steps = cache
+    Wg, Wc, H, F = _p64(layer, "weight"), _p64(layer, "cand_weight"), layer.hidden, layer.in_features
+    T, N = len(steps), calls[0][1].shape[0]
+    dx, dh_next, dvs = np.zeros((N, T, F)), np.zeros((N, H)), [None] * (2 * T)
+    for t in range(T - 1, -1, -1):
+        z, r, n, h = steps[t]
+        dh_out = dh_next + _dout_at(layer, dout, t, T)
+        da_n = dh_out * (1 - z) * (1 - n * n)
+        dU2 = da_n @ Wc
+        drh = dU2[:, F:]
+        da_g = np.concatenate([dh_out * (h - n) * z * (1 - z), drh * h * r * (1 - r)], axis=1)
+        dvs[2 * t], dvs[2 * t + 1] = da_g, da_n
+        dU1 = da_g @ Wg
+        dx[:, t] = dU1[:, :F] + dU2[:, :F]
+        dh_next = dh_out * z + drh * r + dU1[:, F:]
+    return dx, dvs
+
+
+def gat_forward(layer, x, noise=None):
+    """Graph attention on node features ``x`` (N, n, F) in float64: ``(out, cache)``."""
+    from .graph import attend
+
+    N, n, F = x.shape
+    calls = _Calls(layer, noise)
+    z = calls.affine(x.reshape(N * n, F)).reshape(N, n, -1)
+    sd = calls.affine(z.reshape(N * n, -1), "att_").reshape(N, n, 2)
+    out, (pre, alpha) = attend(z, sd, layer.src, layer.dst, layer.starts, layer.negative_slope, np)
+    return out, (calls, z, pre, alpha)
+
+
+def gat_backward(layer, cache, dout):
+    """Backward pass of :class:`~minilr.GraphAttention` by hand, edge by edge::
+
+        out_i = sum_j alpha_ij z_j    ->  dz_j += alpha_ij dout_i,  dalpha_ij = dout_i . z_j
+        softmax over i's edges        ->  de_ij = alpha_ij (dalpha_ij - sum_k alpha_ik dalpha_ik)
+        e = LeakyReLU(s_j + d_i)      ->  ds_j += de_ij e'(.),  dd_i += de_ij e'(.)
+        [s, d] = z A^T, z = x W^T + b ->  the usual affine backward
+
+    Returns ``(dLoss/dx, [dLoss/dz, dLoss/d[s, d]])`` (nodes as rows).
+    """
+    from .graph import segment_sum
+
+    calls, z, pre, alpha = cache
+    W, A = _p64(layer, "weight"), _p64(layer, "att_weight")
+    src, dst, starts = layer.src, layer.dst, layer.starts
+    N, n, G = z.shape
+    d_dst = dout[:, dst, :]  # (N, E, G)
+    dalpha = (d_dst * z[:, src, :]).sum(axis=-1)
+    dz = np.zeros_like(z)
+    np.add.at(dz, (slice(None), src), alpha[..., None] * d_dst)
+    de = alpha * (dalpha - segment_sum(alpha * dalpha, dst, starts, np)[:, dst])
+    dpre = de * np.where(pre > 0, 1.0, layer.negative_slope)
+    dsd = np.zeros((N, n, 2))
+    np.add.at(dsd, (slice(None), src, 0), dpre)
+    dsd[:, :, 1] = segment_sum(dpre, dst, starts, np)
+    dz += dsd @ A
+    return (dz @ W).reshape(N, n, -1), [dz.reshape(N * n, G), dsd.reshape(N * n, 2)]
+
+
+_BEYOND = {LSTM: (lstm_forward, lstm_backward), GRU: (gru_forward, gru_backward),
+           GraphAttention: (gat_forward, gat_backward)}
+
+
+def layer_gradient(layer, x, dout, noise=None):
+    """``(dLoss/dx, {param: dLoss/dparam})`` of one recurrent or graph layer, given
+    ``dout`` = dLoss/d(output) at input ``x`` (float64), optionally with ``noise`` injected."""
+    fwd, bwd = _BEYOND[type(layer)]
+    _, cache = fwd(layer, x, noise)
+    dx, dvs = bwd(layer, cache, dout)
+    return dx, site_gradients(layer, cache[0], dvs)
+
+
+for _cls in _BEYOND:
+    register(_cls)(layer_gradient)
+
+
+@register(LIF)
+def _lif_refused(layer, x, delta):
+    raise layer.derivative_error()

@@ -151,7 +151,7 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
     s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
                           baseline, comm)
     x = model.check_input(x, "x")
-    y = _v.targets(y, "y", s.loss, x.shape[0], _out_width(model, x))
+    y = _v.targets(y, "y", s.loss, x.shape[0], _out_width(model, x), _out_positions(model, x))
     with _on_backend(model, bk):
         grads, _ = _estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
                              s, seed_sequence(seed), bk, comm)
@@ -172,6 +172,11 @@ def _out_width(model, x):
     return model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
 
 
+def _out_positions(model, x):
+    """Output axes before the classes (graph nodes: ``(n_nodes,)``); ``()`` for most models."""
+    return () if model.is_mlp else tuple(model.output_shape(x.shape[1:])[:-1])
+
+
 def _device_targets(y, loss, model, bk):
     return bk.asarray(y, model.dtype) if loss == "mse" else bk.asarray(y)
 
@@ -182,21 +187,23 @@ def _check_data(data, name, model, loss):
         what = f"a {type(data).__name__} of length {len(data)}" if isinstance(data, (tuple, list)) else type(data).__name__
         raise TypeError(f"{name} must be a tuple (x, y), got {what}")
     x = model.check_input(data[0], f"{name}[0] (x)")
-    y = _v.targets(data[1], f"{name}[1] (y)", loss, x.shape[0], _out_width(model, x))
+    y = _v.targets(data[1], f"{name}[1] (y)", loss, x.shape[0], _out_width(model, x),
+                   _out_positions(model, x))
     return x, y
 
 
 def _evaluate(model, x, y, loss, bk):
     """Noiseless (loss, accuracy) on host arrays, computed on the backend in blocks."""
-    total, correct = 0.0, 0
+    total, correct, labelled = 0.0, 0, 0
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # huge logits: inf loss, said so
         for s in range(0, len(x), 4096):
             out = _forward(model, bk.asarray(x[s:s + 4096], model.dtype), bk.xp, bk)
             yb = _device_targets(y[s:s + 4096], loss, model, bk)
             total += float(per_sample(loss, out, yb, bk.xp).sum())
-            if loss == "cross_entropy":
-                correct += int((out.argmax(axis=1) == yb).sum())
-    return total / len(x), (correct / len(x) if loss == "cross_entropy" else float("nan"))
+            if loss == "cross_entropy":  # labels -1 (positions without one) never count
+                correct += int((out.argmax(axis=-1) == yb).sum())
+                labelled += int((yb >= 0).sum())
+    return total / len(x), (correct / max(labelled, 1) if loss == "cross_entropy" else float("nan"))
 
 
 def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, batch_size=50,

@@ -107,10 +107,13 @@ class CheckedLoss:
         return r
 
 
-def targets(y, name: str, loss, n_samples: int, n_outputs: int) -> np.ndarray:
+def targets(y, name: str, loss, n_samples: int, n_outputs: int, positions: tuple = ()) -> np.ndarray:
     """Check targets for ``loss``: class indices in [0, n_outputs) or an (n, n_outputs) array.
 
-    For a custom (callable) loss only the number of rows and finiteness are checked.
+    A model whose output has ``positions`` before its classes (graph nodes: output
+    (n, n_nodes, C)) takes one label per position, shape ``(n, *positions)``, with ``-1`` for a
+    position without a label. For a custom (callable) loss only the number of rows and finiteness
+    are checked.
     """
     y = as_host_array(y, name)
     if callable(loss):
@@ -120,16 +123,19 @@ def targets(y, name: str, loss, n_samples: int, n_outputs: int) -> np.ndarray:
             raise ValueError(f"{name} contains NaN or inf")
         return y
     if loss == "cross_entropy":
-        if y.ndim != 1 or y.shape[0] != n_samples:
-            raise ValueError(f"{name} must be class indices of shape ({n_samples},) for "
+        shape = (n_samples,) + tuple(positions)
+        if y.shape != shape:
+            per = " (one label per position, -1 for none)" if positions else ""
+            raise ValueError(f"{name} must be class indices of shape {shape}{per} for "
                              f"loss='cross_entropy', got shape {y.shape}")
         if y.dtype.kind == "f":
             if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
                 raise TypeError(f"{name} must hold integer class indices, got non-integer values")
         elif y.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-        if y.size and (y.min() < 0 or y.max() >= n_outputs):
-            raise ValueError(f"{name} holds labels outside [0, {n_outputs - 1}] "
+        low = -1 if positions else 0  # -1: a position without a label
+        if y.size and (y.min() < low or y.max() >= n_outputs):
+            raise ValueError(f"{name} holds labels outside [{low}, {n_outputs - 1}] "
                              f"(min {y.min()}, max {y.max()}); the model has {n_outputs} outputs")
         return y.astype(np.int64)
     if y.dtype.kind not in "biuf":

@@ -35,6 +35,8 @@ FIGURES = {
     "08_gpu.py": ["08_time_per_gradient.png"] + (["08_gpu_training.png"] if minilr.cupy_available() else []),
     "09_convolutions_and_resnets.py": ["09_conv_estimators_unbiased.png", "09_cosine_per_layer.png",
                                        "09_mnist1d_training.png", "09_memory.png"],
+    "10_recurrent_graph_spiking.py": ["10_lstm_cosine.png", "10_lstm_training.png", "10_gat_training.png",
+                                      "10_lif_training.png"],
     "11_parallelism_and_pipeline.py": ["11_fig2_pipeline.png", "11_pipeline_measured.png", "11_step_times.png"],
 }
 
