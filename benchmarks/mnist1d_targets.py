@@ -9,7 +9,8 @@ Runs (Adam, sigma 0.1, test accuracy after the last epoch, wall and CPU seconds)
 * ``alr-cnn``: the same by ALR
 * ``bp-cnn``: the same CNN by the exact gradient, batch 100, 20 epochs, lr 1e-2
 * ``lr-mlp``: MLP 40-100-100-10 by LR, 100 copies, batch 100, 40 epochs, lr 3e-3
-* ``lr-digits-cnn``: a 2-D CNN on the 8x8 digits by LR, 50 copies, batch 50, 30 epochs, lr 3e-3
+* ``lr-digits-cnn``: a 2-D CNN on the 8x8 digits by LR, 200 antithetic copies, batch 20, 60 epochs,
+  lr 1e-2 decayed as lr / (1 + step / 1000) (``schedule="robbins-monro"``)
 * ``lr-cnn-10``: ``minilr.cnn()`` by LR, 20 copies, batch 100, 10 epochs (how long 10 epochs take)
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ RUNS = {
     "alr-cnn": dict(model="cnn", estimator="alr", copies=200, batch=100, epochs=50, lr=3e-3),
     "bp-cnn": dict(model="cnn", estimator="bp", copies=1, batch=100, epochs=20, lr=1e-2),
     "lr-mlp": dict(model="mlp", estimator="lr", copies=100, batch=100, epochs=40, lr=3e-3),
-    "lr-digits-cnn": dict(model="digits-cnn", estimator="lr", copies=50, batch=50, epochs=30, lr=3e-3),
+    "lr-digits-cnn": dict(model="digits-cnn", estimator="lr", copies=200, batch=20, epochs=60, lr=1e-2,
+                          antithetic=True, schedule="robbins-monro"),
     "lr-cnn-10": dict(model="cnn", estimator="lr", copies=20, batch=100, epochs=10, lr=3e-3),
 }
 
@@ -48,7 +50,8 @@ def main(argv=None):
             t0, c0 = time.perf_counter(), time.process_time()
             h = minilr.train(model, (x, y), (xt, yt), estimator=cfg["estimator"], copies=cfg["copies"],
                              epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], seed=seed,
-                             progress=False)
+                             antithetic=cfg.get("antithetic", False),
+                             schedule=cfg.get("schedule", "constant"), progress=False)
             print(f"{name} seed {seed}: test accuracy {100 * h.val_accuracy[-1]:.1f} % "
                   f"(best epoch {100 * max(h.val_accuracy):.1f} %), {time.perf_counter() - t0:.0f} s wall, "
                   f"{time.process_time() - c0:.0f} s CPU; {cfg}", flush=True)
