@@ -57,12 +57,17 @@ class Sequential:
                 width = layer.out_features
             elif not isinstance(layer, Activation):
                 raise TypeError(f"layer {i} is a {type(layer).__name__}, not a Linear or activation")
+        for i, layer in enumerate(self.layers):  # one object twice would silently tie its weights
+            for j in range(i):
+                if isinstance(layer, Linear) and self.layers[j] is layer:
+                    raise ValueError(f"layers[{i}] is the same Linear object as layers[{j}]; use a new "
+                                     f"Linear for each position (minilr does not tie weights)")
         children = seed_sequence(seed).spawn(len(self.layers))
-        for layer, ss in zip(self.layers, children):
+        for i, (layer, ss) in enumerate(zip(self.layers, children)):
             if isinstance(layer, Linear):
                 layer.init(np.random.default_rng(ss), self.dtype)
                 s = layer.sigma if layer.sigma is not None else _check_sigma(sigma, layer.out_features)
-                layer.sigma = s.astype(self.dtype)
+                layer.sigma = _sigma_in_dtype(s, self.dtype, i)
                 if layer.learn_sigma is None:
                     layer.learn_sigma = bool(learn_sigma)
 
@@ -79,6 +84,18 @@ class Sequential:
     @property
     def out_features(self) -> int:
         return self.layers[self.linear_indices[-1]].out_features
+
+    def check(self) -> None:
+        """Check what may have been set by hand: every layer's arrays (shapes, finiteness, sigma > 0)
+        and no Linear object used twice. Errors name the layer and parameter."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                for j in range(i):
+                    if self.layers[j] is layer:
+                        raise ValueError(f"layers[{i}] is the same Linear object as layers[{j}]; use a "
+                                         f"new Linear for each position (minilr does not tie weights)")
+            if hasattr(layer, "check"):
+                layer.check(i, self.dtype)
 
     def parameters(self) -> dict:
         """``{"<i>.weight", "<i>.bias"[, "<i>.sigma"]: array}`` for every Linear layer ``i``.
@@ -118,13 +135,36 @@ class Sequential:
     def forward(self, x, backend="numpy"):
         """Noiseless outputs for a batch ``x`` of shape (batch, in_features), as a NumPy array."""
         bk = get_backend(backend)
-        x = _v.features(x, "x", self.in_features)
+        self.check()
+        x = _v.features(x, "x", self.in_features, self.dtype)
         h = _forward(self, bk.asarray(x, self.dtype), bk.xp, bk)
         return bk.to_numpy(h)
 
     def predict(self, x, backend="numpy") -> np.ndarray:
-        """Predicted class indices for a batch ``x`` (NumPy in, NumPy out)."""
-        return self.forward(x, backend).argmax(axis=1)
+        """Predicted class indices for a batch ``x`` (NumPy in, NumPy out).
+
+        Raises FloatingPointError if an output is NaN/inf (its argmax would be arbitrary).
+        """
+        with np.errstate(over="ignore", invalid="ignore"):  # said below, as an error
+            h = self.forward(x, backend)
+        if not np.all(np.isfinite(h)):
+            raise FloatingPointError(f"the model's output is not finite for this x (largest |x| "
+                                     f"{float(np.max(np.abs(x))):.3g}): the values overflow "
+                                     f"{self.dtype.name} inside the network, so no class can be predicted")
+        return h.argmax(axis=1)
+
+
+def _sigma_in_dtype(s, dtype, index):
+    """``s`` cast to ``dtype``; a ValueError if it underflows (below the smallest normal number, whose
+    ``1 / sigma`` in the estimators would overflow) or overflows there."""
+    with np.errstate(over="ignore", under="ignore"):  # said below, as an error
+        cast = s.astype(dtype)
+    fi = np.finfo(dtype)
+    if not np.all(cast >= fi.tiny) or not np.all(np.isfinite(cast)):
+        bad = s[(cast < fi.tiny) | ~np.isfinite(cast)][0]
+        raise ValueError(f"sigma of layer {index} is {bad:.3g}, outside the range of {fi.dtype} "
+                         f"([{fi.tiny:.3g}, {fi.max:.3g}]): use a sigma in that range or dtype=float64")
+    return cast
 
 
 def _forward(model, h, xp, bk):
