@@ -126,3 +126,41 @@ def read(path):
         raise _io.FileFormatError(f"{str(path)!r} is not a complete minilr checkpoint (missing "
                                   f"{exc})") from None
     return meta, arrays, state, lists
+
+
+def loss_name(loss) -> str:
+    """A loss as a setting: its name, or ``custom:<qualified name>`` for a function."""
+    fn = getattr(loss, "fn", loss)
+    if isinstance(fn, str):
+        return fn
+    return f"custom:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def restore(path, model, opt, history, settings: dict):
+    """Load the checkpoint at ``path`` into ``model``, ``opt`` and ``history`` (in place).
+
+    The checkpoint's architecture and ``settings`` must equal the run's (else a ValueError naming
+    ``path`` and the first setting that differs). Returns ``(where, SeedSequence)``.
+    """
+    meta, arrays, state, lists = read(path)
+    arch, _ = _io.model_state(model)
+    if meta["architecture"] != arch:
+        raise ValueError(f"{str(path)!r} holds a checkpoint of another model ({meta['architecture']}), "
+                         f"not of {model!r}")
+    saved = meta["settings"]
+    for key in sorted(set(saved) | set(settings)):
+        if saved.get(key) != settings.get(key):
+            raise ValueError(f"{str(path)!r} was written by a run with {key}={saved.get(key)!r}; this "
+                             f"call has {key}={settings.get(key)!r}. Resume with the same settings "
+                             f"(only epochs may change) or start a new checkpoint")
+    if meta["optimizer"]["type"] != type(opt).__name__:
+        raise ValueError(f"{str(path)!r} holds the state of a {meta['optimizer']['type']} optimizer, "
+                         f"not of {type(opt).__name__}")
+    restored = _io.model_from_state(meta["architecture"], arrays, str(path))
+    for mine, theirs in zip(model.layers, restored.layers):
+        for a in _io._BY_CLASS[type(mine)].arrays:
+            setattr(mine, a, getattr(theirs, a))
+    opt.set_state(state)
+    for name, values in lists.items():
+        setattr(history, name, values)
+    return meta["where"], seed_from_state(meta["seed"])

@@ -53,7 +53,7 @@ class Linear:
         m, d = self.out_features, self.in_features
         for name, shape in (("weight", (m, d)), ("bias", (m,)), ("sigma", (m,))):
             a = getattr(self, name)
-            what = f"layer {index} ({self!r}) {name}"
+            what = f"layer {index} ({self!r}) parameter '{index}.{name}'"
             if getattr(a, "shape", None) is None or getattr(a, "dtype", None) is None:
                 raise TypeError(f"{what} must be an array of shape {shape}, got {type(a).__name__}")
             if tuple(a.shape) != shape:
@@ -63,7 +63,7 @@ class Linear:
             if not bool(np.isfinite(a).all()):
                 raise ValueError(f"{what} contains NaN or inf")
         if not bool((self.sigma >= np.finfo(dtype).tiny).all()):
-            raise ValueError(f"layer {index} ({self!r}) sigma must be > 0 (at least "
+            raise ValueError(f"layer {index} ({self!r}) parameter '{index}.sigma' must be > 0 (at least "
                              f"{np.finfo(dtype).tiny:.3g} in {np.dtype(dtype).name}), got min "
                              f"{float(self.sigma.min()):.3g}")
 

@@ -81,7 +81,7 @@ def _by_hand_cases():
         r"layer 2.*weight.*shape \(3, 5\)"
     yield "bias shape", lambda m: setattr(m.layers[0], "bias", np.zeros(4, np.float32)), "layer 0.*bias"
     yield "int weight", lambda m: setattr(m.layers[0], "weight", np.zeros((5, 4), np.int64)), "layer 0.*weight.*float"
-    yield "zero sigma", lambda m: m.layers[0].sigma.__setitem__(1, 0.0), "layer 0.*sigma must be > 0"
+    yield "zero sigma", lambda m: m.layers[0].sigma.__setitem__(1, 0.0), "layer 0.*sigma. must be > 0"
     yield "nan bias", lambda m: m.layers[2].bias.__setitem__(0, np.nan), "layer 2.*bias.*NaN"
     yield "tied", lambda m: m.layers.__setitem__(2, m.layers[0]), r"layers\[2\].*same Linear"
 
