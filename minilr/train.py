@@ -177,7 +177,8 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
     y = _v.targets(y, "y", loss, x.shape[0], model.out_features, model.dtype)
     _check_memory(model, x.shape[0], estimator, copies, chunk, es_layers)
     ss = seed_sequence(seed)
-    with _on_backend(model, bk):
+    # overflow is reported below as one FloatingPointError, not as NumPy warnings
+    with _on_backend(model, bk), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         grads, _ = _gradient(model, bk.asarray(x, model.dtype), _device_targets(y, loss, model, bk),
                              estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk)
         grads = {k: bk.to_numpy(g) for k, g in grads.items()}

@@ -154,8 +154,8 @@ def test_import_on_a_read_only_install_with_a_read_only_home(tmp_path):
     code = textwrap.dedent("""
         import numpy as np, minilr
         assert minilr.__file__.startswith(%r), minilr.__file__
-        m = minilr.MLP([4, 5, 3], seed=0)
-        g = minilr.estimate_gradient(m, np.ones((2, 4)), [0, 1], estimator="alr", copies=16)
+        m = minilr.MLP([4, 5, 3], seed=0)  # the cache=True kernels were decorated at import
+        assert m.predict(np.ones((2, 4))).shape == (2,)
         import numba; print("cache:", numba.config.CACHE_DIR)
     """ % str(pkg))
     try:
@@ -166,3 +166,54 @@ def test_import_on_a_read_only_install_with_a_read_only_home(tmp_path):
             os.chmod(folder, stat.S_IRWXU)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "minilr-numba-cache" in r.stdout
+
+
+# -- the same checks at the entry points -------------------------------------------------------------
+def test_estimate_gradient_and_train_reject_x_and_y_that_overflow_float32():
+    model = minilr.MLP([4, 5, 3], seed=0)
+    x, y = batch()
+    big = x.copy()
+    big[0, 0] = 1e39
+    with pytest.raises(ValueError, match=r"^x holds 1e\+39"):
+        minilr.estimate_gradient(model, big, y, copies=4)
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\) holds 1e\+39"):
+        minilr.train(model, (big, y), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"val_data\[0\] \(x\) holds 1e\+39"):
+        minilr.train(model, (x, y), val_data=(big, y), epochs=1, progress=False)
+    target = np.zeros((6, 3))
+    target[1, 2] = -1e39
+    with pytest.raises(ValueError, match=r"^y holds -1e\+39"):
+        minilr.estimate_gradient(model, x, target, copies=4, loss="mse")
+
+
+def test_overflow_inside_the_network_is_an_error_not_a_nan_gradient():
+    model = minilr.MLP([4, 5, 3], seed=0)
+    x, y = batch()
+    model.layers[0].weight[:] = 3e38  # finite, but x W^T overflows float32
+    with pytest.raises(FloatingPointError, match="not finite.*overflow float32"):
+        minilr.estimate_gradient(model, x, y, copies=4)
+
+
+@pytest.mark.parametrize("case", list(_by_hand_cases()), ids=lambda c: c[0])
+def test_arrays_set_by_hand_fail_at_estimate_gradient_and_train(case):
+    _, breaks, pattern = case
+    x, y = batch()
+    for call in (lambda m: minilr.estimate_gradient(m, x, y, copies=4),
+                 lambda m: minilr.train(m, (x, y), epochs=1, progress=False)):
+        model = minilr.MLP([4, 5, 3], seed=0)
+        breaks(model)
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            call(model)
+
+
+def test_huge_copies_fail_at_the_entry_points_before_any_work():
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x = np.zeros((50, 784), np.float32)
+    y = np.zeros(50, np.int64)
+    for est in ("lr", "alr", "hybrid"):  # ES keeps only its losses (2 GB here) and redraws its noise: it fits
+        with pytest.raises(ValueError, match=r"copies=10000000 .*chunk="):
+            minilr.estimate_gradient(model, x, y, estimator=est, copies=10**7)
+    with pytest.raises(ValueError, match=r"copies=10{30} is too many"):
+        minilr.estimate_gradient(model, x, y, copies=10**30)
+    with pytest.raises(ValueError, match=r"copies=10000000 .*chunk="):
+        minilr.train(model, (x, y), copies=10**7, progress=False)
