@@ -1,8 +1,9 @@
-"""The backend: which array module (``xp``) runs the numbers, and how arrays and randomness get there.
+"""The backend: which array module (``xp``) runs the numbers, its engine, and how arrays and
+randomness get there.
 
-One code path serves CPU and GPU: estimators are written against ``backend.xp`` (NumPy or CuPy),
-and only this module knows which one it is. CuPy is imported lazily, so minilr imports and tests on
-a machine without a GPU. Randomness is explicit: every generator comes from a
+Estimators are written against ``backend.xp`` (NumPy or CuPy); the backend's *engine*
+(:mod:`minilr.engines`) decides how a step runs on that device. CuPy is imported lazily, so minilr
+imports and tests on a machine without a GPU. Randomness is explicit: every generator comes from a
 :class:`numpy.random.SeedSequence`, never from global state.
 """
 from __future__ import annotations
@@ -30,11 +31,18 @@ def _import_cupy():
         raise RuntimeError(f"CuPy found no usable CUDA device ({exc}). {_CUPY_FIX}") from None
     if n < 1:
         raise RuntimeError(f"CuPy sees no CUDA device. {_CUPY_FIX}")
+    try:  # the GPU kernels for noise and sign bits: checked now, not at the first noise draw
+        from .engines.cuda import device_kernels  # noqa: PLC0415
+
+        device_kernels()
+    except Exception as exc:
+        raise RuntimeError(f"minilr's GPU kernels could not be loaded ({type(exc).__name__}: {exc}). "
+                           f"{_CUPY_FIX}") from None
     return cupy
 
 
 def cupy_available() -> bool:
-    """True when CuPy imports and sees at least one GPU."""
+    """True when CuPy imports, sees at least one GPU, and minilr's GPU kernels load."""
     try:
         _import_cupy()
     except RuntimeError:
@@ -59,24 +67,36 @@ def seed_sequence(seed) -> np.random.SeedSequence:
 
 
 class Backend:
-    """Owns the array module ``xp`` and the moves between host (NumPy) and device.
+    """Owns the array module ``xp``, its engine, and the moves between host (NumPy) and device.
 
     Parameters
     ----------
     name : {"numpy", "cupy"}
+    engine : None, "cpu", "cuda" or "reference"
+        How estimates run (:mod:`minilr.engines`): None picks the device's fast engine ("cpu" on
+        NumPy, "cuda" on CuPy); "reference" runs the plain ``xp`` code the tests check against.
+
+    The engine keeps scratch memory between calls for as long as this object lives: pass a Backend
+    you hold as ``backend=`` to reuse it across calls (``backend.engine.release()`` frees it); a
+    name such as ``backend="numpy"`` makes a fresh one per call, freed when the call returns.
     """
 
-    def __init__(self, name: str = "numpy"):
+    def __init__(self, name: str = "numpy", engine=None):
         if name == "numpy":
             self.xp = np
         elif name == "cupy":
             self.xp = _import_cupy()
         else:
             raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
+        if engine is not None and not isinstance(engine, str):
+            raise TypeError(f"engine must be None or an engine name, got {type(engine).__name__}")
         self.name = name
+        from .engines import make_engine  # noqa: PLC0415 (engines import this module)
+
+        self.engine = make_engine(engine, self.xp, name)
 
     def __repr__(self):
-        return f"Backend({self.name!r})"
+        return f"Backend({self.name!r}, engine={self.engine.name!r})"
 
     # -- arrays ---------------------------------------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -107,18 +127,16 @@ class Backend:
         return np.random.Generator(np.random.SFC64(ss))
 
 
-_BACKENDS: dict[str, Backend] = {}
-
-
-def get_backend(backend="numpy") -> Backend:
-    """Return a :class:`Backend` for ``"numpy"``, ``"cupy"`` or an existing Backend object."""
+def get_backend(backend="numpy", engine=None) -> Backend:
+    """Return a :class:`Backend` for ``"numpy"`` or ``"cupy"`` (a new one, with a new ``engine``:
+    nothing is shared between calls), or the Backend object given."""
     if isinstance(backend, Backend):
+        if engine is not None and engine != backend.engine.name:
+            raise ValueError(f"engine={engine!r} given with a Backend whose engine is {backend.engine.name!r}")
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be 'numpy', 'cupy' or a Backend, got {type(backend).__name__}")
-    if backend not in _BACKENDS:
-        _BACKENDS[backend] = Backend(backend)
-    return _BACKENDS[backend]
+    return Backend(backend, engine)
 
 
 def child(ss: np.random.SeedSequence, *keys: int) -> np.random.SeedSequence:

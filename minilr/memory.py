@@ -13,7 +13,7 @@ The estimate (per chunk of ``c`` copies, batch ``B``, ``itemsize`` bytes per flo
 * an LR site (``m`` outputs, ``d`` inputs): its noise ``c B m`` and, past the first layer, its
   input ``c B d`` floats; ALR keeps signs only: ``c B (m + 2 d) / 8`` bytes;
 * an ES site keeps its weight noise ``c m (d + 1)`` floats when small (at most
-  :data:`minilr.estimators.es.KEEP_FLOATS`), else redraws it (nothing kept).
+  :data:`minilr.engines.reference.KEEP_FLOATS`), else redraws it (nothing kept).
 
 The streamed forward blocks add a bounded few MB, not counted.
 """
@@ -27,7 +27,7 @@ __all__ = ["record_bytes", "budget_bytes", "check_copies"]
 _SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # Noise counters are 64-bit: copy k of a site starts at k * (values per copy).
 _COUNTERS = 1 << 63
-_ES_KEEP_FLOATS = 1 << 24  # as minilr.estimators.es.KEEP_FLOATS
+_ES_KEEP_FLOATS = 1 << 24  # as minilr.engines.reference.KEEP_FLOATS
 
 
 def _layers(model):

@@ -26,12 +26,13 @@ The recipe (all of it written here, nothing taken from a library):
 Properties: ``z(1 - u) = -z(u)`` exactly (mean exactly symmetric), 2^24 equally likely levels,
 relative error below ~3e-7 against the exact quantile, tails cut at |z| = 5.54 (probability 3e-8,
 changing ``E[eps^2]`` by ~3e-7). The same key gives the same bits on the same backend; the GPU kernel
-runs the same scalar code through ``numba.cuda``.
+runs the same recipe (:mod:`minilr.engines.cuda`).
 """
 from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -199,27 +200,83 @@ def _fill_range(out, lo, hi, k1, gamma, start):
 # layer (OpenMP here) compiled the loop body without vectorising it (3x slower per core) and
 # leaves spinning workers behind that compete with OpenBLAS's; see benchmarks/RESULTS.md.
 _PARALLEL_MIN = 1 << 17  # below this a thread hand-off costs more than it saves
-_POOL = None
+_LOCAL = threading.local()  # .serial: this thread already runs one of several blocks
 
 
 def threads() -> int:
-    """Threads of minilr's CPU kernels (noise fill, the fused LR blocks of :mod:`minilr.kernels`):
+    """Threads of minilr's CPU kernels (noise fill, the CPU engine's blocks):
     ``MINILR_NOISE_THREADS`` or the CPUs this process may use."""
     env = os.environ.get("MINILR_NOISE_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"MINILR_NOISE_THREADS must be a positive integer, got {env!r}") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
 
 
-def pool(nt):
-    """The shared pool of ``nt`` threads that runs GIL-free kernels on slices (noise, :mod:`minilr.kernels`)."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers != nt:
-        _POOL = ThreadPoolExecutor(nt, thread_name_prefix="minilr-noise")
-    return _POOL
+class Workers:
+    """A pool of threads for GIL-free kernels, owned by whoever made it (a CPU engine for its
+    blocks; this module for noise fills made outside any engine) and closed with it.
+
+    Fork-safe: a child process never waits on the parent's threads (they do not exist there),
+    it starts its own on first use (the pool is tied to the process id that made it)."""
+
+    def __init__(self):
+        self._pool, self._key, self._lock = None, None, threading.Lock()
+
+    def _executor(self, nt):
+        key = (os.getpid(), nt)
+        with self._lock:
+            if self._key != key:
+                if self._pool is not None and self._key[0] == key[0]:
+                    self._pool.shutdown(wait=False)
+                self._pool, self._key = ThreadPoolExecutor(nt, thread_name_prefix="minilr"), key
+            return self._pool
+
+    def close(self):
+        """Let the threads go (they finish what they run); a later call starts new ones."""
+        with self._lock:
+            if self._pool is not None and self._key[0] == os.getpid():
+                self._pool.shutdown(wait=False)
+            self._pool, self._key = None, None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def run_groups(self, fn, groups):
+        """``fn(group)`` for each group, the first on the calling thread, the rest on the pool;
+        a thread running a group runs any nested :func:`run_split` serially."""
+        def run(group):
+            outer = getattr(_LOCAL, "serial", False)
+            _LOCAL.serial = True
+            try:
+                fn(group)
+            finally:
+                _LOCAL.serial = outer
+
+        groups = [g for g in groups if g]
+        if len(groups) <= 1:
+            for g in groups:
+                run(g)
+            return
+        pool = self._executor(len(groups))
+        futs = [pool.submit(run, g) for g in groups[1:]]
+        try:
+            run(groups[0])
+        finally:
+            for f in futs:
+                f.result()
+
+
+_WORKERS = Workers()  # for noise drawn outside any engine's blocks
+os.register_at_fork(after_in_child=_WORKERS.close)
 
 
 def split(n, nt, align=1):
@@ -233,15 +290,17 @@ def split(n, nt, align=1):
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
-def run_split(kernel, n, args, align=1, min_items=1, parts=None):
-    """Call ``kernel(*args, lo, hi)`` over :func:`split` ranges of ``0 .. n - 1``, on the pool.
+def run_split(kernel, n, args, align=1, min_items=1, parts=None, workers=None):
+    """Call ``kernel(*args, lo, hi)`` over :func:`split` ranges of ``0 .. n - 1`` on ``workers``
+    (default: this module's).
 
     ``parts`` ranges (default: one per thread), dealt to the threads in contiguous groups; the
     calling thread runs the first group instead of waiting. Give ``parts`` a fixed number when
     the kernel writes one partial sum per range: the ranges, hence the sums' bits, then do not
-    depend on the thread count. One thread when :func:`threads` is 1 or ``n < min_items``.
+    depend on the thread count. One thread when :func:`threads` is 1, ``n < min_items``, or the
+    caller is itself one of several blocks running side by side.
     """
-    nt = threads()
+    nt = 1 if getattr(_LOCAL, "serial", False) else threads()
     ranges = split(n, parts or nt, align) if n >= min_items else [(0, n)]
     if nt == 1 or len(ranges) == 1:
         for lo, hi in ranges:
@@ -253,10 +312,7 @@ def run_split(kernel, n, args, align=1, min_items=1, parts=None):
         for lo, hi in group:
             kernel(*args, lo, hi)
 
-    futs = [pool(nt).submit(run, g) for g in groups[1:] if g]
-    run(groups[0])
-    for f in futs:
-        f.result()
+    (workers or _WORKERS).run_groups(run, groups)
     return ranges
 
 
@@ -278,9 +334,9 @@ def fill_normal(out, key: NoiseKey, start: int = 0, xp=np):
     if xp is np:
         _fill_host(out.reshape(-1), key, start)
     else:
-        from . import _cuda_kernels  # noqa: PLC0415 (CUDA only when asked)
+        from .engines.cuda import device_kernels  # noqa: PLC0415 (CUDA only when asked)
 
-        _cuda_kernels.fill_normal(out, key.k1, key.gamma, _U64(start))
+        device_kernels().fill_normal(out, key.k1, key.gamma, _U64(start))
     return out
 
 

@@ -37,7 +37,7 @@ read from the bits, so what is alive beyond the bits is one ``G`` and two small 
 
 Three implementations share one contract and one test suite: ``*_reference`` (``np.packbits``,
 for checking), Numba on the CPU (``cache=True``; serial, see below) and ``numba.cuda`` kernels for
-CuPy arrays (:mod:`minilr._cuda_kernels`). The CPU kernels are deliberately single-threaded:
+CuPy arrays (:func:`minilr.engines.cuda.device_kernels`). The CPU kernels are deliberately single-threaded:
 they are memory-bound, and a Numba thread pool spinning next to OpenBLAS's slowed the sgemm that
 follows (benchmarks/RESULTS.md).
 """
@@ -245,9 +245,9 @@ def pack(a, kind: str, out=None, row0: int = 0, xp=np):
     if xp is np:
         _pack_cpu(np.ascontiguousarray(a), _planes(out, kind), _CODES[kind], row0 // 8)
     else:
-        from . import _cuda_kernels  # noqa: PLC0415
+        from .engines.cuda import device_kernels  # noqa: PLC0415
 
-        _cuda_kernels.pack(a, _planes(out, kind), _CODES[kind], row0 // 8)
+        device_kernels().pack(a, _planes(out, kind), _CODES[kind], row0 // 8)
     return out
 
 
@@ -269,9 +269,9 @@ def unpack(p, kind: str, r0: int, r1: int, scale=None, out=None, dtype=np.float3
     if xp is np:
         _unpack_cpu(_planes(p, kind), _CODES[kind], r0, r1, scale, out)
     else:
-        from . import _cuda_kernels  # noqa: PLC0415
+        from .engines.cuda import device_kernels  # noqa: PLC0415
 
-        _cuda_kernels.unpack(_planes(p, kind), _CODES[kind], r0, r1, scale, out)
+        device_kernels().unpack(_planes(p, kind), _CODES[kind], r0, r1, scale, out)
     return out
 
 

@@ -11,11 +11,9 @@ import numpy as np
 
 from . import checkpoint as _ckpt
 from . import memory as _memory
-from . import reference
 from . import validation as _v
 from .backend import child, get_backend, seed_sequence
-from .estimators import NAMES as ESTIMATOR_NAMES
-from .estimators import ESTIMATORS, estimate
+from .estimators import ESTIMATORS, Settings, estimate
 from .layers import Linear
 from .losses import per_sample
 from .models import Sequential, _forward
@@ -70,24 +68,13 @@ def _check_model(model):
             raise ValueError(f"sigma of layer {i} must be > 0 and finite, got min {np.min(s)}")
 
 
-def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend):
+def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
+                  baseline=True):
+    """Every shared argument checked once: (Settings, Backend)."""
     _check_model(model)
-    _v.choice(estimator, "estimator", ESTIMATOR_NAMES)
-    copies = _v.positive_int(copies, "copies")
-    loss = _v.loss_arg(loss)
-    if estimator == "bp" and callable(loss):
-        raise ValueError("estimator='bp' needs a named loss ('cross_entropy' or 'mse'): the exact "
-                         "reference cannot differentiate a custom loss function")
+    settings = Settings(estimator, copies, loss, baseline, antithetic, chunk, es_layers)
     _v.seed_arg(seed)
-    if chunk is not None:
-        chunk = _v.positive_int(chunk, "chunk")
-    if not isinstance(antithetic, (bool, np.bool_)):
-        raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
-    if antithetic and (copies % 2 or (chunk is not None and chunk % 2)):
-        raise ValueError(f"antithetic noise pairs copies, so copies (got {copies}) and chunk "
-                         f"(got {chunk}) must be even")
-    _v.positive_int(es_layers, "es_layers", minimum=0)
-    return copies, chunk, loss, get_backend(backend)
+    return settings, get_backend(backend)
 
 
 @contextlib.contextmanager
@@ -105,35 +92,6 @@ def _on_backend(model, bk):
         for layer in model.layers:
             if isinstance(layer, Linear):
                 layer.weight, layer.bias, layer.sigma = (bk.to_numpy(a) for a in (layer.weight, layer.bias, layer.sigma))
-
-
-def _gradient(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk):
-    """One estimate on device arrays ``x``, ``y``: (grads on device, mean loss)."""
-    if estimator != "bp":
-        return estimate(model, x, y, estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk)
-    xh, yh = bk.to_numpy(x), bk.to_numpy(y)
-    host = model if bk.name == "numpy" else _host_copy(model, bk)
-    g = reference.gradient(host, xh, yh, loss)
-    grads = {}
-    for k, p in model.parameters().items():
-        grads[k] = bk.asarray(g[k], model.dtype) if k in g else bk.xp.zeros_like(p)
-    return grads, reference.loss(host, xh, yh, loss)
-
-
-def _host_copy(model, bk):
-    """A shallow copy of a device-resident model with its arrays on the host (for the reference)."""
-    import copy
-
-    host = copy.copy(model)
-    host.layers = []
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            l2 = copy.copy(layer)
-            l2.weight, l2.bias, l2.sigma = (bk.to_numpy(a) for a in (layer.weight, layer.bias, layer.sigma))
-            host.layers.append(l2)
-        else:
-            host.layers.append(layer)
-    return host
 
 
 # -- estimate_gradient ----------------------------------------------------------------------------
@@ -162,25 +120,25 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Process copies this many at a time; peak memory then depends on ``chunk``, not ``copies``.
     es_layers : int
         For the hybrids: how many leading Linear layers use ES (the last layer always uses LR).
-    backend : "numpy" | "cupy"
+    backend : "numpy" | "cupy" | Backend
+        A name makes a fresh backend and engine for this call; a :class:`~minilr.Backend` you hold
+        (e.g. ``Backend("numpy", engine="reference")``) is used as it is, its engine's scratch
+        memory kept between calls.
 
     Returns
     -------
     dict[str, numpy.ndarray]
         Same keys and shapes as ``model.parameters()``.
     """
-    copies, chunk, loss, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic,
-                                            es_layers, backend)
-    if not isinstance(baseline, (bool, np.bool_)):
-        raise TypeError(f"baseline must be True or False, got {baseline!r}")
+    s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
+                          baseline)
     x = _v.features(x, "x", model.in_features, model.dtype)
-    y = _v.targets(y, "y", loss, x.shape[0], model.out_features, model.dtype)
-    _check_memory(model, x.shape[0], estimator, copies, chunk, es_layers)
-    ss = seed_sequence(seed)
+    y = _v.targets(y, "y", s.loss, x.shape[0], model.out_features, model.dtype)
+    _check_memory(model, x.shape[0], s)
     # overflow is reported below as one FloatingPointError, not as NumPy warnings
     with _on_backend(model, bk), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        grads, _ = _gradient(model, bk.asarray(x, model.dtype), _device_targets(y, loss, model, bk),
-                             estimator, copies, ss, loss, baseline, antithetic, chunk, es_layers, bk)
+        grads, _ = estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
+                            s, seed_sequence(seed), bk)
         grads = {k: bk.to_numpy(g) for k, g in grads.items()}
     _check_finite_gradient(grads, model)
     return grads
@@ -252,8 +210,11 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     :class:`TrainingDiverged`; the model then holds the last parameters checked good: those
     before the failing step (or, for an epoch-end failure, from the start of that epoch).
     """
-    copies, chunk, loss, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic,
-                                            es_layers, backend)
+    cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
+                            baseline)
+    loss = cfg.loss
+    estimator, copies, chunk, es_layers = cfg.estimator, cfg.copies, cfg.chunk, cfg.es_layers
+    baseline, antithetic = cfg.baseline, cfg.antithetic
     x, y = _check_data(data, "data", model, loss)
     if val_data is not None:
         xv, yv = _check_data(val_data, "val_data", model, loss)
@@ -264,12 +225,10 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function callback(epoch, history) or None, got {callback!r}")
-    if not isinstance(baseline, (bool, np.bool_)):
-        raise TypeError(f"baseline must be True or False, got {baseline!r}")
     if not (isinstance(sigma_bounds, (tuple, list)) and len(sigma_bounds) == 2):
         raise TypeError(f"sigma_bounds must be a pair (sigma_min, sigma_max), got {sigma_bounds!r}")
     checkpoint, resume, checkpoint_every = _check_checkpoint_args(checkpoint, resume, checkpoint_every)
-    _check_memory(model, min(batch_size, len(x)), estimator, copies, chunk, es_layers)
+    _check_memory(model, min(batch_size, len(x)), cfg)
     project = Projection(sigma_bounds[0], sigma_bounds[1], weight_bound)
     n = len(x)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -321,8 +280,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     xb = bk.asarray(x[idx], model.dtype)
                     yb = _device_targets(y[idx], loss, model, bk)
                     step = run["step"]
-                    grads, mean_loss = _gradient(model, xb, yb, estimator, copies, child(ss, 1, step), loss,
-                                                 baseline, antithetic, chunk, es_layers, bk)
+                    grads, mean_loss = estimate(model, xb, yb, cfg, child(ss, 1, step), bk)
                     if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                         raise TrainingDiverged(
                             f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
@@ -415,10 +373,10 @@ def _check_checkpoint_args(checkpoint, resume, checkpoint_every):
     return checkpoint, bool(resume), checkpoint_every
 
 
-def _check_memory(model, batch, estimator, copies, chunk, es_layers):
+def _check_memory(model, batch, s):
     """Refuse copies whose records would not fit in memory (:mod:`minilr.memory`), before any work."""
-    est = ESTIMATORS.get(estimator)
+    est = ESTIMATORS.get(s.estimator)
     if est is None or not hasattr(est, "modes"):  # "bp": no copies
         return
-    modes = est.modes(len(model.linear_indices), es_layers)
-    _memory.check_copies(model, batch, copies, chunk, modes, bool(getattr(est, "approx", False)))
+    modes = est.modes(len(model.linear_indices), s.es_layers)
+    _memory.check_copies(model, batch, s.copies, s.chunk, modes, bool(getattr(est, "approx", False)))

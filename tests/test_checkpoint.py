@@ -78,7 +78,7 @@ def test_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, estima
     ref = model()
     h_ref = minilr.train(ref, data, val_data=val, estimator=estimator, optimizer=optimizer, epochs=2, **KW)
     path = tmp_path / "run.npz"
-    real, calls = train_mod._gradient, []
+    real, calls = train_mod.estimate, []
 
     def interrupted(*args, **kwargs):  # Ctrl-C in the middle of step number stop_at + 1
         calls.append(1)
@@ -86,12 +86,12 @@ def test_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, estima
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_gradient", interrupted)
+    monkeypatch.setattr(train_mod, "estimate", interrupted)
     m = model()
     with pytest.raises(KeyboardInterrupt):
         minilr.train(m, data, val_data=val, estimator=estimator, optimizer=optimizer, epochs=2,
                      checkpoint=path, **KW)
-    monkeypatch.setattr(train_mod, "_gradient", real)
+    monkeypatch.setattr(train_mod, "estimate", real)
     fresh = model()
     h = minilr.train(fresh, data, val_data=val, estimator=estimator, optimizer=optimizer, epochs=2,
                      checkpoint=path, resume=True, **KW)

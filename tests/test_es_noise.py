@@ -1,5 +1,5 @@
 """ES/AES keep their weight noise when it is small and draw it again from the seed when it is not
-(minilr/estimators/es.py): both ways must give the same estimate, and redrawing must keep memory
+(minilr/engines/reference.py, ESSite): both ways must give the same estimate, and redrawing must keep memory
 flat in the number of copies."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import minilr
-from minilr.estimators import es
+from minilr.engines import reference as es
 
 
 def _problem():

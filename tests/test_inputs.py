@@ -55,7 +55,7 @@ def no_work(monkeypatch):
     def spy(*args, **kwargs):
         raise AssertionError("work started before the bad argument was rejected")
 
-    monkeypatch.setattr(train_mod, "_gradient", spy)
+    monkeypatch.setattr(train_mod, "estimate", spy)
 
 
 def expect(exc, arg):

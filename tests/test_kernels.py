@@ -1,21 +1,17 @@
-"""The fused CPU path of the LR site (minilr.kernels) against the plain xp path it stands beside."""
+"""The fused CPU engine's LR site (minilr.engines.cpu) against the reference engine it stands beside."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import minilr
-from minilr import kernels, noise
-from minilr.estimators import lr as lr_mod
+from minilr import noise
+from minilr.engines.cpu import kernels
 
 
 def _grads(fast, model, x, y, estimator="lr", **kw):
-    old = lr_mod.FAST
-    lr_mod.FAST = fast
-    try:
-        return minilr.estimate_gradient(model, x, y, estimator=estimator, **kw)
-    finally:
-        lr_mod.FAST = old
+    bk = minilr.Backend("numpy", engine="cpu" if fast else "reference")
+    return minilr.estimate_gradient(model, x, y, estimator=estimator, backend=bk, **kw)
 
 
 def _data(sizes, B, dtype=np.float32, seed=0):
@@ -102,14 +98,54 @@ def test_scale_rows_and_sum_copies():
     np.testing.assert_allclose(gs, (L.reshape(-1, 1) * (eps.reshape(-1, 7) ** 2 - 1)).sum(0), rtol=1e-12)
 
 
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def _numpy_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]}
+
+
 def test_blas_one_thread_restores():
-    if kernels._OPENBLAS is None:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS found by ctypes here")
-    get, _ = kernels._OPENBLAS
-    before = get()
+    """NumPy's BLAS (the one minilr's products use) at 1 inside; every BLAS as before after."""
+    before = _blas_threads()
+    if not _numpy_blas_threads():
+        pytest.skip("no NumPy BLAS library that threadpoolctl controls")
     with kernels.blas_one_thread() as held:
-        assert held and get() == 1
-    assert get() == before
+        assert held and _numpy_blas_threads() == {1}
+        with kernels.blas_one_thread():  # nested (or another thread's): still 1, restored once
+            assert _numpy_blas_threads() == {1}
+        assert _numpy_blas_threads() == {1}
+    assert _blas_threads() == before
+
+
+def test_blas_limit_restored_after_concurrent_estimates():
+    """Issue 7: with ctypes get/set, the second of two concurrent calls saved "1" as the value to
+    restore. Counted limits restore what was there before the first call."""
+    import threading
+
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    model = minilr.MLP([20, 30, 5], seed=0)
+    x, y = _data([20, 30, 5], 8)
+    go = threading.Barrier(2)
+
+    def work():
+        go.wait()
+        for s in range(5):
+            minilr.estimate_gradient(model, x, y, estimator="lr", copies=64, seed=s)
+
+    ts = [threading.Thread(target=work) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert _blas_threads() == before
 
 
 def test_split_covers_once():
@@ -158,7 +194,7 @@ def test_gemm_acc_adds_into_a_view():
 def test_balanced_starts(copies, kb, B, threads):
     """ALR's forward blocks: whole bytes of rows, even starts, at most kb copies (or one unit),
     a multiple of the threads where there are enough units, each thread's share even."""
-    from minilr.estimators.base import balanced_starts
+    from minilr.engines.cpu import balanced_starts
 
     starts = balanced_starts(copies, kb, B, threads)
     ends = starts[1:] + [copies]

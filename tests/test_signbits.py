@@ -107,17 +107,15 @@ def test_misaligned_rows_and_unknown_kind_raise():
 
 def test_alr_records_keep_only_bits():
     """After an ALR forward pass no site keeps a float array that grows with the copies."""
-    from minilr.backend import get_backend, seed_sequence
-    from minilr.estimators import SITES
-    from minilr.estimators.base import noise_keys, noisy_forward
+    from minilr.backend import Backend, seed_sequence
+    from minilr.estimators.base import noise_keys
 
     model = minilr.MLP([6, 9, 7, 3], seed=0)
     x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1])
-    bk = get_backend("numpy")
-    for modes in (["lr"] * 3, ["es", "lr", "lr"]):
-        L, sites = noisy_forward(model, x, y, 0, 40, modes, True, noise_keys(seed_sequence(0), 3),
-                                 "cross_entropy", False, bk, SITES)
+    for engine, modes in [(e, m) for e in ("cpu", "reference") for m in (["lr"] * 3, ["es", "lr", "lr"])]:
+        L, sites = Backend("numpy", engine).engine.forward(
+            model, x, y, 0, 40, modes, True, noise_keys(seed_sequence(0), 3), "cross_entropy", False)
         for site in sites:
             for name, v in vars(site).items():
                 if isinstance(v, np.ndarray) and v.dtype.kind == "f":
@@ -202,7 +200,7 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
                                                     floats):
     """The fast path's parts (ranges of rows, of s's columns or of t's columns), each into its share
     of G and g, add up to the reference exactly (integer losses), with sgemm or NumPy products."""
-    from minilr import kernels
+    from minilr.engines.cpu import kernels
 
     rng = np.random.default_rng(seed)
     s = sb.pack(signed_array(seed, (n, m)), s_kind)

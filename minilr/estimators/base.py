@@ -1,4 +1,5 @@
-"""What every estimator shares: the noisy forward pass that *records*, and the loss baseline.
+"""What every estimator shares: the settings of one estimate, the noise, Eq. 2's centred losses,
+and the loop over copy chunks.
 
 A training forward pass runs ``copies`` noisy copies of every sample. Row ``n`` of the paper's sums
 is a pair (copy ``k``, sample ``b``); arrays are laid out ``(K, B, width)``. Each ``Linear`` layer is
@@ -8,14 +9,10 @@ a *site* perturbed in one of two ways:
 * ``"es"``: noise on the layer's weights, ``v = x (W + sigma E_k)^T + (b + sigma e_k)`` with one
   ``E_k`` per copy shared by the batch (ES).
 
-The forward pass returns the loss of every row and one *site record* per ``Linear`` layer; the
-record keeps exactly what that layer's gradient needs and computes the gradient from the centred
-losses alone: no graph, no chain rule, so layers are independent.
-
-**Streaming.** Rows are independent in the forward pass, so it runs over blocks of whole copies:
-floats (activations, noise) live for one block; what a record keeps is written into its slice of
-the block. With the sign approximation a record keeps only packed bits
-(:mod:`minilr.signbits`), so the floats held at once do not grow with the number of copies.
+The forward pass (run by the backend's *engine*, :mod:`minilr.engines`: blocks, kernels, threads)
+returns the loss of every row and one *site record* per ``Linear`` layer; the record keeps what
+that layer's gradient needs and turns the centred losses into the layer's sums (the equations of
+:mod:`.lr` and :mod:`.es`): no graph, no chain rule, so layers are independent.
 
 **Noise.** ``eps`` comes from :mod:`minilr.noise`: the value for (layer, copy ``k``, sample ``b``,
 neuron ``i``) is a pure function of the seed and that index, so it does not depend on the block or
@@ -24,24 +21,50 @@ copies: copy ``2p + 1`` gets ``-eps`` of copy ``2p``, so any even chunk holds wh
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import kernels
 from .. import noise as _noise
+from .. import validation as _v
 from ..backend import child
-from ..layers import Activation, Linear
-from ..losses import per_sample
 
-# Floats per array in one streamed block. Sign-only records keep bits, so the transient block
-# dominates their memory and is kept small (~0.5 MB per array); float records keep everything
-# anyway, so larger blocks only save Python overhead.
-BLOCK_FLOATS_APPROX = 1 << 17
-BLOCK_FLOATS_EXACT = 1 << 21
-# Blocks of a block-parallel forward pass at least (when copies allow): enough for two or four
-# threads to share evenly.
-MIN_BLOCKS = 4
+
+@dataclass(frozen=True)
+class Settings:
+    """What one gradient estimate is asked to do, checked once (see :func:`minilr.estimate_gradient`).
+
+    ``chunk`` None means all copies at once; ``loss`` is a name or a checked callable.
+    """
+
+    estimator: str = "lr"
+    copies: int = 100
+    loss: object = "cross_entropy"
+    baseline: bool = True
+    antithetic: bool = False
+    chunk: int | None = None
+    es_layers: int = 2
+
+    def __post_init__(self):
+        from . import NAMES  # noqa: PLC0415 (the registry imports this module)
+
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise once)
+        _v.choice(self.estimator, "estimator", NAMES)
+        put("copies", _v.positive_int(self.copies, "copies"))
+        put("loss", _v.loss_arg(self.loss))
+        if self.estimator == "bp" and callable(self.loss):
+            raise ValueError("estimator='bp' needs a named loss ('cross_entropy' or 'mse'): the exact "
+                             "reference cannot differentiate a custom loss function")
+        if self.chunk is not None:
+            put("chunk", _v.positive_int(self.chunk, "chunk"))
+        for name in ("antithetic", "baseline"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            put(name, bool(getattr(self, name)))
+        if self.antithetic and (self.copies % 2 or (self.chunk is not None and self.chunk % 2)):
+            raise ValueError(f"antithetic noise pairs copies, so copies (got {self.copies}) and chunk "
+                             f"(got {self.chunk}) must be even")
+        put("es_layers", _v.positive_int(self.es_layers, "es_layers", minimum=0))
 
 
 def noise_keys(ss, n_sites):
@@ -65,13 +88,14 @@ def draw_noise(key, k0, k1, per_copy, antithetic, xp):
 
 
 def centred_losses(L, antithetic: bool, baseline: bool, xp):
-    """``L - baseline`` with a leave-one-out baseline that keeps every estimator unbiased.
+    """Eq. 2's ``L_n - baseline``, with a leave-one-out baseline that keeps every estimator unbiased.
 
     The baseline of copy ``k`` of sample ``b`` is the mean loss of the *other* copies of ``b``
     that are independent of copy ``k``'s noise: all other copies, or, with antithetic noise, all
     copies outside ``k``'s mirrored pair (``2p, 2p + 1``). Since it does not depend on ``k``'s noise
     and the score (``eps / sigma`` and friends) has mean zero, subtracting it changes no
     expectation, only the variance. With too few copies to leave any out, no baseline is used.
+    ``L``: (K, B), one loss per copy and sample; the mean over rows is taken by the caller.
     """
     K = L.shape[0]
     group = 2 if antithetic else 1
@@ -84,112 +108,46 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
     return L - (L.sum(axis=0, keepdims=True) - own) / (K - group)
 
 
-def block_copies(model, B, copies, modes, approx, balanced=False):
-    """Copies per streamed block: a multiple of 8 (whole bytes of packed rows), at least 8.
+class Noisy:
+    """An estimator that perturbs every ``Linear`` layer: :meth:`modes` says how (``"lr"`` or
+    ``"es"``), ``approx`` whether only signs are kept (ALR, AES, A-Hybrid)."""
 
-    ``balanced`` (blocks run side by side, :func:`minilr.kernels.run_blocks`): float records get
-    at least :data:`MIN_BLOCKS` blocks of near-equal size, an even number of copies each (whole
-    antithetic pairs), so the threads get equal shares; the blocks depend on the sizes only, never
-    on the thread count, so neither do the gradient's sums (one per block). Sign records keep the
-    same bits whatever the blocks, so their budget is shared by the threads instead: the floats
-    in flight stay within it.
-    """
-    budget = BLOCK_FLOATS_APPROX if approx else BLOCK_FLOATS_EXACT
-    per_copy = 1
-    j = 0
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            m, d = layer.out_features, layer.in_features
-            # an LR site's first input is the shared batch: only its output grows with copies
-            per_copy = max(per_copy, B * max(m, d if j else 0), m * (d + 1) if modes[j] == "es" else 0)
-            j += 1
-    if balanced and approx:
-        # The bits do not depend on the blocks: the blocks in flight at once share the budget.
-        budget //= _noise.threads()
-    kb = max(8, (budget // per_copy) // 8 * 8)
-    if balanced and not approx:
-        n = max(MIN_BLOCKS, -(-copies // kb))
-        return max(2, -(-copies // (2 * n)) * 2)
-    return min(kb, -(-copies // 8) * 8)
+    name, approx = "", False
 
+    def modes(self, n_linear: int, es_layers: int) -> list:
+        raise NotImplementedError
 
-def balanced_starts(copies, kb, B, threads):
-    """First copies of blocks of at most ``kb`` copies (more only where ``kb`` is below one unit)
-    whose count is a multiple of ``threads``, sizes spread evenly: each thread's contiguous group
-    gets the same copies give or take one unit. A unit is the fewest copies that fill whole bytes
-    of packed rows and whole antithetic pairs.
+    def estimate(self, model, x, y, s: Settings, ss, bk):
+        """Sum the gradient over copy chunks; return (grads by key, mean noisy loss) on the device.
 
-    For sign records only: their bits do not depend on the blocks (one more or less block of 8
-    copies out of 25 on one of two threads cost ~4% of the pass)."""
-    unit = 8 // math.gcd(B, 8)
-    unit *= 2 // math.gcd(unit, 2)
-    units = -(-copies // unit)
-    per = max(1, kb // unit)
-    n = -(-units // per)
-    n = min(units, -(-n // threads) * threads)
-    bounds = [units * i // n * unit for i in range(n)]
-    return [c for c in bounds if c < copies]
-
-
-def noisy_forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic, bk, site_classes):
-    """Run copies ``k0 .. k0 + copies - 1`` of the batch ``x``; return losses (K, B) and site records.
-
-    ``modes[j]`` says how the ``j``-th Linear layer is perturbed (``"lr"`` or ``"es"``),
-    ``approx`` whether its record keeps only signs, ``keys[j]`` its noise stream. The first layer's
-    input is the same for all copies, so it is kept once, shape (B, d), and never repeated K times.
-    """
-    xp = bk.xp
-    B = x.shape[0]
-    lin = [(i, l) for i, l in enumerate(model.layers) if isinstance(l, Linear)]
-    sites = []
-    nonneg = False  # is the input of the next Linear layer never negative?
-    for j, (i, layer) in enumerate(lin):
-        prev = model.layers[i - 1] if i > 0 else None
-        nonneg = isinstance(prev, Activation) and prev.nonneg
-        W, b, sigma = bk.asarray(layer.weight), bk.asarray(layer.bias), bk.asarray(layer.sigma)
-        sites.append(site_classes[modes[j]](W, b, sigma, layer.learn_sigma, copies, B, k0, keys[j],
-                                            antithetic, approx, nonneg, j == 0, xp))
-    arena = kernels.Arena()  # per-thread block arrays for this pass (sites that take one)
-    for j, site in enumerate(sites):
-        if hasattr(site, "arena"):
-            site.arena, site.tag = arena, j % 2
-    # a site whose fused ReLU feeds the next site directly may pack that site's input signs
-    for j in range(len(lin) - 1):
-        i, link = lin[j][0], getattr(sites[j], "link_next", None)
-        if link is not None and lin[j + 1][0] == i + 2:
-            link(model.layers[i + 1], sites[j + 1])
-    L = xp.empty((copies, B), dtype=model.dtype)
-    parallel = all(site.parallel for site in sites)
-    kb = block_copies(model, B, copies, modes, approx, balanced=parallel)
-
-    starts = list(range(0, copies, kb))
-    if parallel and approx:
-        starts = balanced_starts(copies, kb, B, _noise.threads())
-    ends = dict(zip(starts, starts[1:] + [copies]))
-
-    def block(c0):  # copies c0 .. c1 - 1 through every layer: rows are independent
-        c1 = ends[c0]
-        h = x  # (B, d): shared by all copies until the first noise site
-        j = 0
-        fused = False  # did the last site apply this activation already?
-        for n, layer in enumerate(model.layers):
-            if fused:
-                fused = False
-            elif isinstance(layer, Linear):
-                act = model.layers[n + 1] if n + 1 < len(model.layers) else None
-                fused = sites[j].fuses(act)
-                h = sites[j].forward_block(h, c0, c1, act if fused else None)
-                j += 1
-            else:
-                h = layer.forward(h, xp)
-        L[c0:c1] = per_sample(loss, h, y, xp)
-
-    if parallel:  # every site is thread-safe per block: blocks of copies run side by side
-        kernels.run_blocks(block, starts)
-    else:
-        for c0 in starts:
-            block(c0)
-    for site in sites:  # the block arrays are dead: free them before the gradient
-        if hasattr(site, "arena"):
-            site.arena = None
-    return L, sites
+        ``x``, ``y`` are already on the backend ``bk``, whose engine runs the forward pass. Copies
+        are processed ``s.chunk`` at a time (all at once when None). The noise of copy ``k``
+        depends only on ``ss``, the layer and ``k``, so chunking changes no noise value; each chunk
+        uses its own leave-one-out baseline, so every chunk's sum is unbiased and the total is too.
+        Nothing but the running sums outlives a chunk: peak memory depends on ``chunk``, not
+        ``copies``.
+        """
+        engine, xp = bk.engine, bk.xp
+        lin = model.linear_indices
+        modes = self.modes(len(lin), s.es_layers)
+        keys = noise_keys(ss, len(lin))
+        chunk = s.copies if s.chunk is None else min(s.chunk, s.copies)
+        # The accumulators exist from the start, so every chunk, the first included, runs with the
+        # same arrays alive: peak memory is that of one chunk plus these, whatever the copies.
+        params = model.parameters()
+        sums = {key: xp.zeros_like(p) for key, p in params.items()}
+        loss_sum, rows = 0.0, 0
+        with engine.session():
+            for start in range(0, s.copies, chunk):
+                k = min(chunk, s.copies - start)
+                L, sites = engine.forward(model, x, y, start, k, modes, self.approx, keys, s.loss,
+                                          s.antithetic)
+                Lc = centred_losses(L, s.antithetic, s.baseline, xp)
+                for i, site in zip(lin, sites):
+                    for name, g in site.gradient(Lc).items():
+                        sums[f"{i}.{name}"] += g  # in place: no second model-sized array per chunk
+                loss_sum += float(L.sum())
+                rows += L.size
+                engine.done(sites)  # the records are dead: an engine may reuse their blocks
+                del L, Lc, sites, site, g  # the loop variables too: the last site holds its bits
+        return {key: sums[key] / rows for key in params}, loss_sum / rows

@@ -6,8 +6,10 @@ so a two-layer MLP gets ES on its first layer only.
 """
 from __future__ import annotations
 
+from .base import Noisy
 
-class Hybrid:
+
+class Hybrid(Noisy):
     """ES on the first ``es_layers`` Linear layers (at most all but the last), LR after.
 
     ``approx=True`` is A-Hybrid: sign approximation in both parts (AES + ALR).
@@ -20,7 +22,3 @@ class Hybrid:
     def modes(self, n_linear: int, es_layers: int):
         n_es = min(es_layers, n_linear - 1)
         return ["es"] * n_es + ["lr"] * (n_linear - n_es)
-
-    def fused(self, xp) -> bool:
-        """Its ES sites take the plain path, with BLAS threading their products."""
-        return False

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the LR site: the fast path beside the plain ``xp`` code of ``estimators/lr.py``.
+"""Fused CPU kernels for the LR site: the fast path beside the plain code of :mod:`minilr.engines.reference`.
 
 The plain code runs an LR layer as a chain of NumPy calls: draw ``eps``, ``v + b``,
 ``v + sigma * eps``, ``maximum(v, 0)``, and in the gradient ``L * eps``, sums, a product. Each call
@@ -12,10 +12,10 @@ and NumPy runs it on one core. The fast path does the same arithmetic
   is one BLAS product; :func:`sum_copies` forms the first layer's ``sum_k L eps`` in one pass;
   for ALR the same pass keeps only ``sign(eps)``, packed straight into the record's bits;
 * in **memory already mapped**: LR's block arrays come back from the previous step
-  (:func:`scratch`, :func:`recycle`) instead of fresh pages that fault on first touch;
+  (:class:`Scratch`, owned by the engine) instead of fresh pages that fault on first touch;
 * on **every core, by blocks of copies**: copies are independent (the paper's data-level
-  parallelism), so :func:`run_blocks` runs whole blocks, GEMMs and all, side by side on the
-  thread pool of :mod:`minilr.noise`, each block on one thread.
+  parallelism), so the CPU engine (:mod:`minilr.engines.cpu`) runs whole blocks, GEMMs and all,
+  side by side on its threads, each block on one thread.
 
 Why blocks and not a parallel loop inside each kernel: every hand-off to a sleeping thread cost
 0.1-0.4 ms here (a VM's idle vCPU wakes slowly), and OpenBLAS's own workers busy-wait for ~0.1 s
@@ -26,22 +26,24 @@ thread per block (:func:`blas_one_thread`), so no second pool ever spins.
 Same arithmetic in the same order as the plain path wherever the plain path fixes one
 (``(v + b) + sigma * eps``, one GEMM per row), so the forward pass gives the same bits; sums run
 over fixed blocks in a fixed order, so a seed gives the same bits whatever the thread count.
-Only NumPy arrays come here; CuPy arrays take the plain path. Tests: ``tests/test_kernels.py``.
+Only NumPy arrays come here. Tests: ``tests/test_kernels.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import math
+import os
 import threading
+import time
 
 import numba
 import numpy as np
 
-from .noise import _U64, _fill_range, run_split
+from ...noise import _U64, _fill_range
 
-__all__ = ["ACTS", "lr_forward", "scale_rows", "sum_copies", "run_blocks", "blas_one_thread", "scratch",
-           "recycle", "release", "Arena", "gemm_acc"]
+__all__ = ["ACTS", "lr_forward", "scale_rows", "sum_copies", "blas_one_thread", "Scratch", "Arena",
+           "gemm_acc"]
 
 ACTS = {"identity": 0, "relu": 1}  # activations fused into lr_forward, by Activation.name
 
@@ -193,33 +195,43 @@ def sum_copies(eps, L, A, S=None):
 
 
 # -- scratch memory ----------------------------------------------------------------------------------
-# Fresh memory costs a page fault per 4 KB page on first touch: an exact LR step (K=200, B=50)
-# keeps ~50 MB of blocks, and allocating them anew each step cost 18 ms here, as much as the
-# noise. So the fast path takes its block arrays from the ones the previous step gave back: only
-# one step's worth is kept, and only arrays of the shapes that step used.
-_FREE: dict = {}
+class Scratch:
+    """Block arrays kept from one step for the next, owned by a CPU engine (nothing global).
 
+    Fresh memory costs a page fault per 4 KB page on first touch: an exact LR step (K=200, B=50)
+    keeps ~50 MB of blocks, and allocating them anew each step cost 18 ms here, as much as the
+    noise. So the engine takes its block arrays from the ones the previous step gave back: only
+    one step's worth is kept, only arrays of the shapes that step used, and only as long as the
+    engine lives (:meth:`release` frees them at once)."""
 
-def scratch(shape, dtype):
-    """An uninitialised array: one :func:`recycle` kept, if it has this shape, or a new one."""
-    key = (tuple(shape), np.dtype(dtype).str)
-    try:
-        return _FREE[key].pop()  # atomic under the GIL: concurrent callers get distinct arrays
-    except (KeyError, IndexError):
-        return np.empty(shape, dtype)
+    def __init__(self):
+        self._free = {}
 
+    def get(self, shape, dtype):
+        """An uninitialised array: one :meth:`recycle` kept, if it has this shape, or a new one."""
+        key = (tuple(shape), np.dtype(dtype).str)
+        try:
+            return self._free[key].pop()  # atomic under the GIL: concurrent callers get distinct arrays
+        except (KeyError, IndexError):
+            return np.empty(shape, dtype)
 
-def recycle(arrays):
-    """Keep ``arrays`` (whose contents are dead) for the next :func:`scratch`, dropping any kept before.
+    def recycle(self, arrays):
+        """Keep ``arrays`` (whose contents are dead) for the next :meth:`get`, dropping any kept
+        before. Given none (a step that kept no blocks: ALR), what is kept stays."""
+        if not arrays:
+            return
+        free = {}
+        for a in arrays:
+            free.setdefault((a.shape, a.dtype.str), []).append(a)
+        self._free = free
 
-    Given none (a step that kept no blocks: ALR), what is kept stays."""
-    if not arrays:
-        return
-    free = {}
-    for a in arrays:
-        free.setdefault((a.shape, a.dtype.str), []).append(a)
-    _FREE.clear()
-    _FREE.update(free)
+    def release(self):
+        """Free the arrays kept for the next step."""
+        self._free = {}
+
+    def nbytes(self):
+        """Bytes held for the next step."""
+        return sum(a.nbytes for arrays in self._free.values() for a in arrays)
 
 
 class Arena:
@@ -244,59 +256,92 @@ class Arena:
         return a[:n].reshape(shape)
 
 
-def release():
-    """Free the arrays kept for the next step."""
-    _FREE.clear()
-
-
-# -- threads: blocks on our pool, BLAS on one thread -----------------------------------------------
+# -- BLAS: one thread while any estimate runs --------------------------------------------------------
 # OpenBLAS's workers busy-wait for ~0.1 s after every multi-threaded call (measured here: a fused
 # pass right after a 2-thread sgemm took 12.7 ms instead of 4.6 ms, back to normal only 0.2 s
-# later), so the fused path never lets OpenBLAS start its own threads.
-def _openblas_libs():
-    """The OpenBLAS shared libraries this process has loaded (NumPy's), opened with ctypes."""
+# later), so the CPU engine never lets BLAS start its own threads: its blocks are the parallelism.
+# One BLAS thread also makes every product's bits independent of the BLAS thread count (a
+# threaded sgemm splits its sums by thread). The limit is process-wide (BLAS has one), so it is
+# counted: the first estimate to start sets it, the last to finish restores what was there, and
+# an estimate running beside another never sees the limit change under it.
+_BLAS = {"users": 0, "limiter": None, "controller": None, "libs": []}
+_BLAS_LOCK = threading.Lock()
+
+
+def _controller():
+    if _BLAS["controller"] is None:
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 (~10 ms: on first use)
+
+        _BLAS["controller"] = ThreadpoolController()
+    return _BLAS["controller"]
+
+
+def _hold_at_one(libs):
+    """Set every library in ``libs`` to one thread and check that it took: measured here, a set
+    made while another thread was inside a threaded BLAS call sometimes did not (the library
+    still reported 2 threads afterwards), so it is made again until it reads back 1."""
+    for _ in range(1000):
+        busy = [lib for lib in libs if lib.get_num_threads() != 1]
+        if not busy:
+            return
+        for lib in busy:
+            lib.set_num_threads(1)
+        time.sleep(0)
+    raise RuntimeError("could not hold the BLAS library at one thread")
+
+
+@contextlib.contextmanager
+def blas_one_thread():
+    """Hold the BLAS libraries at one thread inside the block (counted; yields whether any BLAS
+    library could be limited)."""
+    with _BLAS_LOCK:
+        if _BLAS["users"] == 0:
+            ctl = _controller().select(user_api="blas")
+            _BLAS["limiter"] = ctl.limit(limits=1) if ctl.lib_controllers else None
+            _BLAS["libs"] = ctl.lib_controllers
+        _BLAS["users"] += 1
+        held = _BLAS["limiter"] is not None
+        if held:
+            _hold_at_one(_BLAS["libs"])
     try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
-    except OSError:  # not Linux: leave BLAS alone
-        return
-    for path in sorted(paths):
-        try:
-            yield ctypes.CDLL(path)
-        except OSError:
-            continue
+        yield held
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["users"] -= 1
+            if _BLAS["users"] == 0 and _BLAS["limiter"] is not None:
+                _BLAS["limiter"].restore_original_limits()
+                _BLAS["limiter"] = None
 
 
-def _find_openblas():
-    """``(get, set)`` for the thread count of the OpenBLAS that NumPy loaded, via ctypes, or None."""
-    for lib in _openblas_libs():
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                               ("openblas", "")):
-            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                get.restype, put.restype = ctypes.c_int, None
-                put.argtypes = [ctypes.c_int]
-                return get, put
-    return None
+def _after_fork():
+    global _BLAS_LOCK
+    _BLAS_LOCK = threading.Lock()  # another thread may have held it at the fork
+    if _BLAS["limiter"] is not None:  # forked mid-estimate: the child's BLAS goes back as it was
+        _BLAS["limiter"].restore_original_limits()
+    _BLAS["users"], _BLAS["limiter"] = 0, None
 
 
-_OPENBLAS = _find_openblas()
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _find_sgemm():
-    """OpenBLAS's ``cblas_sgemm`` (ILP64 or not) via ctypes, as ``(function, int type)``, or None."""
-    for lib in _openblas_libs():
+    """``cblas_sgemm`` (ILP64 or not) of the OpenBLAS NumPy loaded, via ctypes, as ``(function,
+    int type)``, or None."""
+    for lib in _controller().select(internal_api="openblas").lib_controllers:
+        try:
+            dll = ctypes.CDLL(lib.filepath)
+        except OSError:
+            continue
         for name, it in (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),
                          ("scipy_cblas_sgemm", ctypes.c_int), ("cblas_sgemm", ctypes.c_int)):
-            f = getattr(lib, name, None)
+            f = getattr(dll, name, None)
             if f is not None:
                 f.restype = None
                 return f, it
     return None
 
 
-_SGEMM = _find_sgemm()
+_SGEMM = []
 
 
 def gemm_acc(C, A, B):
@@ -305,11 +350,13 @@ def gemm_acc(C, A, B):
     sgemm with ``beta = 1`` when OpenBLAS's cblas is found: no (m, n) temporary per call (the
     packed gradient calls this once per block of rows). Else a product and an add. The ctypes call
     drops the GIL, so threads run it side by side."""
-    if (_SGEMM is None or C.dtype != np.float32 or A.dtype != np.float32 or B.dtype != np.float32
+    if not _SGEMM:
+        _SGEMM.append(_find_sgemm())
+    if (_SGEMM[0] is None or C.dtype != np.float32 or A.dtype != np.float32 or B.dtype != np.float32
             or A.strides[1] != 4 or B.strides[1] != 4 or C.strides[1] != 4):
         C += A.T @ B
         return C
-    f, it = _SGEMM
+    f, it = _SGEMM[0]
     k, m = A.shape
     n = B.shape[1]
     # CblasRowMajor = 101, CblasTrans = 112, CblasNoTrans = 111
@@ -317,39 +364,3 @@ def gemm_acc(C, A, B):
       ctypes.c_void_p(A.ctypes.data), it(A.strides[0] // 4), ctypes.c_void_p(B.ctypes.data),
       it(B.strides[0] // 4), ctypes.c_float(1.0), ctypes.c_void_p(C.ctypes.data), it(C.strides[0] // 4))
     return C
-
-
-@contextlib.contextmanager
-def blas_one_thread():
-    """Hold NumPy's OpenBLAS at one thread inside the block (a no-op if it cannot be found)."""
-    if _OPENBLAS is None:
-        yield False
-        return
-    get, put = _OPENBLAS
-    before = get()
-    put(1)
-    try:
-        yield True
-    finally:
-        put(before)
-
-
-def _each(fn, items, err, lo, hi):
-    with np.errstate(**err):  # NumPy's error state is per thread: carry the caller's
-        for item in items[lo:hi]:
-            fn(item)
-
-
-def run_blocks(fn, starts):
-    """``fn(c0)`` for every block start in ``starts``, the blocks dealt to the pool's threads.
-
-    ``fn`` must be safe to run on several blocks at once (each writes only its own slices) and
-    mostly GIL-free (BLAS, Numba kernels). BLAS is held at one thread meanwhile; where it cannot
-    be (not OpenBLAS, not Linux) the blocks run one after another instead, BLAS threading them.
-    """
-    with blas_one_thread() as held:
-        if held:
-            run_split(_each, len(starts), (fn, starts, np.geterr()))
-            return
-    for c0 in starts:
-        fn(c0)
