@@ -244,3 +244,15 @@ def test_chunk_1_keeps_the_cosine_on_digits():
     cos = {c: np.mean([minilr.metrics.cosine_similarity(minilr.estimate_gradient(
         model, x[:50], y[:50], copies=1000, chunk=c, seed=s), g_true) for s in range(3)]) for c in (None, 1)}
     assert abs(cos[1] - cos[None]) < 0.05 and cos[None] > 0.85, cos
+
+
+@pytest.mark.parametrize("value", ["abc", "2.5", ""])
+def test_bad_noise_threads_variable_is_named(monkeypatch, value):
+    monkeypatch.setenv("MINILR_NOISE_THREADS", value)
+    model = minilr.MLP([4, 5, 3], seed=0)
+    x, y = batch()
+    if not value:  # empty: unset, the default
+        minilr.estimate_gradient(model, x, y, copies=4)
+        return
+    with pytest.raises(ValueError, match="MINILR_NOISE_THREADS must be a positive integer"):
+        minilr.estimate_gradient(model, x, y, estimator="alr", copies=400)
