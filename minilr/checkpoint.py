@@ -21,42 +21,16 @@ mid-write, leaves the previous checkpoint or the new one.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import signal
-import threading
 
 import numpy as np
 
 from . import io as _io
+from ._signals import deferred_interrupt
 
 __all__ = ["write", "read", "deferred_interrupt", "data_fingerprint"]
 
 _HISTORY_LISTS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
-
-
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Hold back Ctrl-C (SIGINT) for the duration of the block; deliver it at its end.
-
-    For the few assignments that commit a training step: they happen all or not at all. Only the
-    main thread receives signals, so elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    old = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda sig, frame: received.append(sig))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if received:
-            if callable(old):
-                old(signal.SIGINT, None)
-            elif old == signal.SIG_DFL:
-                raise KeyboardInterrupt
 
 
 def data_fingerprint(*arrays) -> str:

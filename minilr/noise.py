@@ -38,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from ._signals import deferred_interrupt
+
 __all__ = ["NoiseKey", "key_from_seed", "normal", "fill_normal", "normal_reference", "threads"]
 
 _U64 = np.uint64
@@ -266,13 +268,16 @@ class Workers:
             for g in groups:
                 run(g)
             return
-        pool = self._executor(len(groups))
-        futs = [pool.submit(run, g) for g in groups[1:]]
-        try:
-            run(groups[0])
-        finally:
-            for f in futs:
-                f.result()
+        # Ctrl-C waits for the workers (one kernel call, milliseconds): an interrupt inside
+        # submit() could leave the pool's locks held, or workers writing after we return
+        with deferred_interrupt():
+            pool = self._executor(len(groups))
+            futs = [pool.submit(run, g) for g in groups[1:]]
+            try:
+                run(groups[0])
+            finally:
+                for f in futs:
+                    f.result()
 
 
 _WORKERS = Workers()  # for noise drawn outside any engine's blocks
