@@ -60,6 +60,8 @@ def _parser():
                    help="also write the checkpoint every N steps")
     t.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint if it exists (same settings: the same result)")
+    t.add_argument("--distributed", action="store_true",
+                   help="share the copies over the MPI ranks (run under mpiexec; pip install 'minilr[mpi]')")
     return p
 
 
@@ -94,17 +96,31 @@ def _train(args, epochs) -> int:
     from .models import MLP
     from .train import train
 
+    comm = None
+    if args.distributed:  # every rank runs this same code; only rank 0 speaks
+        from .parallel import mpi
+
+        comm = mpi.world()
+        if args.backend == "cupy":
+            mpi.use_rank_device(comm)
+    root = comm is None or comm.Get_rank() == 0
+
+    def say(*a, **k):
+        if root:
+            print(*a, **k)
+
     kw = {"root": args.data_root} if args.data in ("mnist", "fashion-mnist", "cifar10") else {}
     (x, y), (xt, yt) = datasets.load(args.data, **kw)
     hidden = args.hidden
     model = MLP([x.shape[1], *hidden, int(y.max()) + 1], activation=args.activation, sigma=args.sigma,
                 seed=args.seed, learn_sigma=args.learn_sigma)
-    print(f"minilr: {args.estimator} on {args.data} ({len(x)} train / {len(xt)} test), "
-          f"MLP {[x.shape[1], *hidden, int(y.max()) + 1]}, {args.copies} copies, {epochs} epochs, "
-          f"backend {args.backend}", flush=True)
+    ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
+    say(f"minilr: {args.estimator} on {args.data} ({len(x)} train / {len(xt)} test), "
+        f"MLP {[x.shape[1], *hidden, int(y.max()) + 1]}, {args.copies} copies, {epochs} epochs, "
+        f"backend {args.backend}{ranks}", flush=True)
 
     def report(epoch, h):
-        print(f"epoch {epoch + 1:3d}/{epochs}  train loss {h.train_loss[-1]:.4f}  "
+        say(f"epoch {epoch + 1:3d}/{epochs}  train loss {h.train_loss[-1]:.4f}  "
               f"train acc {h.train_accuracy[-1]:.3f}  test acc {h.val_accuracy[-1]:.3f}  "
               f"({h.seconds[-1]:.1f} s)", flush=True)
 
@@ -116,11 +132,11 @@ def _train(args, epochs) -> int:
                   es_layers=args.es_layers, schedule=args.schedule, momentum=args.momentum,
                   sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound,
                   callback=report, checkpoint=args.checkpoint, resume=args.resume,
-                  checkpoint_every=args.checkpoint_every)
+                  checkpoint_every=args.checkpoint_every, **({"comm": comm} if comm is not None else {}))
     except KeyboardInterrupt:
         # train stops after a whole step and has written the checkpoint (if asked): say so, briefly
         saved = []
-        if args.save:
+        if args.save and root:
             save(model, args.save)
             saved.append(f"model saved to {args.save}")
         if args.checkpoint:
@@ -128,13 +144,13 @@ def _train(args, epochs) -> int:
         print("python -m minilr train: interrupted" + (": " + "; ".join(saved) if saved else ""),
               file=sys.stderr)
         return 130
-    if args.save:
+    if args.save and root:
         save(model, args.save)
-        print(f"model saved to {args.save}")
+        say(f"model saved to {args.save}")
     if not h.val_accuracy:  # resumed a run that had already finished
-        print("nothing to do: the checkpoint has finished all epochs")
+        say("nothing to do: the checkpoint has finished all epochs")
         return 0
-    print(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
+    say(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
     return 0
 
 

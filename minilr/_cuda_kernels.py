@@ -1,5 +1,9 @@
 """GPU kernels (``numba.cuda``) for sign packing and counter-based noise; they take CuPy arrays.
 
+.. deprecated:: replaced by :mod:`minilr.engines.cuda_kernels` (CuPy ``RawKernel`` only, bit-identical
+   noise, no ``numba.cuda``, which fails to import under NumPy 2.5). Kept until the CUDA engine routes
+   every GPU call there; do not add to it.
+
 Imported only when a CuPy array needs them. The scalar recipes are the very functions the CPU
 kernels compile (:mod:`minilr.noise`), compiled here as CUDA device functions, so the two cannot
 drift apart. With ``NUMBA_ENABLE_CUDASIM=1`` Numba runs these kernels on the CPU (with NumPy

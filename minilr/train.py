@@ -18,6 +18,7 @@ from .layers import Linear
 from .losses import per_sample
 from .models import Sequential, _forward
 from .optim import Projection, commit, make_optimizer, trial_step
+from .parallel import mpi as _mpi
 
 __all__ = ["estimate_gradient", "train", "History", "TrainingDiverged"]
 
@@ -69,9 +70,10 @@ def _check_model(model):
 
 
 def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                  baseline=True):
+                  baseline=True, comm=None):
     """Every shared argument checked once: (Settings, Backend)."""
     _check_model(model)
+    _mpi.check_comm(comm)
     settings = Settings(estimator, copies, loss, baseline, antithetic, chunk, es_layers)
     _v.seed_arg(seed)
     return settings, get_backend(backend)
@@ -96,7 +98,7 @@ def _on_backend(model, bk):
 
 # -- estimate_gradient ----------------------------------------------------------------------------
 def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entropy",
-                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy"):
+                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy", comm=None):
     """One gradient estimate of the mean loss on the batch ``(x, y)``.
 
     Parameters
@@ -124,6 +126,10 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         A name makes a fresh backend and engine for this call; a :class:`~minilr.Backend` you hold
         (e.g. ``Backend("numpy", engine="reference")``) is used as it is, its engine's scratch
         memory kept between calls.
+    comm : mpi4py communicator, optional
+        Share the copies over its ranks (run under ``mpiexec``; every rank calls with the same
+        arguments and gets the same gradient: the one-process one, up to the order of float sums).
+        See :mod:`minilr.parallel.distributed`.
 
     Returns
     -------
@@ -131,14 +137,14 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Same keys and shapes as ``model.parameters()``.
     """
     s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                          baseline)
+                          baseline, comm)
     x = _v.features(x, "x", model.in_features, model.dtype)
     y = _v.targets(y, "y", s.loss, x.shape[0], model.out_features, model.dtype)
     _check_memory(model, x.shape[0], s)
     # overflow is reported below as one FloatingPointError, not as NumPy warnings
     with _on_backend(model, bk), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        grads, _ = estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
-                            s, seed_sequence(seed), bk)
+        grads, _ = _estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
+                             s, seed_sequence(seed), bk, comm)
         grads = {k: bk.to_numpy(g) for k, g in grads.items()}
     _check_finite_gradient(grads, model)
     return grads
@@ -152,6 +158,15 @@ def _check_finite_gradient(grads, model):
             f"the gradient estimate of {bad[0]!r} is not finite: the losses or the activations overflow "
             f"{model.dtype.name} for these inputs and parameters. Scale the inputs down, use smaller "
             f"weights or sigma, or a float64 model")
+
+
+def _estimate(model, x, y, s, ss, bk, comm):
+    """One estimate in this process, or over the ranks of ``comm``."""
+    if comm is None:
+        return estimate(model, x, y, s, ss, bk)
+    from .parallel import distributed  # noqa: PLC0415
+
+    return distributed.estimate(model, x, y, s, ss, bk, comm)
 
 
 def _device_targets(y, loss, model, bk):
@@ -185,7 +200,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
           optimizer="adam", lr=1e-2, backend="numpy", seed=0, progress=True, loss="cross_entropy",
           baseline=True, antithetic=False, chunk=None, es_layers=2, schedule="constant",
           momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None,
-          checkpoint=None, resume=False, checkpoint_every=None) -> History:
+          checkpoint=None, resume=False, checkpoint_every=None, comm=None) -> History:
     """Train ``model`` in place without backpropagation; return its :class:`History`.
 
     Each step estimates the gradient on a mini-batch with ``estimator`` (see
@@ -194,6 +209,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     ``.step(params, grads)``) and the projection of Eq. 4 (``sigma_bounds``, ``weight_bound``).
     ``schedule="robbins-monro"`` decays the step size as Assumption 3 asks.
     ``callback(epoch, history)``, if given, runs after every epoch.
+    ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
+    one process for the same seed; every rank runs the callback, only rank 0 shows progress.
 
     Checkpoints (:mod:`minilr.checkpoint`): with ``checkpoint=path`` the run is saved atomically
     after every epoch, every ``checkpoint_every`` steps if given, and when interrupted (Ctrl-C);
@@ -211,7 +228,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     before the failing step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline)
+                            baseline, comm)
     loss = cfg.loss
     estimator, copies, chunk, es_layers = cfg.estimator, cfg.copies, cfg.chunk, cfg.es_layers
     baseline, antithetic = cfg.baseline, cfg.antithetic
@@ -262,7 +279,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     from tqdm.auto import tqdm
 
     bar = tqdm(total=epochs * steps_per_epoch, initial=min(epochs * steps_per_epoch,
-               run["epoch"] * steps_per_epoch + run["batch"]), disable=not progress, unit="step",
+               run["epoch"] * steps_per_epoch + run["batch"]), disable=not progress or not _mpi.is_root(comm), unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
     try:
         # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream
@@ -280,7 +297,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     xb = bk.asarray(x[idx], model.dtype)
                     yb = _device_targets(y[idx], loss, model, bk)
                     step = run["step"]
-                    grads, mean_loss = estimate(model, xb, yb, cfg, child(ss, 1, step), bk)
+                    grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
                     if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                         raise TrainingDiverged(
                             f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "

@@ -35,6 +35,8 @@ def test_help_lists_every_train_option():
             flag = "--" + name.replace("_", "-")
             if name == "baseline":
                 flag = "--no-baseline"
+            if name == "comm":  # the copies over the MPI ranks mpiexec started
+                flag = "--distributed"
             assert flag in text, flag
     for flag in ("--data", "--data-root", "--hidden", "--activation", "--sigma", "--learn-sigma",
                  "--no-progress", "--sigma-min", "--sigma-max"):

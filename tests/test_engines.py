@@ -172,7 +172,7 @@ def test_cuda_engine_forward_calls_do_not_grow_with_copies():
     orig = reference.LRSite.forward_block
     model, x, y = _problem(learn_sigma=False)
     bk = minilr.Backend("numpy", engine="reference")
-    bk.engine = CUDAEngine(np, memory_budget=40e9)
+    bk.engine = CUDAEngine(np, memory_budget=40e9, fused=False)  # the sites, not the fused step
     try:
         reference.LRSite.forward_block = lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)
         for K in (8, 200, 2000):
@@ -181,6 +181,19 @@ def test_cuda_engine_forward_calls_do_not_grow_with_copies():
             assert len(calls) == 3, (K, len(calls))
     finally:
         reference.LRSite.forward_block = orig
+
+
+def test_cuda_engine_fused_step_launches_do_not_grow_with_copies():
+    """The fused CUDA step (minilr.engines.cuda_step, run on its kernels' NumPy twins here): the
+    same launches at every K with a GPU-sized budget, at most 30 for a 3-layer MLP."""
+    model, x, y = _problem(learn_sigma=False)
+    bk = minilr.Backend("numpy", engine="reference")
+    bk.engine = CUDAEngine(np, memory_budget=40e9)
+    counts = []
+    for K in (8, 200, 2000):
+        minilr.estimate_gradient(model, x, y, estimator="alr", copies=K, backend=bk)
+        counts.append(bk.engine.launches)
+    assert counts[0] == counts[1] == counts[2] <= 30, counts
 
 
 def test_cuda_engine_rejects_a_bad_budget():

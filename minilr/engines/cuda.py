@@ -5,9 +5,12 @@ A GPU wants one big block and a few large kernels per layer; the reference engin
 blocks gave it thousands of tiny launches (issue 7: ~3,800 per ALR step at K=2000). Here a chunk
 runs as **one block whenever it fits** in :attr:`CUDAEngine.memory_budget` bytes (default: half of
 the GPU memory free when the plan is made), else in the fewest equal blocks that fit
-(:func:`block_plan`, a pure function of the sizes, tested on the CPU). The sites are the reference
-ones for now; fused CUDA sites plug in through :attr:`CUDAEngine.sites` (see
-:mod:`minilr.engines`). The GPU kernels that CuPy arrays need outside the sites (noise fill, sign
+(:func:`block_plan`, a pure function of the sizes, tested on the CPU).
+
+The estimate itself runs as the fused CUDA step (:mod:`.cuda_step`, kernels in
+:mod:`.cuda_kernels`: ~20 launches per step for a 3-layer MLP in one block) wherever it applies
+(float32 stacks of ``Linear`` layers and activations); other models run the reference sites on
+this engine's plan. The GPU kernels that CuPy arrays need outside the step (noise fill, sign
 packing) come from :func:`device_kernels`.
 """
 from __future__ import annotations
@@ -77,15 +80,46 @@ def block_plan(sizes, B, copies, budget_bytes, modes=None, approx=False, itemsiz
 
 class CUDAEngine(ReferenceEngine):
     """CuPy arrays, one block per chunk whenever it fits in ``memory_budget`` bytes (None: half of
-    the free GPU memory at each plan)."""
+    the free GPU memory at each plan).
+
+    Noisy estimates of float32 ``Linear``/activation stacks run as the fused
+    CUDA step of :mod:`.cuda_step` (:meth:`estimate`: ~20 launches per step on a 3-layer MLP,
+    whatever the copies, when one block fits); anything else runs the reference sites with this
+    engine's block plan. ``precision``: ALR's packed product in ``"fp32"`` or ``"fp16"`` (tensor
+    cores, ``L`` split into two fp16 parts: within 2^-22 |L| per term); ``fused=False`` runs the
+    sites always. On NumPy arrays (tests) the kernels' NumPy twins run instead of the GPU.
+    """
 
     name = "cuda"
 
-    def __init__(self, xp, memory_budget=None):
+    def __init__(self, xp, memory_budget=None, precision="fp32", fused=True):
         super().__init__(xp)
         if memory_budget is not None and not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
             raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
-        self.memory_budget = memory_budget
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        self.memory_budget, self.precision, self.fused = memory_budget, precision, bool(fused)
+        self.launches = None  # launches of the last fused step (its launcher's count)
+
+    def estimate(self, estimator, model, x, y, s, ss):
+        """The whole noisy estimate as the fused CUDA step, ``(grads, mean loss)``; None when the
+        model is not on that path (:func:`.cuda_step.supported`): the caller then runs the sites."""
+        from . import cuda_kernels, cuda_step  # noqa: PLC0415
+
+        if not self.fused or cuda_step.supported(model) is not None:
+            return None
+        if self.memory_budget is not None:  # the user's budget bounds every block
+            budgets = {"approx_budget": int(self.memory_budget), "es_budget": int(self.memory_budget)}
+        elif self.xp.__name__ == "cupy":  # ES noise blocks: at most the share of free GPU memory
+            budgets = {"es_budget": int(min(cuda_step.ES_BUDGET, self.budget()))}
+        else:
+            budgets = {}
+        lnch = cuda_kernels.Launcher(self.xp)
+        grads, loss, _ = cuda_step.estimate(model, x, y, s.estimator, s.copies, ss, s.loss, s.baseline,
+                                            s.antithetic, s.chunk, s.es_layers, xp=self.xp, lnch=lnch,
+                                            precision=self.precision, **budgets)
+        self.launches = lnch.count
+        return grads, loss
 
     def budget(self):
         """Bytes a block may use: ``memory_budget``, or a share of the GPU memory free now."""

@@ -138,6 +138,12 @@ class Noisy:
         peak memory depends on ``chunk``, not ``copies``.
         """
         engine, xp = bk.engine, bk.xp
+        fused = getattr(engine, "estimate", None)  # an engine may run the whole estimate fused
+        chunked = s.chunk is not None and s.chunk < s.copies
+        if fused is not None and not (chunked and s.baseline):  # (its chunks: one baseline each)
+            out = fused(self, model, x, y, s, ss)
+            if out is not None:
+                return out
         lin = model.linear_indices
         modes = self.modes(len(lin), s.es_layers)
         keys = noise_keys(ss, len(lin))

@@ -1,0 +1,924 @@
+"""The CUDA engine's kernels (minilr/engines/cuda_kernels.py) and its step (cuda_step.py).
+
+Three layers of checking, so most of it runs without a GPU:
+
+1. each kernel's NumPy *twin* against the reference code it replaces (noise.normal, signbits'
+   packing, the LR/ALR/ES sums, the losses, the baseline): bit for bit where the arithmetic is
+   the same, else to float rounding with the tolerance stated;
+2. each kernel's *CUDA C* against its twin, by compiling the very source NVRTC gets with the host
+   C compiler (CUDA intrinsics mapped to plain IEEE float arithmetic, the grid run as a loop;
+   every kernel here is one thread per item, no shared memory, so a loop is a faithful model),
+   and the whole source with ``nvcc --ptx`` where nvcc is present;
+3. on a GPU (``-m gpu``): each kernel on the device against its twin, and the CUDA step against
+   the reference estimators.
+
+The whole step through the twins is compared with ``minilr.estimate_gradient`` and its launches
+are counted: the count must not grow with the copies.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import minilr
+from minilr import noise, signbits
+from minilr.engines import cuda_kernels as ck
+from minilr.engines import cuda_step as cs
+from minilr.estimators.base import centred_losses, draw_noise
+from minilr.losses import per_sample
+
+ESTIMATORS = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
+SIZES = [64, 32, 32, 10]  # 784-256-256-10 scaled down
+
+
+def _key(seed):
+    return noise.key_from_seed(np.random.SeedSequence(seed))
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8 if a.dtype.itemsize == 1 else
+                                        {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+# -- 1. twins against the reference code ----------------------------------------------------------
+@pytest.mark.parametrize("seed,start", [(0, 0), (1, 12345), (2, 7), (3, 2**40 + 3)])
+def test_noise_twin_equals_noise_normal_bit_for_bit(seed, start):
+    key = _key(seed)
+    n = 1 << 18
+    ref = noise.normal(key, n, start=start)
+    twin = ck.normal_twin(key.k1, key.gamma, np.arange(start, start + n, dtype=np.uint64))
+    assert np.array_equal(_bits(ref), _bits(twin))
+
+
+def test_gauss_twin_equals_the_scalar_recipe_on_the_tails():
+    """All 2^24 levels would take long through the scalar recipe; the extremes (both tails, where
+    the sqrt piece runs), the centre and a random sample of the levels, bit for bit."""
+    j = np.concatenate([np.arange(0, 4096), np.arange(2**24 - 4096, 2**24),
+                        np.arange(2**23 - 2048, 2**23 + 2048),
+                        np.random.default_rng(0).integers(0, 2**24, 4000)]).astype(np.uint64)
+    half = (j << np.uint64(8)) | np.uint64(0xAB)  # the low 8 bits are ignored
+    twin = ck.gauss_twin(half)
+    with np.errstate(over="ignore"):
+        ref = np.array([noise._gauss_py(h) for h in half], dtype=np.float32)
+    assert np.array_equal(_bits(ref), _bits(twin))
+    assert np.abs(twin).max() > 5.4  # the tail piece was exercised
+
+
+def test_noise_source_is_generated_from_noise_constants():
+    src = ck.noise_source()
+    for c in list(noise._C) + list(noise._T) + [noise._T0, noise._LN2, noise._SQRT2]:
+        assert f"0x{int(np.float32(c).view(np.uint32)):08x}" in src, c
+    assert f"0x{int(noise._M1):016x}" in src and f"0x{int(noise._M2):016x}" in src
+    # no float arithmetic outside the rounding intrinsics in the recipe's lines (no FMA to fuse)
+    gauss = src[src.index("minilr_gauss"):src.index("minilr_normal_at")]
+    assert "__fsqrt_rn" in gauss and " * " not in gauss.split("float m =")[1]
+
+
+def test_lr_forward_twin_draws_the_estimators_noise_and_activation():
+    B, m, k0, nb = 5, 7, 6, 4
+    key = _key(4)
+    rng = np.random.default_rng(0)
+    for anti in (False, True):
+        pre = rng.standard_normal((B, m)).astype(np.float32)
+        bias, sigma = rng.standard_normal(m).astype(np.float32), (rng.random(m) + 0.1).astype(np.float32)
+        eps = np.empty((nb * B, m), np.float32)
+        h = np.empty_like(eps)
+        ck.LR_FORWARD.twin(pre, 1, bias, sigma, eps, h, key.k1, key.gamma, k0, B, m, nb * B, anti, 1)
+        ref = draw_noise(key, k0, k0 + nb, B * m, anti, np).reshape(nb * B, m)
+        assert np.array_equal(_bits(eps), _bits(ref))
+        v = np.broadcast_to(pre + bias, (nb, B, m)) + sigma * ref.reshape(nb, B, m)
+        assert np.array_equal(h.reshape(nb, B, m), np.maximum(v, 0))
+
+
+@pytest.mark.parametrize("hcode", [0, 1, 2])
+def test_alr_forward_twin_packs_like_signbits(hcode):
+    B, m, nb, byte0, nball = 3, 9, 5, 2, 5  # 15 rows: the last byte is partial
+    key = _key(5)
+    rng = np.random.default_rng(1)
+    pre = rng.standard_normal((nb * B, m)).astype(np.float32)
+    bias, sigma = rng.standard_normal(m).astype(np.float32), np.full(m, 0.5, np.float32)
+    h = np.empty_like(pre)
+    sbits = np.zeros((nball, m), np.uint8)
+    hbits = np.zeros((2, nball, m), np.uint8)
+    act = 2 if hcode == 2 else 1
+    ck.ALR_FORWARD.twin(pre, 0, bias, sigma, h, sbits, hbits, hcode, key.k1, key.gamma, 8, B, m,
+                        nb * B, 0, act, byte0, nball)
+    eps = draw_noise(key, 8, 8 + nb, B * m, False, np).reshape(-1, m)
+    assert np.array_equal(sbits[byte0:byte0 + 2], signbits.pack_reference(eps, "pm1"))
+    ref_h = ck._act_twin((pre + bias) + sigma * eps, act)
+    assert np.array_equal(h, ref_h)
+    if hcode:
+        kind = "01" if hcode == 1 else "sign"
+        want = signbits.pack_reference(h, kind)
+        got = hbits[0, byte0:byte0 + 2] if hcode == 1 else hbits[:, byte0:byte0 + 2]
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", signbits.KINDS)
+def test_pack_and_unpack_twins_match_signbits(kind):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((21, 6)).astype(np.float32)
+    a[::4, 1] = 0.0
+    a[1, 2] = -0.0
+    code = ck.CODES[kind]
+    out = np.zeros((2, 3, 6), np.uint8)
+    ck.PACK.twin(a, out, code, 21, 6, 0, 3)
+    ref = signbits.pack_reference(a, kind)
+    assert np.array_equal(out[:2] if kind == "sign" else out[0], ref)
+    vals = ck._bits_twin(out, code, 8, 21)
+    assert np.array_equal(vals, signbits.unpack_reference(ref, kind, 21)[8:])
+
+
+def test_centre_twin_equals_centred_losses():
+    rng = np.random.default_rng(3)
+    L = rng.standard_normal((8, 5)).astype(np.float32)
+    for anti in (False, True):
+        for base in (False, True):
+            out = np.empty_like(L)
+            ck.CENTRE.twin(L, L.sum(axis=0), out, 8, 5, anti, base, 1.0)
+            assert np.array_equal(out, centred_losses(L, anti, base, np))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_loss_twins_match_losses(loss):
+    """Classes summed in order (the kernel's order) against NumPy's own sums: float rounding only,
+    |difference| <= 4 ulp of the loss's scale (10 terms of size <= 1e2, each rounded once)."""
+    rng = np.random.default_rng(4)
+    K, B, C = 3, 4, 10
+    z = (3 * rng.standard_normal((K * B, C))).astype(np.float32)
+    y = rng.integers(0, C, B) if loss == "cross_entropy" else rng.standard_normal((B, C)).astype(np.float32)
+    L = np.empty(K * B, np.float32)
+    (ck.CE_LOSS if loss == "cross_entropy" else ck.MSE_LOSS).twin(z, y, L, K * B, B, C)
+    ref = per_sample(loss, z.reshape(K, B, C), y, np).reshape(-1)
+    np.testing.assert_allclose(L, ref, rtol=4 * 2**-23 * C, atol=1e-6)
+
+
+def test_sum_kernels_twins_equal_plain_sums():
+    """LR's first-layer sum, ALR's sum from bits, ES's regenerated sum against the plain formulas
+    of the reference sites in float64: relative 1e-5 (float32 sums of <= 16 terms)."""
+    rng = np.random.default_rng(5)
+    K, B, m = 16, 3, 5
+    eps = rng.standard_normal((K * B, m)).astype(np.float32)
+    L = rng.standard_normal(K * B).astype(np.float32)
+    sigma = (rng.random(m) + 0.5).astype(np.float32)
+    P = np.empty((3, B, m), np.float32)
+    ck.SUM_COPIES.twin(eps, L, sigma, P, K, B, m, 6)
+    ref = (L[:, None].astype(np.float64) * eps).reshape(K, B, m).sum(axis=0) / sigma
+    np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
+    bits = signbits.pack_reference(eps, "pm1")
+    ck.SIGN_SUM_COPIES.twin(bits, L, P, K, B, m, 6)
+    ref = (L[:, None].astype(np.float64) * np.sign(eps)).reshape(K, B, m).sum(axis=0)
+    np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
+    key, d = _key(6), 4
+    Lk = rng.standard_normal(K).astype(np.float32)
+    for anti in (False, True):
+        Eb = draw_noise(key, 2, 2 + K, m * (d + 1), anti, np).reshape(K, m, d + 1).astype(np.float64)
+        for approx in (False, True):
+            P = np.empty((2, m, d + 1), np.float32)
+            ck.ES_GRAD.twin(Lk, sigma, P, key.k1, key.gamma, 2, K, m, d, anti, approx, 8, 0)
+            ref = np.tensordot(Lk.astype(np.float64), np.sign(Eb) if approx else Eb, axes=1)
+            np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("half", [0, 1])
+@pytest.mark.parametrize("kind", ["01", "sign"])
+def test_unpack_pair_gives_the_alr_sums(half, kind):
+    """``S^T T`` of the unpacked blocks = Eq. 3's sums; fp32: exact up to the product's float32
+    rounding; fp16 split: each L within 2^-22 |L| (two fp16 parts), checked on L itself too."""
+    rng = np.random.default_rng(6)
+    rows, m, d = 40, 6, 5
+    dw = 8
+    eps = rng.standard_normal((rows, m)).astype(np.float32)
+    x = np.maximum(rng.standard_normal((rows, d)), 0).astype(np.float32) if kind == "01" else \
+        rng.standard_normal((rows, d)).astype(np.float32)
+    x[::3, 0] = 0
+    L = (rng.standard_normal(rows) * 1e-3).astype(np.float32)
+    sb = signbits.pack_reference(eps, "pm1")
+    tb = signbits.pack_reference(x, kind)
+    tb = tb if kind == "sign" else tb[None]
+    amax = np.abs(L).max(keepdims=True)
+    S = np.empty((rows, 2 * m if half else m), np.float16 if half else np.float32)
+    T = np.empty((rows, dw), np.float16 if half else np.float32)
+    ck.UNPACK_PAIR.twin(sb, L, tb, ck.CODES[kind], S, T, half, amax, 0, rows, m, d, dw, tb.shape[1])
+    G = S.astype(np.float64).T @ T.astype(np.float64)
+    if half:
+        G = (G[:m] + G[m:]) * 2.0 ** -ck._l_exp_twin(amax[0])
+        Lrec = (S[:, 0].astype(np.float64) + S[:, m].astype(np.float64)) * np.sign(eps[:, 0]) \
+            * 2.0 ** -ck._l_exp_twin(amax[0])
+        assert np.all(np.abs(Lrec - L) <= 2.0**-22 * np.abs(L) + 1e-45)
+    ref = signbits.packed_gradient_reference(L, sb, "pm1", tb if kind == "sign" else tb[0], kind, rows)
+    tol = 2.0**-21 * np.abs(L).sum()
+    np.testing.assert_allclose(G[:, :d], ref, atol=tol, rtol=0)
+    np.testing.assert_allclose(G[:, d], (L[:, None] * np.sign(eps)).sum(axis=0), atol=tol, rtol=0)
+    assert np.all(G[:, d + 1:] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_kernel_contracts_on_numpy_match_noise_and_signbits(dtype):
+    """fill_normal / pack / unpack (what device_kernels() gives noise.py and signbits.py) through
+    their twins: the CPU modules' results, bit for bit."""
+    key = _key(11)
+    out = np.empty((7, 9), np.float32)
+    ck.fill_normal(out, key.k1, key.gamma, np.uint64(5))
+    assert np.array_equal(_bits(out), _bits(noise.normal(key, (7, 9), start=5)))
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((37, 5)).astype(dtype)
+    a[::3, 0] = 0
+    for kind in signbits.KINDS:
+        planes = np.zeros((2 if kind == "sign" else 1, 6, 5), np.uint8)
+        ck.pack(a[:21], planes, ck.CODES[kind], 0)
+        ref = signbits.pack_reference(a[:21], kind)
+        assert np.array_equal(planes[:, :3] if kind == "sign" else planes[0, :3], ref)
+        scale = rng.standard_normal(13).astype(dtype)
+        got = ck.unpack(planes, ck.CODES[kind], 8, 21, scale, np.empty((13, 5), dtype))
+        want = signbits.unpack(ref, kind, 8, 21, scale=scale, dtype=dtype)
+        assert np.array_equal(got, want)
+
+
+def test_launcher_refuses_arrays_a_raw_pointer_would_misread():
+    L = np.zeros((8, 5), np.float32)
+    lnch = ck.Launcher(np)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        lnch.kernel(ck.CENTRE, 40, L.T.copy().T, L[0], L.copy(), 8, 5, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        lnch.kernel(ck.CENTRE, 40, L.astype(np.float64), L[0], L.copy(), 8, 5, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="arguments expected"):
+        lnch.kernel(ck.CENTRE, 40, L)
+
+
+# -- 2. the CUDA C itself, on the host ----------------------------------------------------------------
+_SHIM = r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <stdbool.h>
+typedef struct { unsigned x, y, z; } minilr_u3;
+static minilr_u3 threadIdx, blockIdx, blockDim = {256, 1, 1};
+#define __global__
+#define __device__
+#define __forceinline__ static inline
+static inline float __int_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+static inline float __ull2float_rn(unsigned long long a) { return (float)a; }
+typedef _Float16 __half;
+static inline __half __float2half_rn(float a) { return (__half)a; }
+static inline float __half2float(__half a) { return (float)a; }
+static inline __half __hneg(__half a) { return -a; }
+#define min(a, b) ((a) < (b) ? (a) : (b))
+"""
+
+_C_TYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong,
+            "unsigned long long": ctypes.c_ulonglong, "float": ctypes.c_float, "double": ctypes.c_double}
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    """The kernels' CUDA C compiled for the host: ``emu_<name>(n_threads, args...)`` runs the grid
+    as a loop (IEEE float32 with no contraction: -ffp-contract=off, SSE arithmetic)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no host C compiler to run the CUDA C on the CPU")
+    d = tmp_path_factory.mktemp("cuda_host")
+    src = ck.full_source().replace("#include <cuda_fp16.h>", _SHIM).replace('extern "C" ', "")
+    for k in ck.KERNELS.values():
+        args = ", ".join(n for _, n in k.params)
+        src += textwrap.dedent(f"""
+            void emu_{k.name}(long long emu_n_, {k.signature}) {{
+                for (long long g = 0; g * 256 < emu_n_; g++) {{
+                    blockIdx.x = (unsigned)g;
+                    for (unsigned t = 0; t < 256; t++) {{ threadIdx.x = t; {k.name}({args}); }}
+                }}
+            }}""")
+    (d / "k.c").write_text(src)
+    so = d / "k.so"
+    r = subprocess.run([cc, "-std=gnu11", "-O2", "-ffp-contract=off", "-fno-fast-math", "-fPIC",
+                        "-shared", "-o", str(so), str(d / "k.c"), "-lm"], capture_output=True, text=True)
+    if r.returncode:
+        if "_Float16" in r.stderr:
+            pytest.skip("this C compiler has no _Float16")
+        raise AssertionError(r.stderr)
+    return ctypes.CDLL(str(so))
+
+
+def _host_run(lib, k, n, args):
+    cargs = [ctypes.c_longlong(int(n))]
+    for (ctype, _), a in zip(k.params, args):
+        if ctype.endswith("*"):
+            assert a.flags.c_contiguous
+            cargs.append(ctypes.c_void_p(a.ctypes.data))
+        else:
+            cargs.append(_C_TYPES[ctype](a))
+    getattr(lib, f"emu_{k.name}")(*cargs)
+
+
+def _cases():
+    """(kernel, threads, args, exact) for every kernel: small shapes with partial bytes, odd
+    starts, antithetic copies, both code paths of each flag."""
+    rng = np.random.default_rng(7)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    key = _key(8)
+    out = []
+    B, m, nb = 5, 7, 3
+    rows = nb * B
+    for anti in (0, 1):
+        for act in range(5):
+            for shared in (1, 0):
+                pre = f(B, m) if shared else f(rows, m)
+                out.append((ck.LR_FORWARD, rows * m, [pre, shared, f(m), np.abs(f(m)) + 0.1,
+                            np.zeros((rows, m), np.float32), np.zeros((rows, m), np.float32), key.k1,
+                            key.gamma, 5 + anti, B, m, rows, anti, act], act not in (2, 3)))
+    for hcode in (0, 1, 2):
+        nball = 4
+        out.append((ck.ALR_FORWARD, 2 * m, [f(rows, m), 0, f(m), np.full(m, 0.3, np.float32),
+                    np.zeros((rows, m), np.float32), np.zeros((nball, m), np.uint8),
+                    np.zeros((2, nball, m), np.uint8), hcode, key.k1, key.gamma, 8, B, m, rows, 1,
+                    2 if hcode == 2 else 1, 1, nball], hcode != 2))
+    for code in (0, 1, 2):
+        a = f(21, 6)
+        a[::4, 1] = 0.0
+        a[1, 2] = -0.0
+        out.append((ck.PACK, 3 * 6, [a, np.zeros((2, 4, 6), np.uint8), code, 21, 6, 1, 4], True))
+    for anti in (0, 1):
+        out.append((ck.ES_NOISE, 3 * 4 * 6, [np.zeros((3, 4, 5), np.float32), np.zeros((3, 4), np.float32),
+                    key.k1, key.gamma, 3, 3, 4, 5, anti], True))
+    out.append((ck.ES_COMBINE, 3 * B * m, [f(B, m), 1, f(B, 3 * m), m, 3 * m, f(3, m), f(m), f(m),
+                np.zeros((3 * B, m), np.float32), 3, B, m, 1], True))
+    out.append((ck.ES_COMBINE, 3 * B * m, [f(3 * B, m), 0, f(3, B, m), B * m, m, f(3, m), f(m), f(m),
+                np.zeros((3 * B, m), np.float32), 3, B, m, 0], True))
+    z = 3 * f(12, 10)
+    out.append((ck.CE_LOSS, 12, [z, rng.integers(0, 10, 4).astype(np.int64), np.zeros(12, np.float32),
+                12, 4, 10], False))
+    out.append((ck.MSE_LOSS, 12, [z, f(4, 10), np.zeros(12, np.float32), 12, 4, 10], True))
+    L = f(8, 5)
+    for anti in (0, 1):
+        for base in (0, 1):
+            out.append((ck.CENTRE, 40, [L, L.sum(axis=0), np.zeros((8, 5), np.float32), 8, 5, anti, base,
+                        0.25], True))
+    out.append((ck.LR_SCALE, 40 * 6, [f(40, 6), f(40), np.abs(f(6)) + 0.1, 40, 6], True))
+    K = 16
+    out.append((ck.SUM_COPIES, 3 * 3 * 5, [f(K * 3, 5), f(K * 3), np.abs(f(5)) + 0.1,
+                np.zeros((3, 3, 5), np.float32), K, 3, 5, 6], True))
+    out.append((ck.SIGN_SUM_COPIES, 3 * 3 * 5, [signbits.pack_reference(f(K * 3, 5), "pm1"), f(K * 3),
+                np.zeros((3, 3, 5), np.float32), K, 3, 5, 6], True))
+    for half in (0, 1):
+        for tcode, kind in ((1, "01"), (2, "sign")):
+            r, mm, d, dw = 24, 6, 5, 8
+            x = f(40, d)
+            tb = signbits.pack_reference(np.maximum(x, 0) if kind == "01" else x, kind)
+            tb = np.ascontiguousarray(tb if kind == "sign" else tb[None])
+            Lf = f(40) * np.float32(1e-3)
+            dt = np.float16 if half else np.float32
+            out.append((ck.UNPACK_PAIR, r * (mm + dw), [signbits.pack_reference(f(40, mm), "pm1"), Lf, tb,
+                        tcode, np.zeros((r, 2 * mm if half else mm), dt), np.zeros((r, dw), dt), half,
+                        np.abs(Lf).max(keepdims=True), 8, r, mm, d, dw, tb.shape[1]], True))
+    for anti in (0, 1):
+        for approx in (0, 1):
+            for per, divide in ((16, 1), (6, 0)):
+                parts = -(-K // per)
+                out.append((ck.ES_GRAD, parts * 4 * 6, [f(K), np.abs(f(4)) + 0.1,
+                            np.zeros((parts, 4, 6), np.float32), key.k1, key.gamma, 3, K, 4, 5, anti,
+                            approx, per, divide], True))
+    out.append((ck.FILL_NORMAL, 1000, [np.zeros(1001, np.float32), 1000, key.k1, key.gamma, 2**33 + 1], True))
+    for k, dt in ((ck.PACK_F64, np.float64),):
+        a = rng.standard_normal((13, 4))
+        a[0, 0], a[1, 1] = 0.0, -0.0
+        for code in (0, 1, 2):
+            out.append((k, 2 * 4, [a.astype(dt), np.zeros((2, 3, 4), np.uint8), code, 13, 4, 1, 3], True))
+    for k, dt in ((ck.UNPACK_ROWS, np.float32), (ck.UNPACK_ROWS_F64, np.float64)):
+        x = rng.standard_normal((29, 6))
+        x[::5, 2] = 0
+        for code, kind in enumerate(signbits.KINDS):
+            p = signbits.pack_reference(x, kind)
+            p = np.ascontiguousarray(p if kind == "sign" else p[None])
+            out.append((k, 13 * 6, [p, code, 16, 29, rng.standard_normal(13).astype(dt),
+                        np.zeros((13, 6), dt), 6, p.shape[1]], True))
+    for regen in (0, 1):
+        for anti in (0, 1):
+            rows_, m_ = 30, 6
+            out.append((ck.SIGMA_SUMS, 4 * m_, [f(rows_, m_), f(rows_), np.abs(f(m_)) + 0.1,
+                        np.zeros((4, m_), np.float32), rows_, m_, 8, regen, key.k1, key.gamma, 2, 5, anti], True))
+    for anti in (0, 1):
+        out.append((ck.ES_SIGMA, 3 * 4, [f(10), np.abs(f(4)) + 0.1, np.zeros((3, 4), np.float32), key.k1,
+                    key.gamma, 4, 10, 4, 5, anti, 4], True))
+    out.append((ck.SPLIT_FINISH, 4 * 6, [f(8, 8), np.zeros((4, 5), np.float32), np.zeros(4, np.float32),
+                np.array([3e-3], np.float32), 4, 5, 8], True))
+    return out
+
+
+def test_every_kernel_has_a_case():
+    assert {c[0].name for c in _cases()} == set(ck.KERNELS)
+
+
+@pytest.mark.parametrize("i", range(len(_cases())))
+def test_cuda_c_on_the_host_equals_its_twin(host_kernels, i):
+    """Bit for bit, except where libm's tanhf/expf/logf and NumPy's differ (within 4 ulp)."""
+    k, n, args, exact = _cases()[i]
+    a_twin = [copy.deepcopy(a) for a in args]
+    a_c = [copy.deepcopy(a) for a in args]
+    k.twin(*a_twin)
+    _host_run(host_kernels, k, n, a_c)
+    for (ctype, name), x, y in zip(k.params, a_twin, a_c):
+        if isinstance(x, np.ndarray) and not ctype.startswith("const"):
+            if exact:
+                assert np.array_equal(_bits(x), _bits(y)), (k.name, name)
+            else:
+                np.testing.assert_allclose(y, x, rtol=4 * 2**-23, atol=4 * 2**-23, err_msg=f"{k.name} {name}")
+
+
+def test_host_c_noise_equals_noise_normal(host_kernels):
+    """The generated C recipe through ES_NOISE (all counters of its copies) = noise.normal, bits."""
+    key = _key(9)
+    m, d, kb = 16, 63, 40
+    E, e = np.zeros((kb, m, d), np.float32), np.zeros((kb, m), np.float32)
+    _host_run(host_kernels, ck.ES_NOISE, kb * m * (d + 1), [E, e, key.k1, key.gamma, 11, kb, m, d, 0])
+    ref = noise.normal(key, (kb, m, d + 1), start=11 * m * (d + 1))
+    assert np.array_equal(_bits(E), _bits(np.ascontiguousarray(ref[..., :d])))
+    assert np.array_equal(_bits(e), _bits(np.ascontiguousarray(ref[..., d])))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
+def test_the_cuda_source_compiles_with_nvcc(tmp_path):
+    """Each kernel's translation unit (what NVRTC gets) compiles; the kernels without tanh/exp/log
+    (whose library code uses FMA on purpose) contain no fused multiply-add at all."""
+    for k in ck.KERNELS.values():
+        (tmp_path / "k.cu").write_text(k.source)
+        r = subprocess.run(["nvcc", "--ptx", "-arch=sm_80", "--fmad=false", "-o", str(tmp_path / "k.ptx"),
+                            str(tmp_path / "k.cu")], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (k.name, r.stderr)
+        ptx = (tmp_path / "k.ptx").read_text()
+        assert f".entry {k.name}(" in ptx
+        if k.name not in ("lr_forward", "alr_forward", "es_combine", "ce_loss"):
+            assert "fma.rn.f32" not in ptx, k.name
+
+
+@pytest.fixture
+def fake_cupy(host_kernels, monkeypatch):
+    """A stand-in ``cupy`` whose ``RawKernel`` runs the kernel's C on the host (the grid the
+    launcher asks for, as a loop) and whose array functions are NumPy's: the launcher's *GPU*
+    path (argument types, grid sizes, RawKernel options) runs end to end on the CPU."""
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    calls = []
+
+    class RawKernel:
+        def __init__(self, source, name, options=()):
+            assert "--fmad=false" in options
+            assert source == ck.KERNELS[name].source
+            self.k = ck.KERNELS[name]
+
+        def __call__(self, grid, block, args):
+            assert len(args) == len(self.k.params)
+            for (ctype, _), a in zip(self.k.params, args):  # the types RawKernel would marshal
+                if not ctype.endswith("*"):
+                    assert type(a) is ck._CTYPES[ctype], (self.k.name, ctype, type(a))
+            calls.append(self.k.name)
+            _host_run(host_kernels, self.k, grid[0] * block[0], list(args))
+
+    fake.RawKernel = RawKernel
+    fake.calls = calls
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for k in ck.KERNELS.values():
+        monkeypatch.setattr(k, "_compiled", None)
+    return fake
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_gpu_launch_path_with_the_c_kernels_equals_the_reference(fake_cupy, est):
+    """The step through the launcher's GPU branch, every kernel the compiled C (on the host):
+    the reference's numbers to float rounding, as on the twins."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=True)
+    lnch = ck.Launcher(fake_cupy)
+    g, _, _ = cs.estimate(model, x, y, est, 32, seed=3, antithetic=True, xp=fake_cupy, lnch=lnch)
+    assert lnch.gpu and len(fake_cupy.calls) >= 6
+    assert _rel(g, ref) < 2e-5
+
+
+# -- the whole step -------------------------------------------------------------------------------------
+def _data(B=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], B)
+
+
+def _rel(g, ref):
+    return max(float(np.abs(np.asarray(g[k]) - ref[k]).max() / (np.abs(ref[k]).max() + 1e-30)) for k in ref)
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+@pytest.mark.parametrize("anti", [False, True])
+def test_cuda_step_on_twins_equals_the_reference(est, anti):
+    """Same seed, same noise, same formulas; only the order of float32 sums differs (GEMMs,
+    reductions split in parts). Max error relative to each gradient's largest entry: 2e-5
+    (float32 sums of 6 * 32 rows: ~sqrt(rows) * 2^-24 * a few, measured ~1e-6)."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=anti)
+    g, loss, lnch = cs.estimate(model, x, y, est, 32, seed=3, antithetic=anti)
+    assert set(g) == set(ref)
+    assert _rel(g, ref) < 2e-5
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_cuda_step_with_learned_sigma_equals_the_reference(est):
+    """The sigma score too (LR reads its eps, ALR and ES draw theirs again): float32 rounding."""
+    model = minilr.MLP(SIZES, seed=0, learn_sigma=True)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=True)
+    g, _, lnch = cs.estimate(model, x, y, est, 32, seed=3, antithetic=True)
+    assert set(g) == set(ref) and "0.sigma" in g
+    assert _rel(g, ref) < 2e-5
+    assert lnch.count <= 36  # three more launches or so: one kernel (+ a reduction) per layer
+
+
+@pytest.mark.parametrize("est", ["lr", "alr", "a-hybrid"])
+def test_cuda_step_chunked_and_mse_equal_the_reference(est):
+    model = minilr.MLP(SIZES, seed=1)
+    x, _ = _data(seed=2)
+    yt = np.random.default_rng(3).standard_normal((6, SIZES[-1])).astype(np.float32)
+    ref = minilr.estimate_gradient(model, x, yt, estimator=est, copies=48, seed=5, loss="mse", chunk=16)
+    g, _, _ = cs.estimate(model, x, yt, est, 48, seed=5, loss="mse", chunk=16)
+    assert _rel(g, ref) < 2e-5
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_cuda_step_on_an_irregular_stack_equals_the_reference(est):
+    """Two activations in a row (one not fused), Linear after Linear, sigmoid and step: every
+    activation and every way a layer's input is recorded (fused bits, packed later, copied)."""
+    from minilr.layers import Linear
+
+    model = minilr.Sequential([Linear(64, 32), "relu", "tanh", Linear(32, 16), Linear(16, 12), "sigmoid",
+                               Linear(12, 10), "step", Linear(10, 10)], seed=1)
+    x, y = _data(seed=5)
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=16, seed=2, antithetic=True)
+    g, _, _ = cs.estimate(model, x, y, est, 16, seed=2, antithetic=True)
+    assert _rel(g, ref) < 2e-5
+
+
+def test_cuda_step_with_a_custom_loss_equals_the_reference():
+    """A loss function of the user's runs as plain xp code inside the step (one counted launch)."""
+    def hinge(out, y, xp):
+        picked = xp.take_along_axis(out, xp.broadcast_to(y, out.shape[:-1])[..., None], axis=-1)[..., 0]
+        return xp.maximum(0, 1 + out.max(axis=-1) - picked)
+
+    model = minilr.MLP(SIZES, seed=2)
+    x, y = _data(seed=4)
+    ref = minilr.estimate_gradient(model, x, y, estimator="alr", copies=16, seed=1, loss=hinge)
+    g, _, lnch = cs.estimate(model, x, y, "alr", 16, seed=1, loss=hinge)
+    assert "loss:custom" in lnch.log
+    assert _rel(g, ref) < 2e-5
+
+
+@pytest.mark.parametrize("est", ["alr", "es", "aes", "a-hybrid"])
+def test_blocks_do_not_change_the_estimate(est):
+    """Small budgets split the copies into blocks (ALR's bits, ES's weight noise): same noise,
+    same formulas, so equal up to float32 sum order (GEMMs over fewer rows)."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    g1, _, l1 = cs.estimate(model, x, y, est, 64, seed=3)
+    g2, _, l2 = cs.estimate(model, x, y, est, 64, seed=3, approx_budget=20_000, es_budget=200_000)
+    assert l2.count > l1.count  # several blocks did run
+    assert _rel(g2, g1) < 1e-5
+
+
+@pytest.mark.parametrize("est", ["alr", "a-hybrid"])
+def test_fp16_split_is_within_its_stated_tolerance(est):
+    """fp16 operands: signs exact, L = Lh + Ll to 2^-22 relative: gradient within ~2^-22 * sum|L|
+    of the fp32 path; relative to the largest entry, 1e-5 is a loose bound (measured ~2e-7)."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    g1, _, _ = cs.estimate(model, x, y, est, 64, seed=3)
+    g2, _, l2 = cs.estimate(model, x, y, est, 64, seed=3, precision="fp16")
+    assert "gemm_f16" in l2.log
+    assert _rel(g2, g1) < 1e-5
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_launches_per_step_do_not_grow_with_copies(est):
+    """One block when the budget allows: the same launches at K = 16, 128 and 1024, under 30."""
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data(B=4)
+    counts = []
+    for K in (16, 128, 1024):
+        lnch = ck.Launcher(np)
+        cs.chunk_sums(model, x, y, _modes(est, model), est in ("alr", "aes", "a-hybrid"),
+                      _keys(model), "cross_entropy", False, True, 0, K, lnch)
+        counts.append(lnch.count)
+    assert counts[0] == counts[1] == counts[2], counts
+    assert counts[0] <= 30, counts
+
+
+@pytest.mark.parametrize("est,precision", [("lr", "fp32"), ("alr", "fp32"), ("alr", "fp16"),
+                                           ("es", "fp32"), ("aes", "fp32"), ("a-hybrid", "fp16")])
+def test_gpu_sized_steps_launch_the_same_few_kernels_at_any_copies(est, precision):
+    """784-256-256-10, B = 50, a budget that holds every copy (a large GPU): one block, so the same
+    launches at K = 200, 2,000 and 10,000, at most 30 (counted without running, DryLauncher)."""
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    counts = []
+    for K in (200, 2000, 10_000):
+        lnch = ck.DryLauncher(np)
+        with np.errstate(all="ignore"):
+            cs.chunk_sums(model, x, y, _modes(est, model), est in ("alr", "aes", "a-hybrid"), _keys(model),
+                          "cross_entropy", True, False, 0, K, lnch, precision=precision,
+                          approx_budget=64 << 30, es_budget=64 << 30)
+        counts.append(lnch.count)
+    assert counts[0] == counts[1] == counts[2] <= 30, counts
+
+
+def test_default_budget_bounds_alr_blocks():
+    """The default ALR budget splits K = 10,000 into blocks (its floats in flight stay within
+    APPROX_BUDGET, for the memory of issue 7): more launches, each block within the budget."""
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    lnch = ck.DryLauncher(np)
+    with np.errstate(all="ignore"):
+        cs.chunk_sums(model, x, y, _modes("alr", model), True, _keys(model), "cross_entropy", True, False,
+                      0, 10_000, lnch)
+    blocks = lnch.log.count("alr_forward") // 3
+    per_copy = 50 * (256 + 256 + 10) * 4
+    assert blocks == -(-10_000 // (cs.APPROX_BUDGET // per_copy // 8 * 8))
+    assert blocks > 1
+
+
+def test_alr_holds_16x_less_than_lr_at_10000_copies():
+    """Issue 7's memory target, counted on the CPU: the arrays a GPU step allocates (DryLauncher:
+    the same allocations, nothing computed, NumPy reporting them to tracemalloc), 784-256-256-10,
+    B = 50, K = 10,000, default budgets: LR keeps eps and x of every row (~2 GB), ALR its bits
+    and one budget of floats; peak ratio >= 16."""
+    import tracemalloc
+
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    peaks = {}
+    for est, prec in (("lr", "fp32"), ("alr", "fp32"), ("alr", "fp16")):
+        tracemalloc.start()
+        with np.errstate(all="ignore"):
+            cs.chunk_sums(model, x, y, _modes(est, model), est == "alr", _keys(model), "cross_entropy",
+                          True, False, 0, 10_000, ck.DryLauncher(np), precision=prec)
+        peaks[est, prec] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["lr", "fp32"] > 1.9 * 2**30
+    assert peaks["lr", "fp32"] >= 16 * peaks["alr", "fp32"], peaks
+    assert peaks["lr", "fp32"] >= 16 * peaks["alr", "fp16"], peaks
+
+
+@pytest.mark.parametrize("est", ["lr", "alr"])
+def test_chunked_100000_copies_run_in_the_memory_of_one_chunk(est):
+    """K = 100,000 in chunks of 10,000: the peak of the allocations stays that of one chunk (plus
+    the gradient's sums), counted as above."""
+    import tracemalloc
+
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    peaks = []
+    for K in (10_000, 100_000):
+        tracemalloc.start()
+        with np.errstate(all="ignore"):
+            cs.estimate(model, x, y, est, K, chunk=10_000, lnch=ck.DryLauncher(np))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] <= 1.05 * peaks[0] + 4 * 2**20, peaks
+
+
+def _modes(est, model):
+    from minilr.estimators import ESTIMATORS as E
+
+    return E[est].modes(len(model.linear_indices), 2)
+
+
+def _keys(model):
+    from minilr.estimators.base import noise_keys
+
+    return noise_keys(np.random.SeedSequence(0), len(model.linear_indices))
+
+
+def test_gpu_path_needs_no_numba_cuda():
+    """With ``numba.cuda`` failing to import (as under NumPy 2.5), the CUDA engine's modules import
+    and a step runs (on the twins here)."""
+    code = textwrap.dedent("""
+        import sys, types
+        class Broken(types.ModuleType):
+            def __getattr__(self, name):
+                raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        sys.modules["numba.cuda"] = Broken("numba.cuda")
+        import numpy as np, minilr
+        from minilr.engines import cuda_step
+        x = np.ones((2, 64), np.float32); y = np.array([1, 2])
+        g, loss, lnch = cuda_step.estimate(minilr.MLP([64, 8, 10]), x, y, "alr", 8)
+        from minilr.engines.cuda import device_kernels
+        assert device_kernels().__name__ == "minilr.engines.cuda_kernels"
+        assert "numba.cuda" not in [m for m in sys.modules if m.startswith("numba.cuda.")]
+        print("ok", lnch.count)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
+
+
+def test_gpu_bench_without_a_gpu_says_so():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_bench.py")], cwd=root,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root},
+                       timeout=300)
+    if r.returncode == 0:
+        pytest.skip("a GPU is here")
+    assert r.returncode == 2 and "no GPU" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_gpu_bench_runs_end_to_end_on_a_stand_in_gpu(monkeypatch, tmp_path):
+    """The benchmark's code (timing, memory hook, table) on a stand-in CuPy whose kernels are the
+    twins and whose events read the host clock; tiny sizes. Checks that it runs and writes its
+    tables, nothing about speed."""
+    import importlib.util
+    import time
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    fake.__version__ = "stand-in"
+
+    class Pool:
+        def malloc(self, n):
+            return None
+
+        def used_bytes(self):
+            return 0
+
+        def free_all_blocks(self):
+            pass
+
+    class Event:
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    class RawKernel:
+        def __init__(self, source, name, options=()):
+            self.k = ck.KERNELS[name]
+
+        def __call__(self, grid, block, args):
+            self.k.twin(*args)
+
+    pool = Pool()
+    fake.get_default_memory_pool = lambda: pool
+    fake.RawKernel = RawKernel
+    fake.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                      getDeviceProperties=lambda i: {"name": b"Stand-in", "totalGlobalMem": 2**34}),
+        Event=Event, get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t), set_allocator=lambda f: None,
+        Device=lambda: types.SimpleNamespace(synchronize=lambda: None))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for k in ck.KERNELS.values():
+        monkeypatch.setattr(k, "_compiled", None)
+    monkeypatch.setattr(ck, "_gemm_ex_f16", lambda cp, S, T, rows, p, q:
+                        S.astype(np.float32).T @ T.astype(np.float32))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("gpu_bench", os.path.join(root, "benchmarks", "gpu_bench.py"))
+    gb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gb)
+    monkeypatch.setattr(gb, "SIZES", [16, 8, 8, 4])
+    monkeypatch.setattr(gb, "B", 4)
+    monkeypatch.setattr(gb, "QUICK_KS", [16, 160])
+    monkeypatch.setattr(gb, "torch_case", lambda K: "torch is not installed")
+    # not the library entry point: Backend("cupy") on the stand-in would be a real backend object
+    monkeypatch.setattr(gb, "library_case", lambda cupy, est, K: "not run here")
+    out = tmp_path / "R.md"
+    assert gb.main(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Stand-in" in text and "| 160 |" in text and "launches" in text
+    assert "Error" not in text.split("estimate_gradient")[0], text
+
+
+# -- 3. on a GPU ---------------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not minilr.cupy_available(), reason="CuPy with a CUDA GPU is not available here")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(len(_cases())))
+def test_gpu_kernel_equals_its_twin(i):
+    """On the device: bit for bit, except tanh/exp/log (CUDA's tanhf/expf/logf within 2 ulp of
+    correctly rounded, NumPy's within 1: 4 ulp)."""
+    import cupy
+
+    k, n, args, exact = _cases()[i]
+    a_twin = [copy.deepcopy(a) for a in args]
+    a_gpu = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    k.twin(*a_twin)
+    ck.Launcher(cupy).kernel(k, n, *a_gpu)
+    for (ctype, name), x, y in zip(k.params, a_twin, a_gpu):
+        if isinstance(x, np.ndarray) and not ctype.startswith("const"):
+            y = cupy.asnumpy(y)
+            if exact:
+                assert np.array_equal(_bits(x), _bits(y)), (k.name, name)
+            else:
+                np.testing.assert_allclose(y, x, rtol=4 * 2**-23, atol=4 * 2**-23, err_msg=f"{k.name} {name}")
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_noise_equals_noise_normal_bit_for_bit():
+    import cupy
+
+    key = _key(10)
+    m, d, kb = 256, 784, 64
+    E, e = cupy.empty((kb, m, d), np.float32), cupy.empty((kb, m), np.float32)
+    ck.Launcher(cupy).kernel(ck.ES_NOISE, kb * m * (d + 1), E, e, key.k1, key.gamma, 5, kb, m, d, 0)
+    ref = noise.normal(key, (kb, m, d + 1), start=5 * m * (d + 1))
+    assert np.array_equal(_bits(cupy.asnumpy(E)), _bits(np.ascontiguousarray(ref[..., :d])))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("est", ESTIMATORS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_step_equals_the_reference(est, precision):
+    """The CUDA step on the GPU against the NumPy reference, same seed: cuBLAS and NumPy sum in
+    different orders, so 2e-5 of each gradient's largest entry (as on the twins)."""
+    import cupy
+
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3)
+    g, _, lnch = cs.estimate(model, cupy.asarray(x), cupy.asarray(y), est, 64, seed=3, xp=cupy,
+                             precision=precision)
+    assert _rel({k: cupy.asnumpy(v) for k, v in g.items()}, ref) < 2e-5
+    assert lnch.count <= 30
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_gpu_estimate_gradient_on_cupy_equals_numpy(est):
+    """What a user calls: backend="cupy" (the CUDA engine's fused step) against backend="numpy",
+    same seed, learned sigma included: float32 rounding only."""
+    from minilr.backend import Backend
+
+    model = minilr.MLP(SIZES, seed=0, learn_sigma=True)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, antithetic=True)
+    bk = Backend("cupy")
+    g = minilr.estimate_gradient(model, x, y, estimator=est, copies=64, seed=3, antithetic=True, backend=bk)
+    assert bk.engine.launches is not None and bk.engine.launches <= 36
+    assert _rel(g, ref) < 2e-5
+
+
+# -- the CUDA engine (minilr/engines/cuda.py) running this step ---------------------------------------
+def _cuda_engine_backend(**kw):
+    """A NumPy backend whose engine is the CUDA engine: its fused step runs on the kernels' twins."""
+    from minilr.backend import Backend
+    from minilr.engines.cuda import CUDAEngine
+
+    bk = Backend("numpy")
+    bk.engine = CUDAEngine(np, **kw)
+    return bk
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+@pytest.mark.parametrize("anti", [False, True])
+def test_cuda_engine_step_on_twins_equals_the_reference_engine(est, anti):
+    """``estimate_gradient`` through the CUDA engine (fused step, twins) against the reference
+    engine, same seed: float32 rounding only (2e-5 of each gradient's largest entry, as above);
+    one block, at most 30 launches."""
+    from minilr.backend import Backend
+
+    model = minilr.MLP(SIZES, seed=0)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=anti,
+                                   backend=Backend("numpy", engine="reference"))
+    bk = _cuda_engine_backend()
+    g = minilr.estimate_gradient(model, x, y, estimator=est, copies=32, seed=3, antithetic=anti, backend=bk)
+    assert bk.engine.launches is not None and bk.engine.launches <= 30
+    assert _rel(g, ref) < 2e-5
+
+
+def test_cuda_engine_runs_the_sites_where_the_fused_step_does_not_apply():
+    """A float64 model is not on the fused path: the engine runs the reference sites (same numbers)."""
+    from minilr.backend import Backend
+
+    model = minilr.MLP(SIZES, seed=0, dtype=np.float64)
+    x, y = _data()
+    ref = minilr.estimate_gradient(model, x, y, estimator="alr", copies=16, seed=3,
+                                   backend=Backend("numpy", engine="reference"))
+    bk = _cuda_engine_backend(memory_budget=1 << 30)
+    g = minilr.estimate_gradient(model, x, y, estimator="alr", copies=16, seed=3, backend=bk)
+    assert bk.engine.launches is None
+    assert _rel(g, ref) < 1e-12
