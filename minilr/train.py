@@ -274,7 +274,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         model.check()
 
     def save_checkpoint():
-        _ckpt.write(checkpoint, model, opt, history, dict(run), settings, ss)
+        if _mpi.is_root(comm):  # every rank holds the same run: one writes it
+            _ckpt.write(checkpoint, model, opt, history, dict(run), settings, ss)
 
     from tqdm.auto import tqdm
 
