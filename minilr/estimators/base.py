@@ -113,6 +113,22 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp, totals=None, copies=
     return (L - (total - own) / (K - group)).astype(L.dtype, copy=False)
 
 
+def loss_totals(engine, model, x, y, s, chunk, modes, approx, keys, xp):
+    """Pass 1 of a chunked estimate with a baseline: each sample's loss summed over all copies
+    (float64, shape (B,)), for :func:`centred_losses`; None when one chunk holds every copy or
+    there is no baseline (the chunk's own sum is then the total)."""
+    if not s.baseline or chunk >= s.copies:
+        return None
+    totals = xp.zeros(x.shape[0], dtype=np.float64)
+    for start in range(0, s.copies, chunk):
+        k = min(chunk, s.copies - start)
+        L, sites = engine.forward(model, x, y, start, k, modes, approx, keys, s.loss, s.antithetic)
+        totals += L.sum(axis=0, dtype=np.float64)
+        engine.done(sites)
+        del L, sites
+    return totals
+
+
 class Noisy:
     """An estimator that perturbs every ``Linear`` layer: :meth:`modes` says how (``"lr"`` or
     ``"es"``), ``approx`` whether only signs are kept (ALR, AES, A-Hybrid)."""
@@ -154,16 +170,7 @@ class Noisy:
         sums = {key: xp.zeros_like(p) for key, p in params.items()}
         loss_sum, rows = 0.0, 0
         with engine.session():
-            totals = None
-            if s.baseline and chunk < s.copies:  # pass 1: each sample's loss summed over all copies
-                totals = xp.zeros(x.shape[0], dtype=np.float64)
-                for start in range(0, s.copies, chunk):
-                    k = min(chunk, s.copies - start)
-                    L, sites = engine.forward(model, x, y, start, k, modes, self.approx, keys, s.loss,
-                                              s.antithetic)
-                    totals += L.sum(axis=0, dtype=np.float64)
-                    engine.done(sites)
-                    del L, sites
+            totals = loss_totals(engine, model, x, y, s, chunk, modes, self.approx, keys, xp)
             for start in range(0, s.copies, chunk):
                 k = min(chunk, s.copies - start)
                 L, sites = engine.forward(model, x, y, start, k, modes, self.approx, keys, s.loss,
