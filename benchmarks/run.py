@@ -108,7 +108,12 @@ def cpu_benchmarks(R):
     rows.append(("ALR step / LR step (B=10, K=2000, all copies at once)",
                  f"{t_alr / t_lr3:.2f}x ({1e3 * t_alr:.1f} vs {1e3 * t_lr3:.1f} ms)", "<= 1.0x",
                  "yes" if t_alr <= t_lr3 else "no"))
-    print(*rows[-2:], sep="\n", flush=True)
+    st = alternate(R, {"held": ("minilr_step", dict(est="lr", K=200, B=50)),
+                       "fresh": ("minilr_step", dict(est="lr", K=200, B=50, held=False))})
+    t_held, t_fresh = (median([r["seconds"] for r in st[k]]) for k in ("held", "fresh"))
+    rows.append(("LR step, a fresh Backend per call (backend=\"numpy\") / one held Backend (B=50, K=200)",
+                 f"{t_fresh / t_held:.2f}x ({1e3 * t_fresh:.1f} vs {1e3 * t_held:.1f} ms)", "-", "-"))
+    print(*rows[-3:], sep="\n", flush=True)
 
     # 3. peak memory: ALR vs LR at K=2000, B=10; chunked K=20000 vs K=2000 (deterministic: 1 round)
     mem = {name: work("peak_memory", est=e, K=K, B=10, chunk=c)["bytes"] for name, e, K, c in [

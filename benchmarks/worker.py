@@ -31,12 +31,16 @@ def _data(B, seed=0):
     return rng.standard_normal((B, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], B)
 
 
-def minilr_step(est="lr", K=200, B=50, chunk=None, reps=10, backend="numpy"):
+def minilr_step(est="lr", K=200, B=50, chunk=None, reps=10, backend="numpy", held=True):
+    """One estimate's median time. ``held``: one Backend object for every step, as ``train`` does
+    (its engine keeps the blocks of one step for the next); else a fresh one per call."""
     import minilr
 
     model = minilr.MLP(SIZES, seed=0)
     x, y = _data(B)
     seeds = iter(range(10**6))
+    if held:
+        backend = minilr.Backend(backend)
     f = lambda: minilr.estimate_gradient(model, x, y, estimator=est, copies=K, seed=next(seeds),
                                          chunk=chunk, backend=backend)
     return {"seconds": _median_time(f, reps)}
@@ -115,6 +119,14 @@ def sgemm(n=2048, reps=5):
     return {"gflops": 2 * n**3 / t / 1e9}
 
 
+def _threads():
+    try:
+        from minilr.engines.cpu.threads import threads
+    except ImportError:  # minilr before the engines
+        from minilr.noise import threads
+    return threads()
+
+
 def noise_rate(n=5_220_000, reps=5):
     from minilr import noise
 
@@ -123,7 +135,7 @@ def noise_rate(n=5_220_000, reps=5):
     ours = n / _median_time(lambda: noise.fill_normal(out, key), reps)
     g = np.random.Generator(np.random.SFC64(0))
     sfc = n / _median_time(lambda: g.standard_normal(n, dtype=np.float32, out=out), reps)
-    return {"minilr": ours, "sfc64": sfc, "threads": noise.threads()}
+    return {"minilr": ours, "sfc64": sfc, "threads": _threads()}
 
 
 def profile(est="lr", K=200, B=50):

@@ -31,16 +31,11 @@ runs the same recipe (:mod:`minilr.engines.cuda`).
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
-from ._signals import deferred_interrupt
-
-__all__ = ["NoiseKey", "key_from_seed", "normal", "fill_normal", "normal_reference", "threads"]
+__all__ = ["NoiseKey", "key_from_seed", "normal", "fill_normal", "normal_reference"]
 
 _U64 = np.uint64
 _M1 = _U64(0xBF58476D1CE4E5B9)
@@ -198,127 +193,7 @@ def _fill_range(out, lo, hi, k1, gamma, start):
         out[t] = _normal_at(k1, gamma, start + _U64(t))
 
 
-# Threads: plain Python threads running the GIL-free kernel on slices. Numba's own parallel
-# layer (OpenMP here) compiled the loop body without vectorising it (3x slower per core) and
-# leaves spinning workers behind that compete with OpenBLAS's; see benchmarks/RESULTS.md.
 _PARALLEL_MIN = 1 << 17  # below this a thread hand-off costs more than it saves
-_LOCAL = threading.local()  # .serial: this thread already runs one of several blocks
-
-
-def threads() -> int:
-    """Threads of minilr's CPU kernels (noise fill, the CPU engine's blocks):
-    ``MINILR_NOISE_THREADS`` or the CPUs this process may use."""
-    env = os.environ.get("MINILR_NOISE_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"MINILR_NOISE_THREADS must be a positive integer, got {env!r}") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class Workers:
-    """A pool of threads for GIL-free kernels, owned by whoever made it (a CPU engine for its
-    blocks; this module for noise fills made outside any engine) and closed with it.
-
-    Fork-safe: a child process never waits on the parent's threads (they do not exist there),
-    it starts its own on first use (the pool is tied to the process id that made it)."""
-
-    def __init__(self):
-        self._pool, self._key, self._lock = None, None, threading.Lock()
-
-    def _executor(self, nt):
-        key = (os.getpid(), nt)
-        with self._lock:
-            if self._key != key:
-                if self._pool is not None and self._key[0] == key[0]:
-                    self._pool.shutdown(wait=False)
-                self._pool, self._key = ThreadPoolExecutor(nt, thread_name_prefix="minilr"), key
-            return self._pool
-
-    def close(self):
-        """Let the threads go (they finish what they run); a later call starts new ones."""
-        with self._lock:
-            if self._pool is not None and self._key[0] == os.getpid():
-                self._pool.shutdown(wait=False)
-            self._pool, self._key = None, None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
-
-    def run_groups(self, fn, groups):
-        """``fn(group)`` for each group, the first on the calling thread, the rest on the pool;
-        a thread running a group runs any nested :func:`run_split` serially."""
-        def run(group):
-            outer = getattr(_LOCAL, "serial", False)
-            _LOCAL.serial = True
-            try:
-                fn(group)
-            finally:
-                _LOCAL.serial = outer
-
-        groups = [g for g in groups if g]
-        if len(groups) <= 1:
-            for g in groups:
-                run(g)
-            return
-        # Ctrl-C waits for the workers (one kernel call, milliseconds): an interrupt inside
-        # submit() could leave the pool's locks held, or workers writing after we return
-        with deferred_interrupt():
-            pool = self._executor(len(groups))
-            futs = [pool.submit(run, g) for g in groups[1:]]
-            try:
-                run(groups[0])
-            finally:
-                for f in futs:
-                    f.result()
-
-
-_WORKERS = Workers()  # for noise drawn outside any engine's blocks
-os.register_at_fork(after_in_child=_WORKERS.close)
-
-
-def split(n, nt, align=1):
-    """``nt`` fixed ranges ``(lo, hi)`` covering ``0 .. n - 1``, interior bounds multiples of ``align``.
-
-    Fixed by ``n`` and ``nt`` alone, so per-range partial sums combined in range order give the
-    same bits on every run.
-    """
-    step = max(1, -(-n // nt))
-    step += -step % align
-    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-
-
-def run_split(kernel, n, args, align=1, min_items=1, parts=None, workers=None):
-    """Call ``kernel(*args, lo, hi)`` over :func:`split` ranges of ``0 .. n - 1`` on ``workers``
-    (default: this module's).
-
-    ``parts`` ranges (default: one per thread), dealt to the threads in contiguous groups; the
-    calling thread runs the first group instead of waiting. Give ``parts`` a fixed number when
-    the kernel writes one partial sum per range: the ranges, hence the sums' bits, then do not
-    depend on the thread count. One thread when :func:`threads` is 1, ``n < min_items``, or the
-    caller is itself one of several blocks running side by side.
-    """
-    nt = 1 if getattr(_LOCAL, "serial", False) else threads()
-    ranges = split(n, parts or nt, align) if n >= min_items else [(0, n)]
-    if nt == 1 or len(ranges) == 1:
-        for lo, hi in ranges:
-            kernel(*args, lo, hi)
-        return ranges
-    groups = [ranges[len(ranges) * g // nt:len(ranges) * (g + 1) // nt] for g in range(nt)]
-
-    def run(group):
-        for lo, hi in group:
-            kernel(*args, lo, hi)
-
-    (workers or _WORKERS).run_groups(run, groups)
-    return ranges
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -329,6 +204,8 @@ def _fill_slice(out, k1, gamma, start, lo, hi):
 
 
 def _fill_host(flat, key, start):
+    from .engines.cpu.threads import run_split  # noqa: PLC0415 (the CPU engine's threads)
+
     # even slice bounds keep whole pairs in one slice
     run_split(_fill_slice, flat.size, (flat, key.k1, key.gamma, _U64(start)), align=2,
               min_items=_PARALLEL_MIN)

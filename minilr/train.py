@@ -228,7 +228,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     before the failing step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                            baseline, comm)
+                          baseline, comm)
     loss = cfg.loss
     estimator, copies, chunk, es_layers = cfg.estimator, cfg.copies, cfg.chunk, cfg.es_layers
     baseline, antithetic = cfg.baseline, cfg.antithetic

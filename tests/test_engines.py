@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import minilr
-from minilr import noise, signbits
-from minilr.engines.cpu import kernels
+from minilr import signbits
+from minilr.engines.cpu import kernels, signs, threads
 from minilr.engines.cuda import CUDAEngine, block_plan
 from minilr.estimators import alr_sums, lr_sigma_sums, lr_sums
 
@@ -124,7 +124,7 @@ def test_packed_alr_sums_equal_alr_sums(t_kind):
     L = rng.integers(-500, 501, K * B).astype(np.float32)
     s, t = signbits.pack(eps, "pm1"), signbits.pack(h, t_kind)
     G, g = np.zeros((m, d), np.float32), np.zeros(m, np.float32)
-    signbits.packed_gradient_block(L, s, "pm1", t, t_kind, G, g, 0, K * B, 0, m, 0, d, gemm=kernels.gemm_acc)
+    signs.packed_gradient_block(L, s, "pm1", t, t_kind, G, g, 0, K * B, 0, m, 0, d, gemm=kernels.gemm_acc)
     want = alr_sums(L.reshape(K, B), np.sign(h).reshape(K, B, d), np.sign(eps).reshape(K, B, m))
     np.testing.assert_array_equal(G, want[0])
     np.testing.assert_array_equal(g, want[1])
@@ -340,10 +340,28 @@ def test_gpu_path_imports_without_numba_cuda():
 
 
 def test_workers_close_and_restart():
-    w = noise.Workers()
+    w = threads.Workers()
     out = []
     w.run_groups(out.append, [[1], [2], [3]])
     w.close()
     w.run_groups(out.append, [[4], [5]])
     assert sorted(x for g in out for x in g) == [1, 2, 3, 4, 5]
     w.close()
+
+
+def test_held_backend_survives_hybrid_then_chunked_lr():
+    """A Backend held across calls: a hybrid step keeps an ES site's transposed output as the next
+    LR site's input; the scratch pool must not hand that view back as a block (it crashed the next
+    chunked LR step in Numba: 'reshape() supports contiguous array only')."""
+    from minilr.backend import Backend
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(9, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 9)
+    m = minilr.MLP([20, 48, 24, 5], activation="relu", sigma=0.2, seed=2, learn_sigma=True)
+    bk = Backend("numpy", engine="cpu")
+    minilr.estimate_gradient(m, x, y, estimator="hybrid", copies=30, chunk=10, es_layers=1, backend=bk)
+    held = minilr.estimate_gradient(m, x, y, estimator="lr", copies=25, chunk=7, backend=bk)
+    fresh = minilr.estimate_gradient(m, x, y, estimator="lr", copies=25, chunk=7)
+    for k in fresh:
+        np.testing.assert_array_equal(held[k], fresh[k], err_msg=k)

@@ -6,7 +6,7 @@ import pytest
 
 import minilr
 from minilr import noise
-from minilr.engines.cpu import kernels
+from minilr.engines.cpu import kernels, threads
 
 
 def _grads(fast, model, x, y, estimator="lr", **kw):
@@ -152,7 +152,7 @@ def test_split_covers_once():
     for n in (0, 1, 7, 100):
         for nt in (1, 2, 3):
             for align in (1, 2):
-                r = noise.split(n, nt, align)
+                r = threads.split(n, nt, align)
                 assert [i for lo, hi in r for i in range(lo, hi)] == list(range(n))
                 assert all(lo % align == 0 for lo, _ in r)
 

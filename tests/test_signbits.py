@@ -6,10 +6,6 @@ exactly, so no summation order can change it).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -17,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minilr
+import minilr.engines.cpu.threads
 from minilr import signbits as sb
 
 from strategies import kinds, rows, seeds, signed_array, widths
@@ -123,44 +120,6 @@ def test_alr_records_keep_only_bits():
         assert sites[1].t.shape == (25, 9)  # ReLU input: 1 bit per row, 200 rows
 
 
-CUDASIM_SCRIPT = textwrap.dedent("""
-    import warnings
-    import numpy as np
-    warnings.simplefilter("ignore")  # the simulator runs uint64 hashing in NumPy scalars
-    from minilr import _cuda_kernels as ck, noise, signbits as sb
-    rng = np.random.default_rng(0)
-    for n, w in [(1, 1), (13, 5), (64, 3), (70, 9)]:
-        for kind in sb.KINDS:
-            a = rng.standard_normal((n, w)).astype(np.float32)
-            a[rng.random(a.shape) < 0.3] = 0.0
-            a[0, 0] = -0.0
-            ref = sb.pack_reference(a, kind)
-            planes = np.zeros((2, sb.packed_rows(n) + 1, w), np.uint8)
-            ck.pack(a, planes, sb._CODES[kind], 1)  # at byte row 1, as a streamed block would
-            got = planes[:, 1:] if kind == "sign" else planes[0, 1:]
-            assert np.array_equal(got, ref), (n, w, kind)
-            scale = rng.standard_normal(n).astype(np.float32)
-            r0 = 8 if n > 8 else 0
-            out = np.empty((n - r0, w), np.float32)
-            ck.unpack(sb._planes(ref, kind), sb._CODES[kind], r0, n, scale[r0:], out)
-            assert np.array_equal(out, scale[r0:, None] * sb.unpack_reference(ref, kind, n)[r0:])
-    key = noise.key_from_seed(np.random.SeedSequence(7))
-    out = np.empty(41, np.float32)
-    ck.fill_normal(out, key.k1, key.gamma, np.uint64(3))
-    assert np.array_equal(out, noise.normal(key, (41,), start=3))
-    print("CUDASIM-OK")
-""")
-
-
-def test_cuda_kernels_in_numba_simulator():
-    """The numba.cuda kernels' logic, run by Numba's CUDA simulator on the CPU (no GPU needed)."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", CUDASIM_SCRIPT], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0 and "CUDASIM-OK" in r.stdout, r.stderr[-3000:]
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not minilr.cupy_available(), reason="needs CuPy and a CUDA GPU")
 def test_gpu_kernels_match_reference():
@@ -200,7 +159,7 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
                                                     floats):
     """The fast path's parts (ranges of rows, of s's columns or of t's columns), each into its share
     of G and g, add up to the reference exactly (integer losses), with sgemm or NumPy products."""
-    from minilr.engines.cpu import kernels
+    from minilr.engines.cpu import kernels, signs
 
     rng = np.random.default_rng(seed)
     s = sb.pack(signed_array(seed, (n, m)), s_kind)
@@ -212,13 +171,13 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
         G, g = np.zeros((m, d), np.float32), np.zeros(m, np.float32)
         if split == "rows":
             cuts = [(r0 * 8, min(n, r1 * 8), 0, m, 0, d) for r0, r1 in
-                    minilr.noise.split(-(-n // 8), parts)]
+                    minilr.engines.cpu.threads.split(-(-n // 8), parts)]
         elif split == "s":
-            cuts = [(0, n, i0, i1, 0, d) for i0, i1 in minilr.noise.split(m, parts)]
+            cuts = [(0, n, i0, i1, 0, d) for i0, i1 in minilr.engines.cpu.threads.split(m, parts)]
         else:
-            cuts = [(0, n, 0, m, j0, j1) for j0, j1 in minilr.noise.split(d, parts)]
+            cuts = [(0, n, 0, m, j0, j1) for j0, j1 in minilr.engines.cpu.threads.split(d, parts)]
         for cut in cuts:
-            sb.packed_gradient_block(L, s, s_kind, t, t_kind, G, g, *cut, gemm=gemm, block_floats=floats)
+            signs.packed_gradient_block(L, s, s_kind, t, t_kind, G, g, *cut, gemm=gemm, block_floats=floats)
         np.testing.assert_array_equal(G, ref)
         np.testing.assert_array_equal(g, gref)
 
@@ -227,12 +186,14 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
 @given(seeds, st.integers(1, 9), st.integers(1, 40), widths, st.integers(1, 3))
 def test_sign_sum_copies_from_bits(seed, B, K, m, parts):
     """The first layer's A[b] = sum_k L sign(eps) read from the bits, by column ranges: exact."""
+    from minilr.engines.cpu import signs
+
     rng = np.random.default_rng(seed)
     a = signed_array(seed, (K * B, m))
     s = sb.pack(a, "pm1")
     L = rng.integers(-1000, 1001, K * B).astype(np.float32)
     A = np.zeros((B, m), np.float32)
-    for c0, c1 in minilr.noise.split(m, parts):
-        sb.sign_sum_copies(s, L, B, A, c0, c1)
+    for c0, c1 in minilr.engines.cpu.threads.split(m, parts):
+        signs.sign_sum_copies(s, L, B, A, c0, c1)
     want = (L[:, None] * sb.unpack_reference(s, "pm1", K * B)).reshape(K, B, m).sum(axis=0)
     np.testing.assert_array_equal(A, want)

@@ -29,16 +29,11 @@ def device_kernels():
     code, byte0)``, ``unpack(planes, code, r0, r1, scale, out)`` (the contracts of
     :func:`minilr.noise.fill_normal` and :func:`minilr.signbits.pack` / ``unpack``).
 
-    ``minilr.engines.cuda_kernels`` (CuPy ``RawKernel``s: CuPy alone) when it is there, else the
-    older ``numba.cuda`` kernels of ``minilr._cuda_kernels``. Imported on first use only."""
-    try:
-        from . import cuda_kernels  # noqa: PLC0415
-        return cuda_kernels
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.cuda_kernels":
-            raise
-    from .. import _cuda_kernels  # noqa: PLC0415
-    return _cuda_kernels
+    They are CuPy ``RawKernel``s (:mod:`minilr.engines.cuda_kernels`): CuPy alone, no
+    ``numba.cuda``. Imported on first use only."""
+    from . import cuda_kernels  # noqa: PLC0415
+
+    return cuda_kernels
 
 
 def copy_bytes(sizes, B, modes=None, approx=False, itemsize=4):

@@ -6,7 +6,7 @@ What it changes against :mod:`minilr.engines.reference` (same noise, same equati
   noise drawn inside the pass, bias, activation; ALR packs ``sign(eps)`` and the next layer's input
   signs in the same pass), and forms its sums in place (``L * eps`` over the kept blocks; ALR's
   packed sums over fixed parts of ``G`` or of the rows);
-* blocks of copies run side by side on the engine's threads (:class:`minilr.noise.Workers`), each
+* blocks of copies run side by side on the engine's threads (:class:`.threads.Workers`), each
   on one thread, BLAS held at one thread for the whole estimate (:func:`.kernels.blas_one_thread`);
 * LR's block arrays are kept from one step for the next (:class:`.kernels.Scratch`) as long as the
   engine lives: ``estimate_gradient(..., backend="numpy")`` makes a fresh engine per call, so
@@ -25,9 +25,9 @@ import threading
 
 import numpy as np
 
-from ... import noise, signbits
+from ... import signbits
 from ..reference import BLOCK_FLOATS_APPROX, BLOCK_FLOATS_EXACT, LRSite, ReferenceEngine, floats_per_copy
-from . import kernels
+from . import kernels, signs, threads
 
 # Blocks of a float-record pass at least (when copies allow): enough for two or four threads.
 MIN_BLOCKS = 4
@@ -173,21 +173,21 @@ class FusedLRSite(LRSite):
         Lf = np.ascontiguousarray(Lc, self.dtype).reshape(-1)
         if self.first:  # A[b, i] = sum_k L sign(eps_i), read from the bits; then one product
             # one thread: ~0.2 ms of work (B=50, K=200), less than a hand-off to the other
-            A = signbits.sign_sum_copies(self.s, Lf, B, np.zeros((B, m), self.dtype), 0, m)
+            A = signs.sign_sum_copies(self.s, Lf, B, np.zeros((B, m), self.dtype), 0, m)
             return A.T @ self.x_shared, A.sum(axis=0)
         if m * d <= SMALL_G:  # G is small: split the rows, one G per part, added in order
-            parts = [(c0 * B, c1 * B, 0, m, 0, d) for c0, c1 in noise.split(K, SIGN_PARTS, align=8)]
+            parts = [(c0 * B, c1 * B, 0, m, 0, d) for c0, c1 in threads.split(K, SIGN_PARTS, align=8)]
             sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype)) for _ in parts]
             # a part's floats alive: its G and its blocks; a G smaller than the block budget
             # leaves the rest to the blocks (fewer, larger blocks: less Python per flop)
-            floats = 2 * signbits.GRAD_BLOCK_FLOATS - min(m * d, signbits.GRAD_BLOCK_FLOATS)
+            floats = 2 * signs.GRAD_BLOCK_FLOATS - min(m * d, signs.GRAD_BLOCK_FLOATS)
         else:  # split G's wider side: the narrower side's bits are unpacked by every part
-            cut = [(i0, i1, 0, d) for i0, i1 in noise.split(m, SIGN_PARTS, align=16)] if m >= d else \
-                [(0, m, j0, j1) for j0, j1 in noise.split(d, SIGN_PARTS, align=16)]
+            cut = [(i0, i1, 0, d) for i0, i1 in threads.split(m, SIGN_PARTS, align=16)] if m >= d else \
+                [(0, m, j0, j1) for j0, j1 in threads.split(d, SIGN_PARTS, align=16)]
             parts = [(0, rows) + c for c in cut]
             sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype))] * len(parts)
             floats = None
-        self.engine.run_blocks(lambda p, _: signbits.packed_gradient_block(
+        self.engine.run_blocks(lambda p, _: signs.packed_gradient_block(
             Lf, self.s, "pm1", self.t, self.x_kind, *sums[p], *parts[p], gemm=kernels.gemm_acc,
             block_floats=floats), [(p, p + 1) for p in range(len(parts))])
         G, g = sums[0]
@@ -209,7 +209,7 @@ class CPUEngine(ReferenceEngine):
             raise TypeError(f"the CPU engine runs NumPy arrays only, got {xp.__name__}")
         super().__init__(np)
         self.scratch = kernels.Scratch()
-        self.workers = noise.Workers()
+        self.workers = threads.Workers()
 
     def session(self):
         return kernels.blas_one_thread()
@@ -247,7 +247,7 @@ class CPUEngine(ReferenceEngine):
                     for c0, c1 in blocks[lo:hi]:
                         fn(c0, c1)
 
-            noise.run_split(each, len(blocks), (), workers=self.workers)
+            threads.run_split(each, len(blocks), (), workers=self.workers)
 
     def prepare(self, model, lin, sites):
         """Per-thread block arrays for ALR's pass; a fused ReLU packs the next site's input signs."""

@@ -221,9 +221,13 @@ class Scratch:
         before. Given none (a step that kept no blocks: ALR), what is kept stays."""
         if not arrays:
             return
-        free = {}
+        free, seen = {}, set()
         for a in arrays:
-            free.setdefault((a.shape, a.dtype.str), []).append(a)
+            # only whole arrays of their own, once each: a view (an ES site's transposed output
+            # kept as the next layer's input) would come back non-contiguous or aliased
+            if a.base is None and a.flags.c_contiguous and id(a) not in seen:
+                seen.add(id(a))
+                free.setdefault((a.shape, a.dtype.str), []).append(a)
         self._free = free
 
     def release(self):
