@@ -3,8 +3,13 @@
 LR, its sign approximation ALR, evolution strategies (ES, AES) and their hybrids, on NumPy or
 CuPy, with no autograd anywhere. See ``README.md`` and ``tutorials/``.
 """
-from . import datasets, losses, metrics, optim, reference
-from .backend import Backend, cupy_available, get_backend
+from . import _numba_cache
+
+_numba_cache.ensure()  # before any kernel module compiles with cache=True (read-only installs)
+
+from . import datasets, io, losses, metrics, optim, reference  # noqa: E402
+from .backend import Backend, cupy_available, get_backend  # noqa: E402
+from .io import load, save  # noqa: E402
 from .conv import (AvgPool1d, AvgPool2d, Conv1d, Conv2d, Flatten, GlobalAvgPool, GroupNorm, MaxPool1d,
                    MaxPool2d, Residual)
 from .layers import Identity, Linear, ReLU, Sigmoid, Step, Tanh
@@ -24,6 +29,7 @@ __all__ = [
     "estimate_gradient", "train", "History", "TrainingDiverged",
     "Backend", "get_backend", "cupy_available",
     "datasets", "losses", "metrics", "optim", "reference",
+    "save", "load", "io",
 ]
 
 

@@ -52,6 +52,14 @@ def _parser():
     t.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="cupy runs on a GPU")
     t.add_argument("--seed", type=int, default=0, help="seed of weights, noise and batches")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--save", default=None, metavar="PATH",
+                   help="save the trained model here (.npz; minilr.load reads it), also on Ctrl-C")
+    t.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="write a checkpoint here after every epoch and on Ctrl-C (atomic)")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also write the checkpoint every N steps")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (same settings: the same result)")
     t.add_argument("--distributed", action="store_true",
                    help="share the copies over the MPI ranks (run under mpiexec; pip install 'minilr[mpi]')")
     return p
@@ -71,6 +79,9 @@ def main(argv=None) -> int:
         parser.error(f"MINILR_EPOCHS must be an integer, got {epochs!r}")
     try:
         return _train(args, epochs)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("python -m minilr train: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         # Bad values reach here from the library's checks, before any training: say what, not where.
         print(f"python -m minilr train: error: {exc}", file=sys.stderr)
@@ -81,6 +92,7 @@ def main(argv=None) -> int:
 
 
 def _train(args, epochs) -> int:
+    from .io import save
     from .models import MLP
     from .train import train
 
@@ -112,13 +124,32 @@ def _train(args, epochs) -> int:
               f"train acc {h.train_accuracy[-1]:.3f}  test acc {h.val_accuracy[-1]:.3f}  "
               f"({h.seconds[-1]:.1f} s)", flush=True)
 
-    h = train(model, (x, y), val_data=(xt, yt), estimator=args.estimator, copies=args.copies,
-              epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-              backend=args.backend, seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(),
-              baseline=not args.no_baseline, antithetic=args.antithetic, chunk=args.chunk,
-              es_layers=args.es_layers, schedule=args.schedule, momentum=args.momentum,
-              sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound, callback=report,
-              **({"comm": comm} if comm is not None else {}))
+    try:
+        h = train(model, (x, y), val_data=(xt, yt), estimator=args.estimator, copies=args.copies,
+                  epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                  backend=args.backend, seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(),
+                  baseline=not args.no_baseline, antithetic=args.antithetic, chunk=args.chunk,
+                  es_layers=args.es_layers, schedule=args.schedule, momentum=args.momentum,
+                  sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound,
+                  callback=report, checkpoint=args.checkpoint, resume=args.resume,
+                  checkpoint_every=args.checkpoint_every, **({"comm": comm} if comm is not None else {}))
+    except KeyboardInterrupt:
+        # train stops after a whole step and has written the checkpoint (if asked): say so, briefly
+        saved = []
+        if args.save and root:
+            save(model, args.save)
+            saved.append(f"model saved to {args.save}")
+        if args.checkpoint:
+            saved.append(f"checkpoint in {args.checkpoint} (continue with --resume)")
+        print("python -m minilr train: interrupted" + (": " + "; ".join(saved) if saved else ""),
+              file=sys.stderr)
+        return 130
+    if args.save and root:
+        save(model, args.save)
+        say(f"model saved to {args.save}")
+    if not h.val_accuracy:  # resumed a run that had already finished
+        say("nothing to do: the checkpoint has finished all epochs")
+        return 0
     say(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
     return 0
 

@@ -101,6 +101,26 @@ class Linear:
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
 
+    def check(self, index: int, dtype) -> None:
+        """Raise a ValueError naming layer ``index`` and the parameter if an array set by hand has
+        the wrong shape or kind, is not finite, or sigma is not positive in ``dtype``."""
+        m, d = self.out_features, self.in_features
+        for name, shape in (("weight", (m, d)), ("bias", (m,)), ("sigma", (m,))):
+            a = getattr(self, name)
+            what = f"layer {index} ({self!r}) parameter '{index}.{name}'"
+            if getattr(a, "shape", None) is None or getattr(a, "dtype", None) is None:
+                raise TypeError(f"{what} must be an array of shape {shape}, got {type(a).__name__}")
+            if tuple(a.shape) != shape:
+                raise ValueError(f"{what} must have shape {shape}, got {tuple(a.shape)}")
+            if a.dtype.kind != "f":
+                raise TypeError(f"{what} must hold floats ({np.dtype(dtype).name}), got dtype {a.dtype}")
+            if not bool(np.isfinite(a).all()):
+                raise ValueError(f"{what} contains NaN or inf")
+        if not bool((self.sigma >= np.finfo(dtype).tiny).all()):
+            raise ValueError(f"layer {index} ({self!r}) parameter '{index}.sigma' must be > 0 (at least "
+                             f"{np.finfo(dtype).tiny:.3g} in {np.dtype(dtype).name}), got min "
+                             f"{float(self.sigma.min()):.3g}")
+
 
 def _check_sigma(sigma, n: int) -> np.ndarray:
     if isinstance(sigma, (bool, np.bool_, str, bytes)) or sigma is None:

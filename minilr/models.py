@@ -74,6 +74,11 @@ class Sequential:
         self.input_shape = input_shape
         if input_shape is not None and not self.is_mlp:
             self.output_shape(input_shape, "input_shape")  # every layer fits, or a clear error now
+        for i, layer in enumerate(self.layers):  # one object twice would silently tie its weights
+            for j in range(i):
+                if isinstance(layer, Linear) and self.layers[j] is layer:
+                    raise ValueError(f"layers[{i}] is the same Linear object as layers[{j}]; use a new "
+                                     f"Linear for each position (minilr does not tie weights)")
         children = seed_sequence(seed).spawn(len(self.layers))
         for layer, ss in zip(self.layers, children):
             if isinstance(layer, Activation):
@@ -127,6 +132,18 @@ class Sequential:
             out.extend(_sites(layer, f"{i}."))
         return out
 
+    def check(self) -> None:
+        """Check what may have been set by hand: every layer's arrays (shapes, finiteness, sigma > 0)
+        and no Linear object used twice. Errors name the layer and parameter."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                for j in range(i):
+                    if self.layers[j] is layer:
+                        raise ValueError(f"layers[{i}] is the same Linear object as layers[{j}]; use a "
+                                         f"new Linear for each position (minilr does not tie weights)")
+            if hasattr(layer, "check"):
+                layer.check(i, self.dtype)
+
     def parameters(self) -> dict:
         """``{"<i>.weight", "<i>.bias"[, "<i>.sigma"]: array}`` for every parameterised layer ``i``.
 
@@ -178,13 +195,20 @@ class Sequential:
         """Noiseless outputs for a batch ``x`` (shape (batch, in_features), or (batch, C, L) etc. for
         convolutional models), as a NumPy array."""
         bk = get_backend(backend)
+        self.check()
         x = self.check_input(x, "x")
         h = _forward(self, bk.asarray(x, self.dtype), bk.xp, bk)
         return bk.to_numpy(h)
 
     def predict(self, x, backend="numpy") -> np.ndarray:
         """Predicted class indices for a batch ``x`` (NumPy in, NumPy out)."""
-        return self.forward(x, backend).argmax(axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):  # said below, as an error
+            h = self.forward(x, backend)
+        if not np.all(np.isfinite(h)):
+            raise FloatingPointError(f"the model's output is not finite for this x (largest |x| "
+                                     f"{float(np.max(np.abs(x))):.3g}): the values overflow "
+                                     f"{self.dtype.name} inside the network, so no class can be predicted")
+        return h.argmax(axis=-1)
 
 
 def _init_layer(layer, rng, dtype, sigma, learn_sigma):
@@ -194,7 +218,7 @@ def _init_layer(layer, rng, dtype, sigma, learn_sigma):
         m = getattr(layer, name + "weight").shape[0]
         own = getattr(layer, name + "sigma", None)
         s = own if own is not None else _check_sigma(sigma, m)
-        setattr(layer, name + "sigma", np.asarray(s).astype(dtype))
+        setattr(layer, name + "sigma", _sigma_in_dtype(np.asarray(s, dtype=np.float64), dtype, name or type(layer).__name__))
     if layer.sites and layer.learn_sigma is None:
         layer.learn_sigma = bool(learn_sigma)
     for j, child in enumerate(_children(layer)):
@@ -227,6 +251,19 @@ def _resolve(model, path):
     for part in path:
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
+
+
+def _sigma_in_dtype(s, dtype, index):
+    """``s`` cast to ``dtype``; a ValueError if it underflows (below the smallest normal number, whose
+    ``1 / sigma`` in the estimators would overflow) or overflows there."""
+    with np.errstate(over="ignore", under="ignore"):  # said below, as an error
+        cast = s.astype(dtype)
+    fi = np.finfo(dtype)
+    if not np.all(cast >= fi.tiny) or not np.all(np.isfinite(cast)):
+        bad = s[(cast < fi.tiny) | ~np.isfinite(cast)][0]
+        raise ValueError(f"sigma of layer {index} is {bad:.3g}, outside the range of {fi.dtype} "
+                         f"([{fi.tiny:.3g}, {fi.max:.3g}]): use a sigma in that range or dtype=float64")
+    return cast
 
 
 def _forward(model, h, xp, bk):

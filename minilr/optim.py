@@ -7,11 +7,13 @@ and Adam are what people use in practice.
 """
 from __future__ import annotations
 
+import copy as _copy
 import math
 
 from . import validation as _v
 
-__all__ = ["SGD", "Adam", "constant", "robbins_monro", "Projection", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["SGD", "Adam", "constant", "robbins_monro", "Projection", "make_optimizer", "OPTIMIZERS",
+           "trial_step"]
 
 
 def constant(lr: float):
@@ -34,8 +36,34 @@ def robbins_monro(lr: float, decay_steps: float = 1000.0, power: float = 1.0):
     return lambda k: lr / (1.0 + k / decay_steps) ** power
 
 
-class SGD:
+class _State:
+    """What a checkpoint needs of an optimizer: its step count and per-parameter arrays.
+
+    ``state()`` is ``{"k": int, <name>: {param key: array}}`` (the arrays are never changed in place
+    by :meth:`step`, which builds new ones, so a shallow copy is a snapshot); ``set_state`` puts one
+    back; ``clone()`` is an independent optimizer in the same state (for a trial step).
+    """
+
+    _arrays = ()
+
+    def state(self) -> dict:
+        return {"k": self.k, **{name: dict(getattr(self, name)) for name in self._arrays}}
+
+    def set_state(self, state: dict) -> None:
+        self.k = int(state["k"])
+        for name in self._arrays:
+            setattr(self, name, dict(state.get(name, {})))
+
+    def clone(self):
+        other = _copy.copy(self)
+        other.set_state(self.state())
+        return other
+
+
+class SGD(_State):
     """Stochastic gradient descent with optional (heavy-ball) momentum."""
+
+    _arrays = ("velocity",)
 
     def __init__(self, lr=1e-2, momentum: float = 0.0, schedule=None):
         self.schedule = schedule or constant(lr)
@@ -57,8 +85,10 @@ class SGD:
         self.k += 1
 
 
-class Adam:
+class Adam(_State):
     """Adam (Kingma & Ba, 2015) with bias correction."""
+
+    _arrays = ("m", "v")
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, schedule=None):
         self.schedule = schedule or constant(lr)
@@ -125,3 +155,25 @@ def make_optimizer(name, lr, schedule="constant", momentum=0.9, decay_steps=1000
     if name == "adam":
         return Adam(schedule=sched)
     return SGD(momentum=momentum if name == "momentum" else 0.0, schedule=sched)
+
+
+def trial_step(opt, project, params: dict, grads: dict, xp):
+    """One step of Eq. 4, ``Pi_Omega(omega - lambda g)``, computed into fresh arrays.
+
+    Returns ``(new_params, new_opt)``; ``params`` and ``opt`` are left untouched, so an interrupt
+    or error anywhere in here changes nothing. The caller commits both at once (a few attribute
+    assignments, see ``minilr.train``) or drops them.
+    """
+    new = {k: p.copy() for k, p in params.items()}
+    trial = opt.clone() if hasattr(opt, "clone") else _copy.deepcopy(opt)
+    trial.step(new, grads)
+    project(new, xp)
+    return new, trial
+
+
+def commit(opt, trial) -> None:
+    """Make ``opt`` the optimizer ``trial`` of :func:`trial_step` (same state)."""
+    if hasattr(opt, "set_state") and hasattr(trial, "state"):
+        opt.set_state(trial.state())
+    else:
+        opt.__dict__.update(trial.__dict__)

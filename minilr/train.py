@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import checkpoint as _ckpt
+from . import memory as _memory
 from . import validation as _v
 from .backend import child, get_backend, seed_sequence
-from .estimators import Settings, estimate
+from .estimators import ESTIMATORS, Settings, estimate
 from .layers import Linear
 from .losses import per_sample
 from .models import Sequential, _forward
-from .optim import Projection, make_optimizer
+from .optim import Projection, commit, make_optimizer, trial_step
 from .parallel import mpi as _mpi
 
 __all__ = ["estimate_gradient", "train", "History", "TrainingDiverged"]
@@ -56,6 +59,7 @@ class History:
 def _check_model(model):
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a minilr Sequential or MLP, got {type(model).__name__}")
+    model.check()  # arrays set by hand: shapes, kinds, sigma > 0 in the dtype, no Linear twice
     for k, p in model.parameters().items():
         if not bool(np.all(np.isfinite(p))):
             raise ValueError(f"model parameter {k!r} contains NaN or inf")
@@ -151,11 +155,26 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
     s, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
                           baseline, comm)
     x = model.check_input(x, "x")
-    y = _v.targets(y, "y", s.loss, x.shape[0], _out_width(model, x), _out_positions(model, x))
-    with _on_backend(model, bk):
+    y = _v.targets(y, "y", s.loss, x.shape[0], _out_width(model, x), _out_positions(model, x), model.dtype)
+    _v.fits_dtype(x, "x", model.dtype)
+    _check_memory(model, x.shape[0], s)
+    # overflow is reported below as one FloatingPointError, not as NumPy warnings
+    with _on_backend(model, bk), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         grads, _ = _estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
                              s, seed_sequence(seed), bk, comm)
-        return {k: bk.to_numpy(g) for k, g in grads.items()}
+        grads = {k: bk.to_numpy(g) for k, g in grads.items()}
+    _check_finite_gradient(grads, model)
+    return grads
+
+
+def _check_finite_gradient(grads, model):
+    """Never hand back NaN/inf silently from finite inputs: say where the numbers overflowed."""
+    bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+    if bad:
+        raise FloatingPointError(
+            f"the gradient estimate of {bad[0]!r} is not finite: the losses or the activations overflow "
+            f"{model.dtype.name} for these inputs and parameters. Scale the inputs down, use smaller "
+            f"weights or sigma, or a float64 model")
 
 
 def _estimate(model, x, y, s, ss, bk, comm):
@@ -188,7 +207,8 @@ def _check_data(data, name, model, loss):
         raise TypeError(f"{name} must be a tuple (x, y), got {what}")
     x = model.check_input(data[0], f"{name}[0] (x)")
     y = _v.targets(data[1], f"{name}[1] (y)", loss, x.shape[0], _out_width(model, x),
-                   _out_positions(model, x))
+                   _out_positions(model, x), model.dtype)
+    _v.fits_dtype(x, f"{name}[0] (x)", model.dtype)
     return x, y
 
 
@@ -209,7 +229,8 @@ def _evaluate(model, x, y, loss, bk):
 def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, batch_size=50,
           optimizer="adam", lr=1e-2, backend="numpy", seed=0, progress=True, loss="cross_entropy",
           baseline=True, antithetic=False, chunk=None, es_layers=2, schedule="constant",
-          momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None, comm=None) -> History:
+          momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None,
+          checkpoint=None, resume=False, checkpoint_every=None, comm=None) -> History:
     """Train ``model`` in place without backpropagation; return its :class:`History`.
 
     Each step estimates the gradient on a mini-batch with ``estimator`` (see
@@ -221,12 +242,26 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
     one process for the same seed; every rank runs the callback, only rank 0 shows progress.
 
-    A loss or parameter that becomes NaN/inf stops training with :class:`TrainingDiverged`; the
-    model then holds the parameters from before the failing step.
+    Checkpoints (:mod:`minilr.checkpoint`): with ``checkpoint=path`` the run is saved atomically
+    after every epoch, every ``checkpoint_every`` steps if given, and when interrupted (Ctrl-C);
+    ``resume=True`` continues from ``path`` if it exists (else starts afresh) to exactly the
+    parameters of the uninterrupted run, bit for bit; ``epochs`` counts from the start of the run,
+    so ``epochs=1`` then ``epochs=2, resume=True`` equals ``epochs=2``.
+
+    Every step is all-or-nothing: the update and the projection of Eq. 4 are computed into new
+    arrays, checked, and swapped in at once (Ctrl-C is held back for the swap), so an interrupt
+    leaves the model at the old or the new step, never in between.
+
+    A loss, gradient or parameter that becomes NaN/inf, a noiseless batch loss that does after a
+    step, or a non-finite loss at the end of an epoch stops training with
+    :class:`TrainingDiverged`; the model then holds the last parameters checked good: those
+    before the failing step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
                           baseline, comm)
     loss = cfg.loss
+    estimator, copies, chunk, es_layers = cfg.estimator, cfg.copies, cfg.chunk, cfg.es_layers
+    baseline, antithetic = cfg.baseline, cfg.antithetic
     x, y = _check_data(data, "data", model, loss)
     if val_data is not None:
         xv, yv = _check_data(val_data, "val_data", model, loss)
@@ -239,60 +274,157 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         raise TypeError(f"callback must be a function callback(epoch, history) or None, got {callback!r}")
     if not (isinstance(sigma_bounds, (tuple, list)) and len(sigma_bounds) == 2):
         raise TypeError(f"sigma_bounds must be a pair (sigma_min, sigma_max), got {sigma_bounds!r}")
+    checkpoint, resume, checkpoint_every = _check_checkpoint_args(checkpoint, resume, checkpoint_every)
+    _check_memory(model, min(batch_size, len(x)), cfg)
     project = Projection(sigma_bounds[0], sigma_bounds[1], weight_bound)
-    opt = make_optimizer(optimizer, lr, schedule=schedule, momentum=momentum,
-                         decay_steps=max(1.0, epochs * math.ceil(len(x) / batch_size) / 10))
-    ss = seed_sequence(seed)
-    history = History(estimator=cfg.estimator, copies=cfg.copies)
     n = len(x)
     steps_per_epoch = math.ceil(n / batch_size)
+    decay_steps = max(1.0, epochs * steps_per_epoch / 10)
+    opt = make_optimizer(optimizer, lr, schedule=schedule, momentum=momentum, decay_steps=decay_steps)
+    if checkpoint is not None and not (hasattr(opt, "state") and hasattr(opt, "set_state")):
+        raise TypeError(f"checkpoint needs an optimizer with state() and set_state() (as minilr's have); "
+                        f"{type(opt).__name__} has not")
+    ss = seed_sequence(seed)
+    history = History(estimator=estimator, copies=copies)
+    settings = {
+        "estimator": estimator, "copies": copies, "batch_size": batch_size, "lr": lr,
+        "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+        "schedule": schedule, "momentum": float(momentum), "loss": _ckpt.loss_name(loss),
+        "decay_steps": decay_steps if schedule == "robbins-monro" else None,
+        "baseline": bool(baseline), "antithetic": bool(antithetic), "chunk": chunk, "es_layers": es_layers,
+        "sigma_bounds": [float(b) for b in sigma_bounds], "weight_bound": weight_bound,
+        "seed": seed if seed is None or isinstance(seed, int) else "SeedSequence",
+        "data": _ckpt.data_fingerprint(x, y), "val_data": None if val_data is None else _ckpt.data_fingerprint(xv, yv),
+    }
+    # Where the run is: epoch, steps done in it, steps done in all, loss summed in it, its seconds.
+    run = dict(epoch=0, batch=0, step=0, loss_sum=0.0, seconds=0.0)
+    if resume and os.path.exists(checkpoint):
+        where, ss = _ckpt.restore(checkpoint, model, opt, history, settings)
+        run.update({k: where[k] for k in run})
+        model.check()
+
+    def save_checkpoint():
+        if _mpi.is_root(comm):  # every rank holds the same run: one writes it
+            _ckpt.write(checkpoint, model, opt, history, dict(run), settings, ss)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress or not _mpi.is_root(comm), unit="step",
+    bar = tqdm(total=epochs * steps_per_epoch, initial=min(epochs * steps_per_epoch,
+               run["epoch"] * steps_per_epoch + run["batch"]), disable=not progress or not _mpi.is_root(comm), unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
-    step = 0
-    # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream of
-    # RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
-    # one engine for every step: its scratch memory serves the next step, and goes when train returns
-    with _on_backend(model, bk), bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        params = model.parameters()
-        for epoch in range(epochs):
-            order = np.random.default_rng(child(ss, 0, epoch)).permutation(n)
-            t0, loss_sum = time.perf_counter(), 0.0
-            for s in range(0, n, batch_size):
-                idx = order[s:s + batch_size]
-                xb = bk.asarray(x[idx], model.dtype)
-                yb = _device_targets(y[idx], loss, model, bk)
-                grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
-                if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
+    try:
+        # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream
+        # of RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
+        with _on_backend(model, bk), bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if bk.name != "numpy":  # a restored optimizer state lives on the device too
+                opt.set_state({k: ({kk: bk.asarray(a) for kk, a in v.items()} if isinstance(v, dict) else v)
+                               for k, v in opt.state().items()})
+            for epoch in range(run["epoch"], epochs):
+                order = np.random.default_rng(child(ss, 0, epoch)).permutation(n)
+                epoch_start = model.parameters()  # arrays are swapped, never changed: a snapshot
+                t0 = time.perf_counter() - run["seconds"]
+                for b in range(run["batch"], steps_per_epoch):
+                    idx = order[b * batch_size:(b + 1) * batch_size]
+                    xb = bk.asarray(x[idx], model.dtype)
+                    yb = _device_targets(y[idx], loss, model, bk)
+                    step = run["step"]
+                    grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
+                    if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
+                        raise TrainingDiverged(
+                            f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
+                            f"{epoch + 1}, step {step + 1}; training stopped and the model keeps the "
+                            f"parameters from before this step. Try a smaller lr (got {lr}) or sigma.", history)
+                    old, old_opt = model.parameters(), opt.clone() if hasattr(opt, "clone") else None
+                    new, trial = trial_step(opt, project, old, grads, bk.xp)
+                    if not all(bool(bk.xp.isfinite(p).all()) for p in new.values()):
+                        raise TrainingDiverged(
+                            f"the parameters became NaN/inf at epoch {epoch + 1}, step {step + 1}; training "
+                            f"stopped and the last good parameters were restored. Try a smaller lr (got {lr}).",
+                            history)
+                    with _ckpt.deferred_interrupt():  # the step, all or nothing
+                        model.set_parameters(new)
+                        commit(opt, trial)
+                        run = dict(run, batch=b + 1, step=step + 1, loss_sum=run["loss_sum"] + mean_loss * len(idx),
+                                   seconds=time.perf_counter() - t0)
+                    check = _batch_loss(model, xb, yb, loss, bk)
+                    if not math.isfinite(check):
+                        with _ckpt.deferred_interrupt():
+                            model.set_parameters(old)
+                            if old_opt is not None:
+                                commit(opt, old_opt)
+                        raise TrainingDiverged(
+                            f"after step {step + 1} (epoch {epoch + 1}) the noiseless loss of the batch became "
+                            f"{check} (the parameters overflow {model.dtype.name}); training stopped and the "
+                            f"parameters from before this step were restored. Try a smaller lr (got {lr}).",
+                            history)
+                    bar.update(1)
+                    if checkpoint_every and run["step"] % checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                        save_checkpoint()
+                train_eval = _evaluate(model, x, y, loss, bk)
+                val_eval = _evaluate(model, xv, yv, loss, bk) if val_data is not None else None
+                if not math.isfinite(train_eval[0]) or (val_eval is not None and not math.isfinite(val_eval[0])):
+                    with _ckpt.deferred_interrupt():
+                        model.set_parameters(epoch_start)
                     raise TrainingDiverged(
-                        f"the training loss became {mean_loss} (or its gradient non-finite) at epoch "
-                        f"{epoch + 1}, step {step + 1}; training stopped and the model keeps the "
-                        f"parameters from before this step. Try a smaller lr (got {lr}) or sigma.", history)
-                backup = {k: p.copy() for k, p in params.items()}
-                opt.step(params, grads)
-                project(params, bk.xp)
-                if not all(bool(bk.xp.isfinite(p).all()) for p in params.values()):
-                    for k, p in params.items():
-                        p[...] = backup[k]
-                    raise TrainingDiverged(
-                        f"the parameters became NaN/inf at epoch {epoch + 1}, step {step + 1}; training "
-                        f"stopped and the last good parameters were restored. Try a smaller lr (got {lr}).",
-                        history)
-                loss_sum += mean_loss * len(idx)
-                step += 1
-                bar.update(1)
-            history.seconds.append(time.perf_counter() - t0)
-            history.train_loss.append(loss_sum / n)
-            history.train_accuracy.append(_evaluate(model, x, y, loss, bk)[1])
-            postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
-            if val_data is not None:
-                vl, va = _evaluate(model, xv, yv, loss, bk)
-                history.val_loss.append(vl)
-                history.val_accuracy.append(va)
-                postfix["val_acc"] = f"{va:.3f}"
-            bar.set_postfix(postfix)
-            if callback is not None:
-                callback(epoch, history)
+                        f"at the end of epoch {epoch + 1} the noiseless loss is not finite (train "
+                        f"{train_eval[0]}, validation {val_eval[0] if val_eval else None}); training stopped "
+                        f"and the parameters from the start of the epoch were restored. Try a smaller lr "
+                        f"(got {lr}).", history)
+                with _ckpt.deferred_interrupt():  # the epoch's record, all or nothing
+                    history.seconds.append(time.perf_counter() - t0)
+                    history.train_loss.append(run["loss_sum"] / n)
+                    history.train_accuracy.append(train_eval[1])
+                    if val_eval is not None:
+                        history.val_loss.append(val_eval[0])
+                        history.val_accuracy.append(val_eval[1])
+                    run = dict(epoch=epoch + 1, batch=0, step=run["step"], loss_sum=0.0, seconds=0.0)
+                postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
+                if val_eval is not None:
+                    postfix["val_acc"] = f"{val_eval[1]:.3f}"
+                bar.set_postfix(postfix)
+                if checkpoint is not None:
+                    save_checkpoint()
+                if callback is not None:
+                    callback(epoch, history)
+    except KeyboardInterrupt:
+        # the model and ``run`` describe a finished step (the swap is atomic): save that point
+        if checkpoint is not None:
+            save_checkpoint()
+        raise
     return history
+
+
+def _batch_loss(model, xb, yb, loss, bk):
+    """The noiseless mean loss of a batch on the backend (NaN/inf if the parameters overflow)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = _forward(model, xb, bk.xp, bk)
+        return float(per_sample(loss, out, yb, bk.xp).mean())
+
+
+def _check_checkpoint_args(checkpoint, resume, checkpoint_every):
+    if checkpoint is not None:
+        try:
+            checkpoint = os.fspath(checkpoint)
+        except TypeError:
+            raise TypeError(f"checkpoint must be a file path or None, got {checkpoint!r}") from None
+        folder = os.path.dirname(os.path.abspath(checkpoint))
+        if not os.path.isdir(folder):
+            raise ValueError(f"checkpoint {checkpoint!r}: the folder {folder!r} does not exist")
+    if not isinstance(resume, (bool, np.bool_)):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path> (the file to resume from)")
+    if checkpoint_every is not None:
+        checkpoint_every = _v.positive_int(checkpoint_every, "checkpoint_every")
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint=<path> (where to write)")
+    return checkpoint, bool(resume), checkpoint_every
+
+
+def _check_memory(model, batch, s):
+    """Refuse copies whose records would not fit in memory (:mod:`minilr.memory`), before any work."""
+    est = ESTIMATORS.get(s.estimator)
+    if est is None or not hasattr(est, "modes"):  # "bp": no copies
+        return
+    modes = est.modes(len(model.linear_indices), s.es_layers)
+    _memory.check_copies(model, batch, s.copies, s.chunk, modes, bool(getattr(est, "approx", False)))

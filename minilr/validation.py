@@ -52,8 +52,9 @@ def as_host_array(a, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be array-like, got {type(a).__name__}: {exc}") from None
 
 
-def features(x, name: str, n_features: int) -> np.ndarray:
-    """Check a batch of inputs: shape (batch, n_features), real, finite, non-empty."""
+def features(x, name: str, n_features: int, dtype=None) -> np.ndarray:
+    """Check a batch of inputs: shape (batch, n_features), real, finite, non-empty; and, given the
+    model's ``dtype``, finite after the cast to it (a 1e39 is finite in float64, inf in float32)."""
     x = as_host_array(x, name)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
@@ -63,6 +64,7 @@ def features(x, name: str, n_features: int) -> np.ndarray:
         raise ValueError(f"{name} is empty: need at least one sample")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or inf")
+    fits_dtype(x, name, dtype)
     return x
 
 
@@ -78,6 +80,25 @@ def batch(x, name: str) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or inf")
     return x
+
+
+def fits_dtype(x, name: str, dtype) -> None:
+    """ValueError if the finite array ``x`` overflows to inf when cast to ``dtype``.
+
+    The cast is monotone, so only the largest and smallest values need casting (no copy of ``x``).
+    """
+    if dtype is None or x.dtype.kind not in "iuf" or x.size == 0:
+        return
+    dtype = np.dtype(dtype)
+    if x.dtype.kind == "f" and x.dtype.itemsize <= dtype.itemsize:
+        return
+    with np.errstate(over="ignore"):
+        lo, hi = (np.asarray(v).astype(dtype) for v in (x.min(), x.max()))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        big = x.max() if not np.isfinite(hi) else x.min()
+        raise ValueError(f"{name} holds {float(big):.3g}, beyond the range of the model's dtype "
+                         f"{dtype.name} (+-{np.finfo(dtype).max:.3g}): it would become inf; scale the "
+                         f"data or use a float64 model")
 
 
 def loss_arg(loss):
@@ -107,7 +128,8 @@ class CheckedLoss:
         return r
 
 
-def targets(y, name: str, loss, n_samples: int, n_outputs: int, positions: tuple = ()) -> np.ndarray:
+def targets(y, name: str, loss, n_samples: int, n_outputs: int, positions: tuple = (),
+            dtype=None) -> np.ndarray:
     """Check targets for ``loss``: class indices in [0, n_outputs) or an (n, n_outputs) array.
 
     A model whose output has ``positions`` before its classes (graph nodes: output
@@ -145,6 +167,7 @@ def targets(y, name: str, loss, n_samples: int, n_outputs: int, positions: tuple
                          f"(same as the model output), got {y.shape}")
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{name} contains NaN or inf")
+    fits_dtype(y, name, dtype)
     return y
 
 

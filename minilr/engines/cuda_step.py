@@ -363,7 +363,11 @@ def estimate(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entrop
              antithetic=False, chunk=None, es_layers=2, xp=np, lnch=None, precision="fp32",
              approx_budget=APPROX_BUDGET, es_budget=ES_BUDGET):
     """One gradient estimate, as ``minilr.estimate_gradient`` computes it, on ``xp`` (NumPy runs the
-    twins): ``(grads by key, mean noisy loss, launcher)``."""
+    twins): ``(grads by key, mean noisy loss, launcher)``.
+
+    With ``chunk`` below ``copies`` and a baseline, each chunk here centres on its own copies,
+    unlike ``estimate_gradient`` (whose baseline spans every chunk): :class:`CUDAEngine` sends such
+    estimates to the sites instead."""
     from ..backend import seed_sequence  # noqa: PLC0415
     from ..estimators import ESTIMATORS  # noqa: PLC0415
     from ..estimators.base import noise_keys  # noqa: PLC0415

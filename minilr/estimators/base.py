@@ -87,7 +87,7 @@ def draw_noise(key, k0, k1, per_copy, antithetic, xp):
     return out
 
 
-def centred_losses(L, antithetic: bool, baseline: bool, xp):
+def centred_losses(L, antithetic: bool, baseline: bool, xp, totals=None, copies=None):
     """Eq. 2's ``L_n - baseline``, with a leave-one-out baseline that keeps every estimator unbiased.
 
     The baseline of copy ``k`` of sample ``b`` is the mean loss of the *other* copies of ``b``
@@ -96,8 +96,12 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
     and the score (``eps / sigma`` and friends) has mean zero, subtracting it changes no
     expectation, only the variance. With too few copies to leave any out, no baseline is used.
     ``L``: (K, B), one loss per copy and sample; the mean over rows is taken by the caller.
+
+    ``L`` may be one chunk of ``copies`` copies: ``totals`` (B,) is then the loss summed over all
+    of them (every chunk, this one included), so each copy's baseline still holds every other
+    copy, as without chunking.
     """
-    K = L.shape[0]
+    K = L.shape[0] if copies is None else copies
     group = 2 if antithetic else 1
     if not baseline or K - group < 1:
         return L
@@ -105,7 +109,24 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp):
     if antithetic:
         pair = L[0::2] + L[1::2]
         own = xp.repeat(pair, 2, axis=0)
-    return L - (L.sum(axis=0, keepdims=True) - own) / (K - group)
+    total = L.sum(axis=0, keepdims=True) if totals is None else totals[None, :]
+    return (L - (total - own) / (K - group)).astype(L.dtype, copy=False)
+
+
+def loss_totals(engine, model, x, y, s, chunk, modes, approx, keys, xp):
+    """Pass 1 of a chunked estimate with a baseline: each sample's loss summed over all copies
+    (float64, shape (B,)), for :func:`centred_losses`; None when one chunk holds every copy or
+    there is no baseline (the chunk's own sum is then the total)."""
+    if not s.baseline or chunk >= s.copies:
+        return None
+    totals = xp.zeros(x.shape[0], dtype=np.float64)
+    for start in range(0, s.copies, chunk):
+        k = min(chunk, s.copies - start)
+        L, sites = engine.forward(model, x, y, start, k, modes, approx, keys, s.loss, s.antithetic)
+        totals += L.sum(axis=0, dtype=np.float64)
+        engine.done(sites)
+        del L, sites
+    return totals
 
 
 class Noisy:
@@ -122,14 +143,20 @@ class Noisy:
 
         ``x``, ``y`` are already on the backend ``bk``, whose engine runs the forward pass. Copies
         are processed ``s.chunk`` at a time (all at once when None). The noise of copy ``k``
-        depends only on ``ss``, the layer and ``k``, so chunking changes no noise value; each chunk
-        uses its own leave-one-out baseline, so every chunk's sum is unbiased and the total is too.
-        Nothing but the running sums outlives a chunk: peak memory depends on ``chunk``, not
-        ``copies``.
+        depends only on ``ss``, the layer and ``k``, so chunking changes no noise value.
+
+        The baseline survives chunking: with more than one chunk, a first pass runs every chunk
+        forward and keeps only each sample's loss summed over all copies (B numbers); the second
+        pass runs each chunk again (the same noise, regenerated from its counters, so the same
+        losses) and centres each copy on the mean of *all other* copies, exactly the baseline of
+        an unchunked estimate, independent of the copy's own noise, hence unbiased. The price is
+        one more forward pass per chunked estimate. Nothing but the running sums outlives a chunk:
+        peak memory depends on ``chunk``, not ``copies``.
         """
         engine, xp = bk.engine, bk.xp
         fused = getattr(engine, "estimate", None)  # an engine may run the whole estimate fused
-        if fused is not None:
+        chunked = s.chunk is not None and s.chunk < s.copies
+        if fused is not None and not (chunked and s.baseline):  # (its chunks: one baseline each)
             out = fused(self, model, x, y, s, ss)
             if out is not None:
                 return out
@@ -143,11 +170,12 @@ class Noisy:
         sums = {key: xp.zeros_like(p) for key, p in params.items()}
         loss_sum, rows = 0.0, 0
         with engine.session():
+            totals = loss_totals(engine, model, x, y, s, chunk, modes, self.approx, keys, xp)
             for start in range(0, s.copies, chunk):
                 k = min(chunk, s.copies - start)
                 L, sites = engine.forward(model, x, y, start, k, modes, self.approx, keys, s.loss,
                                           s.antithetic)
-                Lc = centred_losses(L, s.antithetic, s.baseline, xp)
+                Lc = centred_losses(L, s.antithetic, s.baseline, xp, totals, s.copies)
                 for i, site in zip(lin, sites):
                     for name, g in site.gradient(Lc).items():
                         sums[f"{i}.{name}"] += g  # in place: no second model-sized array per chunk

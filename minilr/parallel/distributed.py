@@ -23,6 +23,8 @@ but the noise draw, most of an ES step, does not shrink with the ranks.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..estimators import ESTIMATORS
 from ..estimators.base import centred_losses, noise_keys
 from . import mpi
@@ -53,6 +55,19 @@ def estimate(model, x, y, settings, ss, bk, comm=None, stats=None):
     loss_sum, rows = 0.0, 0
     B = x.shape[0]
     with engine.session():
+        totals = None
+        if s.baseline and chunk < s.copies:  # the baseline over all copies, as in one process
+            totals = xp.zeros(B, dtype=np.float64)  # (minilr.estimators.base.Noisy.estimate)
+            for start in range(0, s.copies, chunk):
+                kc = min(chunk, s.copies - start)
+                a, b = mpi.copy_ranges(kc, size, pair)[rank]
+                if b > a:
+                    L_mine, sites = engine.forward(model, x, y, start + a, b - a, modes, est.approx, keys,
+                                                   s.loss, s.antithetic)
+                    totals += L_mine.sum(axis=0, dtype=np.float64)
+                    engine.done(sites)
+                    del L_mine, sites
+            totals = mpi.allreduce_sum({"totals": totals}, comm, stats)["totals"]
         for start in range(0, s.copies, chunk):
             kc = min(chunk, s.copies - start)
             ranges = mpi.copy_ranges(kc, size, pair)
@@ -64,7 +79,7 @@ def estimate(model, x, y, settings, ss, bk, comm=None, stats=None):
             else:  # more ranks than copy groups in this chunk: nothing to run, only to receive
                 L_mine = xp.empty((0, B), dtype=model.dtype)
             L = mpi.allgather_rows(L_mine, [hi - lo for lo, hi in ranges], comm, stats)
-            Lc = centred_losses(L, s.antithetic, s.baseline, xp)
+            Lc = centred_losses(L, s.antithetic, s.baseline, xp, totals, s.copies)
             for j, i in enumerate(lin):
                 if modes[j] == "es" and comm is not None:
                     site = _es_site_for_all(model.layers[i], kc, B, start, keys[j], s.antithetic, est.approx,

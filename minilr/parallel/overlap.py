@@ -7,7 +7,8 @@
   gradients of bucket ``i``, the main thread runs the forward pass of bucket ``i + 1`` (the LR
   pipeline of Fig. 2, on one machine). The gradients are added in bucket order, so the result is
   bit for bit the plain chunked estimate, ``minilr.estimators.estimate(..., chunk=bucket size)``:
-  each bucket has its own leave-one-out baseline, as any chunk does.
+  each copy's leave-one-out baseline holds the copies of every bucket, as any chunk's does (a
+  first pass sums the losses, :func:`~minilr.estimators.base.loss_totals`).
 
 On a CPU the forward pass and the gradients already use every core (block-parallel kernels), so
 what overlapping buys here is measured, not assumed: ``benchmarks/distributed.py``.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from ..estimators import ESTIMATORS
-from ..estimators.base import centred_losses, noise_keys
+from ..estimators.base import centred_losses, loss_totals, noise_keys
 
 
 def layer_gradients(sites, Lc, threads=None):
@@ -71,10 +72,11 @@ def pipelined_estimate(model, x, y, settings, ss, bk, buckets, layer_threads=1):
     # threads calling a threaded BLAS at once would oversubscribe the cores
     with engine.session(), ThreadPoolExecutor(max_workers=1) as worker:
         pending, previous = None, None
+        all_losses = loss_totals(engine, model, x, y, s, chunk, modes, est.approx, keys, xp)
         for start in range(0, s.copies, chunk):
             k = min(chunk, s.copies - start)
             L, sites = engine.forward(model, x, y, start, k, modes, est.approx, keys, s.loss, s.antithetic)
-            Lc = centred_losses(L, s.antithetic, s.baseline, xp)
+            Lc = centred_losses(L, s.antithetic, s.baseline, xp, all_losses, s.copies)
             if pending is not None:
                 pending.result()  # at most two buckets' records alive
                 engine.done(previous)  # its gradients are formed: its blocks may serve the next forward

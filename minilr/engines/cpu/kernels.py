@@ -40,6 +40,7 @@ import time
 import numba
 import numpy as np
 
+from ..._signals import deferred_interrupt
 from ...noise import _U64, _fill_range
 
 __all__ = ["ACTS", "lr_forward", "scale_rows", "sum_copies", "blas_one_thread", "Scratch", "Arena",
@@ -298,7 +299,9 @@ def _hold_at_one(libs):
 def blas_one_thread():
     """Hold the BLAS libraries at one thread inside the block (counted; yields whether any BLAS
     library could be limited)."""
-    with _BLAS_LOCK:
+    # Ctrl-C is held back in the two locked parts: an interrupt landing just after the lock is
+    # taken would leave it held (and the next estimate waiting forever), or the count wrong
+    with deferred_interrupt(), _BLAS_LOCK:
         if _BLAS["users"] == 0:
             ctl = _controller().select(user_api="blas")
             _BLAS["limiter"] = ctl.limit(limits=1) if ctl.lib_controllers else None
@@ -310,7 +313,7 @@ def blas_one_thread():
     try:
         yield held
     finally:
-        with _BLAS_LOCK:
+        with deferred_interrupt(), _BLAS_LOCK:
             _BLAS["users"] -= 1
             if _BLAS["users"] == 0 and _BLAS["limiter"] is not None:
                 _BLAS["limiter"].restore_original_limits()

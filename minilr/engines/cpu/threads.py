@@ -12,6 +12,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ..._signals import deferred_interrupt
+
 _LOCAL = threading.local()  # .serial: this thread already runs one of several blocks
 
 
@@ -78,13 +80,16 @@ class Workers:
             for g in groups:
                 run(g)
             return
-        pool = self._executor(len(groups))
-        futs = [pool.submit(run, g) for g in groups[1:]]
-        try:
-            run(groups[0])
-        finally:
-            for f in futs:
-                f.result()
+        # Ctrl-C waits for the workers (one kernel call, milliseconds): an interrupt inside
+        # submit() could leave the pool's locks held, or workers writing after we return
+        with deferred_interrupt():
+            pool = self._executor(len(groups))
+            futs = [pool.submit(run, g) for g in groups[1:]]
+            try:
+                run(groups[0])
+            finally:
+                for f in futs:
+                    f.result()
 
 
 _WORKERS = Workers()  # for noise drawn outside any engine's blocks
