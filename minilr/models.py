@@ -80,10 +80,10 @@ class Sequential:
                     raise ValueError(f"layers[{i}] is the same Linear object as layers[{j}]; use a new "
                                      f"Linear for each position (minilr does not tie weights)")
         children = seed_sequence(seed).spawn(len(self.layers))
-        for layer, ss in zip(self.layers, children):
+        for i, (layer, ss) in enumerate(zip(self.layers, children)):
             if isinstance(layer, Activation):
                 continue
-            _init_layer(layer, np.random.default_rng(ss), self.dtype, sigma, learn_sigma)
+            _init_layer(layer, np.random.default_rng(ss), self.dtype, sigma, learn_sigma, i)
 
     # -- structure ------------------------------------------------------------------------------
     @property
@@ -183,8 +183,9 @@ class Sequential:
     def check_input(self, x, name="x"):
         """``x`` checked as a batch for this model (shape, real, finite); ValueError naming ``name``."""
         if self.is_mlp:
-            return _v.features(x, name, self.in_features)
+            return _v.features(x, name, self.in_features, self.dtype)
         x = _v.batch(x, name)
+        _v.fits_dtype(x, name, self.dtype)
         if self.input_shape is not None and x.shape[1:] != self.input_shape:
             raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
@@ -211,18 +212,19 @@ class Sequential:
         return h.argmax(axis=-1)
 
 
-def _init_layer(layer, rng, dtype, sigma, learn_sigma):
+def _init_layer(layer, rng, dtype, sigma, learn_sigma, index):
     """Draw a layer's weights and give each of its noise sites its ``sigma`` (nested layers too)."""
     layer.init(rng, dtype)
     for name in layer.sites:
         m = getattr(layer, name + "weight").shape[0]
         own = getattr(layer, name + "sigma", None)
         s = own if own is not None else _check_sigma(sigma, m)
-        setattr(layer, name + "sigma", _sigma_in_dtype(np.asarray(s, dtype=np.float64), dtype, name or type(layer).__name__))
+        setattr(layer, name + "sigma", _sigma_in_dtype(np.asarray(s, dtype=np.float64), dtype, f"{index}{'.' + name[:-1] if name else ''}"))
     if layer.sites and layer.learn_sigma is None:
         layer.learn_sigma = bool(learn_sigma)
     for j, child in enumerate(_children(layer)):
-        _init_layer(child[1], np.random.default_rng(rng.integers(2**63) + j), dtype, sigma, learn_sigma)
+        _init_layer(child[1], np.random.default_rng(rng.integers(2**63) + j), dtype, sigma, learn_sigma,
+                    f"{index}.{child[0]}")
 
 
 def _children(layer):

@@ -423,6 +423,8 @@ def _check_checkpoint_args(checkpoint, resume, checkpoint_every):
 
 def _check_memory(model, batch, s):
     """Refuse copies whose records would not fit in memory (:mod:`minilr.memory`), before any work."""
+    if not model.is_mlp:  # the estimate covers Linear stacks; the general path is not estimated yet
+        return
     est = ESTIMATORS.get(s.estimator)
     if est is None or not hasattr(est, "modes"):  # "bp": no copies
         return

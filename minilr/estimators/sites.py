@@ -347,9 +347,16 @@ def estimate(model, x, y, est, copies, ss, loss, baseline, antithetic, chunk, es
     sums = {key: xp.zeros_like(p) for key, p in params.items()}
     loss_sum, rows = 0.0, 0
     with _blas_limit():
+        totals = None
+        if baseline and chunk < copies:  # pass 1: every copy's loss, so each chunk's baseline
+            totals = xp.zeros(x.shape[0], dtype=np.float64)  # leaves out only the copy's own
+            for start in range(0, copies, chunk):
+                L = _chunk(model, x, y, est, start, min(chunk, copies - start), entries, modes, keys,
+                           loss, baseline, antithetic, xp, None)
+                totals += L.sum(axis=0, dtype=np.float64)
         for start in range(0, copies, chunk):
             L = _chunk(model, x, y, est, start, min(chunk, copies - start), entries, modes, keys,
-                       loss, baseline, antithetic, xp, sums)
+                       loss, baseline, antithetic, xp, sums, totals, copies)
             loss_sum += float(L.sum())
             rows += L.size
     return {key: sums[key] / rows for key in params}, loss_sum / rows
@@ -364,9 +371,11 @@ def block_copies(K, B, approx):
     return min(K, max(8, BLOCK_ROWS // B // 8 * 8))
 
 
-def _chunk(model, x, y, est, start, K, entries, modes, keys, loss, baseline, antithetic, xp, sums):
-    """One chunk of copies: forward (in blocks), centred losses, every site's sums added into
-    ``sums``; returns the chunk's losses (K, B). Its records die on return."""
+def _chunk(model, x, y, est, start, K, entries, modes, keys, loss, baseline, antithetic, xp, sums,
+           totals=None, copies=None):
+    """One chunk of copies: forward (in blocks), centred losses (over all ``copies`` when
+    ``totals`` holds every copy's loss sum), every site's sums added into ``sums`` (none when
+    ``sums`` is None: losses only); returns the chunk's losses (K, B). Its records die on return."""
     B = x.shape[0]
     ctx = Context(entries, modes, est.approx, keys, start, K, B, antithetic, xp)
     L = xp.empty((K, B), dtype=model.dtype)
@@ -377,7 +386,9 @@ def _chunk(model, x, y, est, start, K, entries, modes, keys, loss, baseline, ant
         out = ctx.expand(forward(model.layers, x, ctx))
         L[j0:j1] = per_sample(loss, out.reshape((j1 - j0, B) + out.shape[1:]), y, xp)
         del out
-    Lc = centred_losses(L, antithetic, baseline, xp)
+    if sums is None:
+        return L
+    Lc = centred_losses(L, antithetic, baseline, xp, totals, copies)
     for (prefix, layer, name), site in zip(entries, ctx.sites):
         for pname, g in site.gradient(Lc).items():
             if g is not None:
