@@ -626,14 +626,20 @@ LR_SCALE = Kernel("lr_scale", [
 # First layer (its input is the batch, shared by the copies): A[b, i] = sum_k L[k, b] eps[k, b, i];
 # P[c, b, i] sums the copies of part c (parts of `per` copies, in order) and is divided by sigma_i;
 # the parts are then summed by one reduction. Exact LR reads eps; ALR ("bits") its packed signs.
+def _part_sums(q, parts, per):
+    """The twins' partial sums: part ``c`` adds rows ``c * per ...`` of ``q`` one at a time, in
+    order, from zero (the order a kernel thread adds them in), in float32."""
+    out = np.zeros((parts,) + q.shape[1:], _F32)
+    for c in range(parts):
+        for n in range(c * per, min(len(q), (c + 1) * per)):
+            out[c] = out[c] + q[n]
+    return out
+
+
 def _sum_copies_twin(eps, L, sigma, P, K, B, m, per):
     parts = P.shape[0]
     w = L.reshape(K, B, 1) * eps.reshape(K, B, m)
-    for c in range(parts):
-        acc = np.zeros((B, m), _F32)
-        for k in range(c * per, min(K, (c + 1) * per)):
-            acc = acc + w[k]
-        P[c] = acc / sigma
+    P[:] = _part_sums(w, parts, per) / sigma
 
 
 SUM_COPIES = Kernel("sum_copies", [
@@ -656,11 +662,7 @@ SUM_COPIES = Kernel("sum_copies", [
 def _sign_sum_copies_twin(bits, L, P, K, B, m, per):
     s = _bits_twin(bits.reshape(1, -1, m), 0, 0, K * B).reshape(K, B, m)
     Lr = L.reshape(K, B)
-    for c in range(P.shape[0]):
-        acc = np.zeros((B, m), _F32)
-        for k in range(c * per, min(K, (c + 1) * per)):
-            acc = acc + np.where(s[k] > 0, Lr[k][:, None], -Lr[k][:, None])
-        P[c] = acc
+    P[:] = _part_sums(np.where(s > 0, Lr[:, :, None], -Lr[:, :, None]), P.shape[0], per)
 
 
 SIGN_SUM_COPIES = Kernel("sign_sum_copies", [
@@ -801,11 +803,7 @@ def _sigma_sums_twin(eps, L, sigma, P, rows, m, per, regen, k1, gamma, k0, B, an
     else:
         e = eps.reshape(rows, m)
     q = L.reshape(rows, 1) * (e * e - _F32(1))
-    for c in range(P.shape[0]):
-        acc = np.zeros(m, _F32)
-        for n in range(c * per, min(rows, (c + 1) * per)):
-            acc = acc + q[n]
-        P[c] = acc / sigma
+    P[:] = _part_sums(q, P.shape[0], per) / sigma
 
 
 SIGMA_SUMS = Kernel("sigma_sums", [
@@ -840,11 +838,7 @@ def _es_sigma_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, per):
         sq = sq + E[:, :, j] * E[:, :, j]
     sq = sq + e * e
     q = Lk.reshape(K, 1) * (sq - _F32(d + 1))
-    for c in range(P.shape[0]):
-        acc = np.zeros(m, _F32)
-        for k in range(c * per, min(K, (c + 1) * per)):
-            acc = acc + q[k]
-        P[c] = acc / sigma
+    P[:] = _part_sums(q, P.shape[0], per) / sigma
 
 
 ES_SIGMA = Kernel("es_sigma", [
