@@ -39,7 +39,8 @@ def _parser():
     t.add_argument("--chunk", type=int, default=None, help="copies processed at a time (memory)")
     t.add_argument("--antithetic", action="store_true", help="mirrored noise pairs")
     t.add_argument("--no-baseline", action="store_true", help="do not subtract the loss baseline")
-    t.add_argument("--es-layers", type=int, default=2, help="ES layers in the hybrids")
+    t.add_argument("--es-layers", type=int, default=None,
+                   help="ES layers in the hybrids (default: 2, at most all but the last)")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training data (env MINILR_EPOCHS overrides)")
     t.add_argument("--batch-size", type=int, default=50, help="samples per step")
     t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="update rule")

@@ -3,7 +3,7 @@
 A convolution is one affine map ``W`` (``m = C_out`` outputs, ``d = C_in * kernel`` inputs) applied
 at every output position. *im2col* unfolds the input into ``U`` of shape ``(rows, P, d)`` (one row
 of ``d`` numbers per output position ``p``), so the layer is ``v = U W^T + b`` and its noisy
-training pass is one call ``ctx.affine(self, U)`` (:mod:`minilr.estimators.sites`): noise per output
+training pass is one call ``ctx.affine(self, U)`` (:mod:`minilr.engines.reference`): noise per output
 position and channel, one ``sigma`` per output channel, and the LR weight gradient
 ``sum_{n, p} L_n eps_{n,p} U_{n,p}^T / sigma`` is one matrix product.
 
@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import validation as _v
-from .layers import Activation, Layer, _check_sigma
+from .layers import Activation, Layer, _check_sigma, run_layers
 from .layers import activation as make_activation
 
 __all__ = ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Flatten",
@@ -141,9 +141,11 @@ class _ConvNd(Layer):
         W = self.weight.reshape(self.out_channels, -1)
         return self._fold(U @ W.T + self.bias, out_sp)
 
-    def train_forward(self, h, ctx):
+    fuses_activation = True  # an elementwise activation commutes with the fold
+
+    def train_forward(self, h, ctx, act=None):
         U, out_sp = self.unfold(h, ctx.xp)
-        return self._fold(ctx.affine(self, U), out_sp)
+        return self._fold(ctx.affine(self, U, act=act), out_sp)
 
     def __repr__(self):
         k = self.kernel_size[0] if self.nd == 1 else self.kernel_size
@@ -351,9 +353,7 @@ class Residual(Layer):
         return out + (h if self.skip is None else self.skip.forward(h, xp))
 
     def train_forward(self, h, ctx):
-        out = h
-        for l in self.body:
-            out = l.train_forward(out, ctx)
+        out = run_layers(self.body, h, ctx)
         s = h if self.skip is None else self.skip.train_forward(h, ctx)
         return ctx.add(out, s)
 

@@ -11,13 +11,14 @@ import numpy as np
 
 from . import validation as _v
 
-__all__ = ["Layer", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation"]
+__all__ = ["Layer", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation",
+           "run_layers"]
 
 
 class Layer:
     """Base of every layer beyond ``Linear`` and the activations (conv, pooling, residual, ...).
 
-    The contract a layer keeps (see :mod:`minilr.estimators.sites` for the training side):
+    The contract a layer keeps (see :mod:`minilr.engines.reference` for the training side):
 
     * ``sites``: names of its noise sites. Site ``s`` owns the attributes ``{s}weight`` (first axis:
       the ``m`` outputs; the rest flattened is the ``d`` inputs), ``{s}bias`` (``(m,)`` or None) and
@@ -94,9 +95,12 @@ class Linear:
     def forward(self, h, xp):
         return h @ self.weight.T + self.bias
 
-    def train_forward(self, h, ctx):
-        """The general path (:mod:`minilr.estimators.sites`): one position, ``P = 1``."""
-        return ctx.affine(self, h[:, None, :])[:, 0, :]
+    # its training output is the elementwise act of its affine map: a following activation may fuse
+    fuses_activation = True
+
+    def train_forward(self, h, ctx, act=None):
+        """The noisy map at one position (``ctx.affine``, :mod:`minilr.engines.reference`)."""
+        return ctx.affine(self, h, act=act)
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
@@ -235,3 +239,22 @@ def activation(name) -> Activation:
         return name
     _v.choice(name, "activation", ACTIVATIONS)
     return ACTIVATIONS[name]()
+
+
+def run_layers(layers, h, ctx):
+    """Run ``layers`` in their training mode (every noisy map through ``ctx.affine``).
+
+    A layer whose output is the elementwise activation of its affine map (``fuses_activation``:
+    ``Linear``, the convolutions) hands the activation that follows it to the map when the
+    context's engine applies it in the same pass (``ctx.fuses(act)``); the activation then does
+    not run again."""
+    i = 0
+    while i < len(layers):
+        layer, nxt = layers[i], (layers[i + 1] if i + 1 < len(layers) else None)
+        if getattr(layer, "fuses_activation", False) and isinstance(nxt, Activation) and ctx.fuses(nxt):
+            h = layer.train_forward(h, ctx, act=nxt)
+            i += 2
+        else:
+            h = layer.train_forward(h, ctx)
+            i += 1
+    return h

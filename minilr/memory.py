@@ -10,8 +10,9 @@ physical memory.
 The estimate (per chunk of ``c`` copies, batch ``B``, ``itemsize`` bytes per float):
 
 * the losses and their centred copy: ``2 c B`` floats;
-* an LR site (``m`` outputs, ``d`` inputs): its noise ``c B m`` and, past the first layer, its
-  input ``c B d`` floats; ALR keeps signs only: ``c B (m + 2 d) / 8`` bytes;
+* an LR site (``m`` outputs, ``d`` inputs, ``P`` positions per call): its noise ``c B P m`` and,
+  past the shared batch, its input ``c B P d`` floats per call; ALR keeps signs only:
+  ``c B P (m + 2 d) / 8`` bytes;
 * an ES site keeps its weight noise ``c m (d + 1)`` floats when small (at most
   :data:`minilr.engines.reference.KEEP_FLOATS`), else redraws it (nothing kept).
 
@@ -30,24 +31,22 @@ _COUNTERS = 1 << 63
 _ES_KEEP_FLOATS = 1 << 24  # as minilr.engines.reference.KEEP_FLOATS
 
 
-def _layers(model):
-    from .layers import Linear
-
-    return [(l.out_features, l.in_features) for l in model.layers if isinstance(l, Linear)]
-
-
-def record_bytes(model, batch: int, copies: int, modes, approx: bool) -> int:
-    """Bytes one chunk of ``copies`` copies records (see the module docstring); exact Python ints."""
-    item = model.dtype.itemsize
+def record_bytes(plan, batch: int, copies: int) -> int:
+    """Bytes one chunk of ``copies`` copies records for the estimate ``plan``
+    (:class:`minilr.estimators.Plan`; see the module docstring); exact Python ints."""
+    item = plan.model.dtype.itemsize
     total = 2 * copies * batch * item
-    for j, ((m, d), mode) in enumerate(zip(_layers(model), modes)):
-        if mode == "es":
-            n = copies * m * (d + 1)
-            total += n * item if n <= _ES_KEEP_FLOATS else 0
-        elif approx:
-            total += -(-copies * batch * (m + (2 * d if j else 0)) // 8)
-        else:
-            total += copies * batch * (m + (d if j else 0)) * item
+    for j, (calls, mode) in enumerate(zip(plan.calls, plan.modes)):
+        for c, (P, d, m) in enumerate(calls):
+            rows = copies * batch * P
+            shared = j == 0 and c == 0  # the batch itself: its input is kept once
+            if mode == "es":
+                n = copies * m * (d + 1)
+                total += n * item if c == 0 and n <= _ES_KEEP_FLOATS else 0
+            elif plan.approx:
+                total += -(-rows * (m + (0 if shared else 2 * d)) // 8)
+            else:
+                total += rows * (m + (0 if shared else d)) * item
     return total
 
 
@@ -73,20 +72,21 @@ def _fmt(n: int) -> str:
     return f"{n} B"
 
 
-def check_copies(model, batch: int, copies: int, chunk, modes, approx: bool) -> None:
+def check_copies(plan, batch: int, copies: int, chunk) -> None:
     """ValueError naming ``copies`` (and suggesting ``chunk=``) if one chunk would not fit the
     budget, or if the copies would run past the 64-bit noise counters."""
-    per_copy = max([batch * m for m, _ in _layers(model)] + [m * (d + 1) for m, d in _layers(model)])
+    per_copy = max([batch * P * m for calls in plan.calls for P, _, m in calls]
+                   + [m * (d + 1) for calls in plan.calls for _, d, m in calls] + [1])
     if copies * per_copy >= _COUNTERS:
         raise ValueError(f"copies={copies} is too many: the noise of that many copies would run past "
                          f"2**63 counters (at most {(_COUNTERS - 1) // per_copy} copies for this "
                          f"model and batch)")
     c = copies if chunk is None else min(chunk, copies)
-    need = record_bytes(model, batch, c, modes, approx)
+    need = record_bytes(plan, batch, c)
     budget = budget_bytes()
     if need <= budget:
         return
-    one = max(1, record_bytes(model, batch, 1, modes, approx))
+    one = max(1, record_bytes(plan, batch, 1))
     fit = max(1, budget // (2 * one))
     what = f"copies={copies}" if chunk is None else f"chunk={chunk} (of copies={copies})"
     raise ValueError(f"{what} with a batch of {batch} would hold about {_fmt(need)} at once, more "

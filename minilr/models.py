@@ -5,6 +5,7 @@ write them; nothing records operations.
 """
 from __future__ import annotations
 
+import contextlib
 import copy as _copy
 
 import numpy as np
@@ -49,9 +50,6 @@ class Sequential:
         if isinstance(self.layers[0], Activation):
             raise ValueError("the first layer must be a Linear layer (or another parameterised or "
                              f"shape layer such as Conv1d), not the activation {self.layers[0]!r}")
-        # the MLP fast path takes stacks of Linear layers and activations; anything else the
-        # general path (minilr.estimators.sites)
-        self.is_mlp = all(isinstance(l, (Linear, Activation)) for l in self.layers)
         width = None
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Linear):
@@ -72,7 +70,7 @@ class Sequential:
                                 f"e.g. (1, 40)), got {input_shape!r}")
             input_shape = tuple(int(n) for n in input_shape)
         self.input_shape = input_shape
-        if input_shape is not None and not self.is_mlp:
+        if input_shape is not None:
             self.output_shape(input_shape, "input_shape")  # every layer fits, or a clear error now
         for i, layer in enumerate(self.layers):  # one object twice would silently tie its weights
             for j in range(i):
@@ -101,8 +99,6 @@ class Sequential:
 
     @property
     def out_features(self) -> int:
-        if self.is_mlp:
-            return self.layers[self.linear_indices[-1]].out_features
         if self.input_shape is not None:
             return self.output_shape(self.input_shape, "input_shape")[-1]
         last = [l for l in self.layers if isinstance(l, Linear)]
@@ -182,8 +178,10 @@ class Sequential:
     # -- noiseless inference ----------------------------------------------------------------------
     def check_input(self, x, name="x"):
         """``x`` checked as a batch for this model (shape, real, finite); ValueError naming ``name``."""
-        if self.is_mlp:
-            return _v.features(x, name, self.in_features, self.dtype)
+        if self.input_shape is not None and len(self.input_shape) == 1:  # flat samples
+            x = _v.features(x, name, self.input_shape[0], self.dtype)
+            self.output_shape(x.shape[1:], name)
+            return x
         x = _v.batch(x, name)
         _v.fits_dtype(x, name, self.dtype)
         if self.input_shape is not None and x.shape[1:] != self.input_shape:
@@ -269,17 +267,35 @@ def _sigma_in_dtype(s, dtype, index):
 
 
 def _forward(model, h, xp, bk):
-    """Noiseless forward on the backend's arrays (parameters moved as needed)."""
-    if not model.is_mlp:
+    """Noiseless forward on the backend's arrays (parameters moved there for the call)."""
+    with on_backend(model, bk):
         for layer in model.layers:
             h = layer.forward(h, xp)
-        return h
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            h = h @ bk.asarray(layer.weight).T + bk.asarray(layer.bias)
-        else:
-            h = layer.forward(h, xp)
     return h
+
+
+@contextlib.contextmanager
+def on_backend(model, bk):
+    """Every noise site's arrays on ``bk``'s device for the block, home again afterwards (even on
+    error). A no-op on NumPy and inside another such block (the arrays are there already)."""
+    sites = model.noise_sites()
+    first = getattr(sites[0][1], sites[0][2] + "weight") if sites else None
+    if bk.name == "numpy" or first is None or not isinstance(first, np.ndarray):
+        yield
+        return
+    _move_sites(sites, bk.asarray)
+    try:
+        yield
+    finally:
+        _move_sites(sites, bk.to_numpy)
+
+
+def _move_sites(sites, move):
+    for _, layer, name in sites:
+        for p in ("weight", "bias", "sigma"):
+            a = getattr(layer, name + p, None)
+            if a is not None:
+                setattr(layer, name + p, move(a))
 
 
 def MLP(sizes, activation="relu", sigma=0.1, seed=0, learn_sigma=False, dtype=np.float32) -> Sequential:

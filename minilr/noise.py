@@ -203,32 +203,34 @@ def _fill_slice(out, k1, gamma, start, lo, hi):
     _fill_range(out[lo:hi], 0, hi - lo, k1, gamma, start + _U64(lo))
 
 
-def _fill_host(flat, key, start):
-    from .engines.cpu.threads import run_split  # noqa: PLC0415 (the CPU engine's threads)
+def fill_normal(out, key: NoiseKey, start: int = 0, xp=np, run=None):
+    """Fill the C-contiguous float32 array ``out`` with values ``start .. start + out.size - 1``.
 
-    # even slice bounds keep whole pairs in one slice
-    run_split(_fill_slice, flat.size, (flat, key.k1, key.gamma, _U64(start)), align=2,
-              min_items=_PARALLEL_MIN)
-
-
-def fill_normal(out, key: NoiseKey, start: int = 0, xp=np):
-    """Fill the C-contiguous float32 array ``out`` with values ``start .. start + out.size - 1``."""
+    NumPy arrays are filled by the compiled recipe, on one thread, or split into even ranges by
+    ``run(kernel, n, args, align=2, min_items=...)`` (an engine's threads: the values do not
+    depend on the split). Other arrays (CuPy) are filled on the host and copied: an engine with
+    device kernels draws on the device itself (:meth:`minilr.engines.reference.ReferenceEngine.normal`).
+    """
     if xp is np:
-        _fill_host(out.reshape(-1), key, start)
-    else:
-        from .engines.cuda import device_kernels  # noqa: PLC0415 (CUDA only when asked)
-
-        device_kernels().fill_normal(out, key.k1, key.gamma, _U64(start))
+        flat = out.reshape(-1)
+        args = (flat, key.k1, key.gamma, _U64(start))
+        if run is None:
+            _fill_slice(*args, 0, flat.size)
+        else:  # even slice bounds keep whole pairs in one slice
+            run(_fill_slice, flat.size, args, align=2, min_items=_PARALLEL_MIN)
+        return out
+    out[...] = xp.asarray(fill_normal(np.empty(out.shape, np.float32), key, start))
     return out
 
 
-def normal(key: NoiseKey, shape, start: int = 0, dtype=np.float32, xp=np):
+def normal(key: NoiseKey, shape, start: int = 0, dtype=np.float32, xp=np, run=None):
     """A new array of noise values ``start ...`` in C order, shape ``shape``, on ``xp``.
 
-    The values are computed in float32; ``dtype=float64`` widens them (same numbers).
+    The values are computed in float32; ``dtype=float64`` widens them (same numbers). ``run``:
+    as :func:`fill_normal`.
     """
     out = xp.empty(shape, dtype=np.float32)
-    fill_normal(out, key, start, xp)
+    fill_normal(out, key, start, xp, run)
     return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
 
 

@@ -42,15 +42,22 @@ class NoiselessContext:
     def __init__(self, xp):
         self.xp = xp
 
-    def affine(self, layer, U, name=""):
-        """``U W^T + b`` for ``U`` (rows, P, d) -> (rows, P, m)."""
+    def affine(self, layer, U, name="", act=None):
+        """``act(U W^T + b)`` for ``U`` (rows, [P,] d) -> (rows, [P,] m)."""
         W = getattr(layer, name + "weight")
         b = getattr(layer, name + "bias", None)
         v = self.xp.matmul(U, W.reshape(W.shape[0], -1).T)
-        return v if b is None else v + b
+        v = v if b is None else v + b
+        return v if act is None else act.forward(v, self.xp)
+
+    def fuses(self, act):
+        return False
 
     def expand(self, h):
         return h
+
+    def add(self, a, b):
+        return a + b
 
 
 class _Recurrent(Layer):

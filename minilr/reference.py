@@ -90,8 +90,8 @@ def _prepare(model, x, y, loss):
                          "custom loss function: write its gradient by hand")
     _v.choice(loss, "loss", LOSSES)
     x = model.check_input(x, "x").astype(np.float64)
-    width = model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
-    positions = () if model.is_mlp else tuple(model.output_shape(x.shape[1:])[:-1])
+    width = model.output_shape(x.shape[1:])[-1]
+    positions = tuple(model.output_shape(x.shape[1:])[:-1])
     y = _v.targets(y, "y", loss, x.shape[0], width, positions)
     return x, (y if loss == "cross_entropy" else y.astype(np.float64))
 
@@ -114,37 +114,7 @@ def gradient(model, x, y, loss="cross_entropy") -> dict:
         If the model has a layer with no usable derivative (the Heaviside ``Step``).
     """
     x, y = _prepare(model, x, y, loss)
-    if not model.is_mlp:
-        return _gradient_general(model, x, y, loss)
-    # Forward, keeping every layer's input.
-    inputs = []
-    h = x
-    for layer in model.layers:
-        inputs.append(h)
-        if isinstance(layer, Linear):
-            h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        else:
-            h = layer.forward(h, np)
-    n = x.shape[0]
-    # dL/d(output) of the mean loss.
-    if loss == "cross_entropy":
-        p = np.exp(h - h.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(n), y] -= 1.0
-        delta = p / n
-    else:
-        delta = (h - y) / n
-    grads = {}
-    for i in range(len(model.layers) - 1, -1, -1):
-        layer, h_in = model.layers[i], inputs[i]
-        if isinstance(layer, Linear):
-            grads[f"{i}.weight"] = delta.T @ h_in
-            grads[f"{i}.bias"] = delta.sum(axis=0)
-            delta = delta @ layer.weight.astype(np.float64)
-        else:
-            out = layer.forward(h_in, np)
-            delta = delta * layer.derivative(h_in, out, np)
-    return {k: grads[k] for k in model.parameters() if k in grads}
+    return _gradient_general(model, x, y, loss)
 
 
 def _output_delta(h, y, loss):

@@ -37,7 +37,8 @@ read from the bits, so what is alive beyond the bits is one ``G`` and two small 
 
 Three implementations share one contract and one test suite: ``*_reference`` (``np.packbits``,
 for checking), Numba on the CPU (``cache=True``; serial, see below) and GPU kernels for
-CuPy arrays (:func:`minilr.engines.cuda.device_kernels`). The CPU kernels are deliberately single-threaded:
+CuPy arrays (:mod:`minilr.engines.cuda_kernels`, which the CUDA engine calls; this module imports
+no engine: on CuPy arrays its own functions work on the host). The CPU kernels are deliberately single-threaded:
 they are memory-bound, and a Numba thread pool spinning next to OpenBLAS's slowed the sgemm that
 follows (benchmarks/RESULTS.md).
 """
@@ -185,10 +186,9 @@ def pack(a, kind: str, out=None, row0: int = 0, xp=np):
         out = _empty(kind, rows, width, xp)
     if xp is np:
         _pack_cpu(np.ascontiguousarray(a), _planes(out, kind), _CODES[kind], row0 // 8)
-    else:
-        from .engines.cuda import device_kernels  # noqa: PLC0415
-
-        device_kernels().pack(a, _planes(out, kind), _CODES[kind], row0 // 8)
+    else:  # the plain path for other arrays (CuPy): on the host; the CUDA engine packs on the device
+        host = pack(a.get(), kind)
+        out[..., row0 // 8: row0 // 8 + host.shape[-2], :] = xp.asarray(host)
     return out
 
 
@@ -209,10 +209,8 @@ def unpack(p, kind: str, r0: int, r1: int, scale=None, out=None, dtype=np.float3
     scale = xp.ascontiguousarray(scale, dtype=out.dtype)
     if xp is np:
         _unpack_cpu(_planes(p, kind), _CODES[kind], r0, r1, scale, out)
-    else:
-        from .engines.cuda import device_kernels  # noqa: PLC0415
-
-        device_kernels().unpack(_planes(p, kind), _CODES[kind], r0, r1, scale, out)
+    else:  # the plain path for other arrays (CuPy): on the host; the CUDA engine unpacks on the device
+        out[...] = xp.asarray(unpack(p.get(), kind, r0, r1, scale.get(), dtype=out.dtype))
     return out
 
 

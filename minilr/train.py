@@ -13,10 +13,9 @@ from . import checkpoint as _ckpt
 from . import memory as _memory
 from . import validation as _v
 from .backend import child, get_backend, seed_sequence
-from .estimators import ESTIMATORS, Settings, estimate
-from .layers import Linear
+from .estimators import ESTIMATORS, Plan, Settings, estimate
 from .losses import per_sample
-from .models import Sequential, _forward
+from .models import Sequential, _forward, on_backend
 from .optim import Projection, commit, make_optimizer, trial_step
 from .parallel import mpi as _mpi
 
@@ -79,42 +78,9 @@ def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_la
     return settings, get_backend(backend)
 
 
-@contextlib.contextmanager
-def _on_backend(model, bk):
-    """Move the model's arrays to ``bk`` for the block; bring them home afterwards (even on error)."""
-    if bk.name == "numpy":
-        yield
-        return
-    if not model.is_mlp:
-        _move_sites(model, bk.asarray)
-        try:
-            yield
-        finally:
-            _move_sites(model, bk.to_numpy)
-        return
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            layer.weight, layer.bias, layer.sigma = (bk.asarray(a) for a in (layer.weight, layer.bias, layer.sigma))
-    try:
-        yield
-    finally:
-        for layer in model.layers:
-            if isinstance(layer, Linear):
-                layer.weight, layer.bias, layer.sigma = (bk.to_numpy(a) for a in (layer.weight, layer.bias, layer.sigma))
-
-
-def _move_sites(model, move):
-    """Apply ``move`` to every noise site's weight, bias and sigma (general models)."""
-    for _, layer, name in model.noise_sites():
-        for p in ("weight", "bias", "sigma"):
-            a = getattr(layer, name + p, None)
-            if a is not None:
-                setattr(layer, name + p, move(a))
-
-
 # -- estimate_gradient ----------------------------------------------------------------------------
 def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cross_entropy",
-                      baseline=True, antithetic=False, chunk=None, es_layers=2, backend="numpy", comm=None):
+                      baseline=True, antithetic=False, chunk=None, es_layers=None, backend="numpy", comm=None):
     """One gradient estimate of the mean loss on the batch ``(x, y)``.
 
     Parameters
@@ -136,8 +102,10 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
         Mirror the noise, ``+eps`` and ``-eps`` (copies must be even).
     chunk : int, optional
         Process copies this many at a time; peak memory then depends on ``chunk``, not ``copies``.
-    es_layers : int
-        For the hybrids: how many leading Linear layers use ES (the last layer always uses LR).
+    es_layers : int, optional
+        For the hybrids: how many leading noise sites (layers) use ES. The last site always uses
+        LR, so at most the number of sites minus one (a ValueError otherwise); None: the paper's
+        two, or all but the last where the model has fewer.
     backend : "numpy" | "cupy" | Backend
         A name makes a fresh backend and engine for this call; a :class:`~minilr.Backend` you hold
         (e.g. ``Backend("numpy", engine="reference")``) is used as it is, its engine's scratch
@@ -157,9 +125,9 @@ def estimate_gradient(model, x, y, estimator="lr", copies=100, seed=0, loss="cro
     x = model.check_input(x, "x")
     y = _v.targets(y, "y", s.loss, x.shape[0], _out_width(model, x), _out_positions(model, x), model.dtype)
     _v.fits_dtype(x, "x", model.dtype)
-    _check_memory(model, x.shape[0], s)
+    _check_memory(model, x, s)
     # overflow is reported below as one FloatingPointError, not as NumPy warnings
-    with _on_backend(model, bk), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with on_backend(model, bk), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         grads, _ = _estimate(model, bk.asarray(x, model.dtype), _device_targets(y, s.loss, model, bk),
                              s, seed_sequence(seed), bk, comm)
         grads = {k: bk.to_numpy(g) for k, g in grads.items()}
@@ -188,12 +156,12 @@ def _estimate(model, x, y, s, ss, bk, comm):
 
 def _out_width(model, x):
     """The model's output width for inputs like ``x`` (checked by ``model.check_input``)."""
-    return model.out_features if model.is_mlp else model.output_shape(x.shape[1:])[-1]
+    return model.output_shape(x.shape[1:])[-1]
 
 
 def _out_positions(model, x):
     """Output axes before the classes (graph nodes: ``(n_nodes,)``); ``()`` for most models."""
-    return () if model.is_mlp else tuple(model.output_shape(x.shape[1:])[:-1])
+    return tuple(model.output_shape(x.shape[1:])[:-1])
 
 
 def _device_targets(y, loss, model, bk):
@@ -228,7 +196,7 @@ def _evaluate(model, x, y, loss, bk):
 
 def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, batch_size=50,
           optimizer="adam", lr=1e-2, backend="numpy", seed=0, progress=True, loss="cross_entropy",
-          baseline=True, antithetic=False, chunk=None, es_layers=2, schedule="constant",
+          baseline=True, antithetic=False, chunk=None, es_layers=None, schedule="constant",
           momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None,
           checkpoint=None, resume=False, checkpoint_every=None, comm=None) -> History:
     """Train ``model`` in place without backpropagation; return its :class:`History`.
@@ -275,7 +243,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     if not (isinstance(sigma_bounds, (tuple, list)) and len(sigma_bounds) == 2):
         raise TypeError(f"sigma_bounds must be a pair (sigma_min, sigma_max), got {sigma_bounds!r}")
     checkpoint, resume, checkpoint_every = _check_checkpoint_args(checkpoint, resume, checkpoint_every)
-    _check_memory(model, min(batch_size, len(x)), cfg)
+    _check_memory(model, x[:batch_size], cfg)
     project = Projection(sigma_bounds[0], sigma_bounds[1], weight_bound)
     n = len(x)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -315,7 +283,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     try:
         # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream
         # of RuntimeWarnings (or, under warnings-as-errors, a RuntimeWarning).
-        with _on_backend(model, bk), bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with on_backend(model, bk), bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if bk.name != "numpy":  # a restored optimizer state lives on the device too
                 opt.set_state({k: ({kk: bk.asarray(a) for kk, a in v.items()} if isinstance(v, dict) else v)
                                for k, v in opt.state().items()})
@@ -421,12 +389,9 @@ def _check_checkpoint_args(checkpoint, resume, checkpoint_every):
     return checkpoint, bool(resume), checkpoint_every
 
 
-def _check_memory(model, batch, s):
+def _check_memory(model, x, s):
     """Refuse copies whose records would not fit in memory (:mod:`minilr.memory`), before any work."""
-    if not model.is_mlp:  # the estimate covers Linear stacks; the general path is not estimated yet
+    if s.estimator == "bp":  # no copies
         return
-    est = ESTIMATORS.get(s.estimator)
-    if est is None or not hasattr(est, "modes"):  # "bp": no copies
-        return
-    modes = est.modes(len(model.linear_indices), s.es_layers)
-    _memory.check_copies(model, batch, s.copies, s.chunk, modes, bool(getattr(est, "approx", False)))
+    plan = Plan.make(model, x, s, seed_sequence(0), ESTIMATORS[s.estimator])
+    _memory.check_copies(plan, x.shape[0], s.copies, s.chunk)

@@ -63,3 +63,27 @@ def batches(draw, model, max_batch=5):
     x = rng.standard_normal((b, model.in_features)).astype(model.dtype)
     y = rng.integers(0, model.out_features, b)
     return x, y
+
+
+def lr_records(model, x, y, copies, approx, seed=5):
+    """One LR (or ALR) forward pass of ``copies`` copies on the reference engine: the sites with
+    their records, and the centred losses (leave-one-out baseline)."""
+    from minilr.engines.reference import ReferenceEngine
+    from minilr.estimators import ESTIMATORS, Plan, Settings, centred_losses
+
+    s = Settings("alr" if approx else "lr", copies)
+    plan = Plan.make(model, x, s, np.random.SeedSequence(seed), ESTIMATORS[s.estimator])
+    L, sites = ReferenceEngine(np).forward(plan, x, y, range(copies))
+    return plan.entries, sites, centred_losses(L, False, True, np)
+
+
+def float_record_signs(site, Lc):
+    """Eq. 3's sums ``sum L sign(eps) sign(U)^T`` formed in float64 from an LR site's float records."""
+    G, g, B = 0, 0, site.B
+    for (call, c0), (K, P, shared, U, eps) in sorted(site.records.items()):
+        m, d = eps.shape[-1], U.shape[-1]
+        w = Lc[c0:c0 + K, :, None, None] * np.sign(eps.reshape(K, B, P, m))
+        Ue = np.broadcast_to(U.reshape(1, B, P, d), (K, B, P, d)) if shared else U.reshape(K, B, P, d)
+        G = G + np.einsum("kbpm,kbpd->md", w.astype(np.float64), np.sign(Ue).astype(np.float64))
+        g = g + w.sum(axis=(0, 1, 2))
+    return G, g

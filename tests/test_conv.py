@@ -37,7 +37,7 @@ import pytest
 
 import minilr
 from minilr import reference
-from minilr.estimators import sites as _sites
+from strategies import float_record_signs, lr_records
 
 from test_statistics import SQRT_2_PI, assert_unbiased, z_for
 
@@ -269,31 +269,15 @@ def test_packed_sign_records_equal_the_plain_signs(shared):
                                minilr.Flatten(), minilr.Linear(16, 3)], sigma=0.2, seed=0)
     x = rng.standard_normal((5, 2, 6)).astype(np.float32)
     y = rng.integers(0, 3, 5)
-    entries = model.noise_sites()
-    keys = _sites.noise_keys(np.random.SeedSequence(9), len(entries))
-    K, B = 12, 5
-
-    def run(approx):
-        ctx = _sites.Context(entries, ["lr"] * len(entries), approx, keys, 0, K, B, False, np)
-        out = _sites.forward(model.layers, x, ctx)
-        L = minilr.losses.per_sample("cross_entropy", out.reshape(K, B, -1), y, np)
-        return ctx, L
-
-    ctx_f, L_f = run(False)
-    ctx_a, L_a = run(True)
-    np.testing.assert_array_equal(L_f, L_a)  # the same noise, the same forward pass
+    _, plain, Lc = lr_records(model, x, y, 12, approx=False, seed=9)
+    _, packed, Lc2 = lr_records(model, x, y, 12, approx=True, seed=9)
+    np.testing.assert_array_equal(Lc, Lc2)  # the same noise, the same forward pass
     j = 0 if shared else 1  # site 0 sees the shared batch; site 1 the copies' rows
-    site_f, site_a = ctx_f.sites[j], ctx_a.sites[j]
-    assert site_a.records[0][2] == shared
-    Lc = L_f - L_f.mean(axis=0)
-    c, P, _, j0, j1, U, eps = site_f.records[0]
-    Ue = np.broadcast_to(U[None], (K,) + U.shape).reshape(K * B, P, -1) if shared else U
-    Ls = np.repeat(Lc.reshape(-1), P)[:, None]
-    G = (Ls * np.sign(eps.reshape(-1, eps.shape[-1]))).T @ np.sign(Ue.reshape(-1, Ue.shape[-1]))
-    g_bias = (Ls * np.sign(eps.reshape(-1, eps.shape[-1]))).sum(axis=0)
+    site_f, site_a = plain[j], packed[j]
+    assert all(rec[2] == shared for rec in site_a.records.values())
     if not shared:  # ReLU output: 1 bit per sign, packed along rows
-        assert site_a.records[0][7] == "01"
-        assert site_a.records[0][6].dtype == np.uint8
+        assert all(rec[5] == "01" and rec[4].dtype == np.uint8 for rec in site_a.records.values())
+    G, g_bias = float_record_signs(site_f, Lc)
     got = site_a.gradient(Lc)
     np.testing.assert_allclose(got["weight"].reshape(G.shape), G, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["bias"], g_bias, rtol=1e-5, atol=1e-5)

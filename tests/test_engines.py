@@ -134,66 +134,63 @@ def test_packed_alr_sums_equal_alr_sums(t_kind):
 SIZES = [784, 256, 256, 10]
 
 
-@pytest.mark.parametrize("estimator,modes,approx", [("lr", None, False), ("alr", None, True),
-                                                    ("es", ["es"] * 3, False),
-                                                    ("a-hybrid", ["es", "es", "lr"], True)])
-def test_gpu_sized_budget_gives_one_block(estimator, modes, approx):
+def _plan(estimator, B=50, antithetic=False, model=None):
+    from minilr.estimators import ESTIMATORS, Plan, Settings
+
+    model = model or minilr.MLP(SIZES, seed=0)
+    x = np.zeros((B,) + model.input_shape, np.float32)
+    s = Settings(estimator, 2, antithetic=antithetic)
+    return Plan.make(model, x, s, np.random.SeedSequence(0), ESTIMATORS[estimator])
+
+
+@pytest.mark.parametrize("estimator", ["lr", "alr", "es", "a-hybrid"])
+def test_gpu_sized_budget_gives_one_block(estimator):
     """80 GB GPU, half free for the plan: K=200, 2,000 and 10,000 (B=50) run as one block each,
-    so the launches per step do not grow with K (one forward_block per layer per chunk).
-    ES keeps its weight noise per copy, 784 x 257 floats: 10,000 copies need 8 GB, still one block."""
+    so the launches per step do not grow with K. ES keeps its weight noise per copy, 784 x 257
+    floats: 10,000 copies need 8 GB, still one block."""
+    engine = CUDAEngine(np, memory_budget=40e9)
     for K in (200, 2000, 10_000):
-        assert block_plan(SIZES, 50, K, 40e9, modes, approx) == [(0, K)]
+        assert engine.plan_blocks(_plan(estimator), 50, K) == [(0, K)]
 
 
 def test_small_budget_chunks_the_plan():
     """K=100,000 with a 1 GB budget: near-equal blocks within the budget, covering every copy once,
-    starting on whole bytes of packed rows and whole antithetic pairs."""
-    from minilr.engines.cuda import copy_bytes
+    starting on whole antithetic pairs."""
+    for B, antithetic in ((50, False), (50, True), (3, False)):
+        plan = _plan("lr", B, antithetic)
+        per = 4 * plan.floats_per_copy(B) * 4
+        blocks = CUDAEngine(np, memory_budget=1e9).plan_blocks(plan, B, 100_000)
+        assert len(blocks) > 1 and blocks[0][0] == 0 and blocks[-1][1] == 100_000
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        assert all(c0 % 2 == 0 for c0, _ in blocks) or not antithetic
+        sizes = [c1 - c0 for c0, c1 in blocks]
+        assert max(sizes) * per <= 1e9
+        assert max(sizes) - min(sizes) <= 2
+        assert len(blocks) == -(-100_000 * per // int(1e9))
+    assert block_plan(10, 7, 1.0, unit=2) == [(0, 2), (2, 4), (4, 6), (6, 7)]  # tiny: one unit each
 
-    for B, approx in ((50, False), (50, True), (3, False)):
-        plan = block_plan(SIZES, B, 100_000, 1e9, None, approx)
-        assert len(plan) > 1 and plan[0][0] == 0 and plan[-1][1] == 100_000
-        assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
-        assert all(c0 * B % 8 == 0 and c0 % 2 == 0 for c0, _ in plan)
-        sizes = [c1 - c0 for c0, c1 in plan]
-        assert max(sizes) * copy_bytes(SIZES, B, None, approx) <= 1e9
-        assert max(sizes) - min(sizes) <= 16
-        assert len(plan) == -(-100_000 * copy_bytes(SIZES, B, None, approx) // int(1e9)) or \
-            len(plan) == -(-100_000 * copy_bytes(SIZES, B, None, approx) // int(1e9)) + 1
-    assert block_plan(SIZES, 50, 7, 1.0) == [(0, 4), (4, 7)]  # a tiny budget: one unit per block
 
-
-def test_cuda_engine_forward_calls_do_not_grow_with_copies():
+@pytest.mark.parametrize("builder", [minilr.MLP, minilr.cnn, minilr.resnet5])
+def test_cuda_engine_forward_calls_do_not_grow_with_copies(builder):
     """Counted on the CPU: with the CUDA engine's plan and a GPU-sized budget, a step runs each
-    layer's forward_block once whatever K."""
+    site's affine map once per call whatever K (one block), for an MLP and conv nets."""
     from minilr.engines import reference
 
     calls = []
-    orig = reference.LRSite.forward_block
-    model, x, y = _problem(learn_sigma=False)
+    orig = reference.LRSite.affine
+    model = builder(SIZES, seed=0) if builder is minilr.MLP else builder(seed=0)
+    x = np.random.default_rng(0).standard_normal((5,) + model.input_shape).astype(np.float32)
+    y = np.arange(5) % 10
     bk = minilr.Backend("numpy", engine="reference")
-    bk.engine = CUDAEngine(np, memory_budget=40e9, fused=False)  # the sites, not the fused step
+    bk.engine = CUDAEngine(np, memory_budget=40e9)
     try:
-        reference.LRSite.forward_block = lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)
+        reference.LRSite.affine = lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)
         for K in (8, 200, 2000):
             calls.clear()
             minilr.estimate_gradient(model, x, y, estimator="lr", copies=K, backend=bk)
-            assert len(calls) == 3, (K, len(calls))
+            assert len(calls) == len(model.noise_sites()), (K, len(calls))
     finally:
-        reference.LRSite.forward_block = orig
-
-
-def test_cuda_engine_fused_step_launches_do_not_grow_with_copies():
-    """The fused CUDA step (minilr.engines.cuda_step, run on its kernels' NumPy twins here): the
-    same launches at every K with a GPU-sized budget, at most 30 for a 3-layer MLP."""
-    model, x, y = _problem(learn_sigma=False)
-    bk = minilr.Backend("numpy", engine="reference")
-    bk.engine = CUDAEngine(np, memory_budget=40e9)
-    counts = []
-    for K in (8, 200, 2000):
-        minilr.estimate_gradient(model, x, y, estimator="alr", copies=K, backend=bk)
-        counts.append(bk.engine.launches)
-    assert counts[0] == counts[1] == counts[2] <= 30, counts
+        reference.LRSite.affine = orig
 
 
 def test_cuda_engine_rejects_a_bad_budget():

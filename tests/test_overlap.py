@@ -10,8 +10,7 @@ import pytest
 
 import minilr
 from minilr.backend import Backend, seed_sequence
-from minilr.estimators import ESTIMATORS, Settings, estimate
-from minilr.estimators.base import centred_losses, noise_keys
+from minilr.estimators import ESTIMATORS, Plan, Settings, centred_losses, estimate
 from minilr.parallel import overlap
 
 EST = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
@@ -54,14 +53,12 @@ def test_pipelined_differs_with_another_seed(problem):
 @pytest.mark.parametrize("estimator", EST)
 def test_layer_gradients_in_threads_equal_sequential(problem, estimator):
     model, x, y, bk = problem
-    est = ESTIMATORS[estimator]
-    lin = model.linear_indices
-    modes = est.modes(len(lin), 1)
-    keys = noise_keys(seed_sequence(4), len(lin))
+    s = Settings(estimator, 16, es_layers=1)
+    plan = Plan.make(model, x, s, seed_sequence(4), ESTIMATORS[estimator])
     out = []
     for threads in (1, 3):
         with bk.engine.session():
-            L, sites = bk.engine.forward(model, x, y, 0, 16, modes, est.approx, keys, "cross_entropy", False)
+            L, sites = bk.engine.forward(plan, x, y, range(16))
             Lc = centred_losses(L, False, True, np)
             out.append(overlap.layer_gradients(sites, Lc, threads))
     for a, b in zip(*out):

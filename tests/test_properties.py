@@ -256,14 +256,17 @@ def test_hybrid_without_es_layers_is_lr(data, approx, copies, antithetic):
 
 
 @FAST
-@given(data=st.data(), approx=st.booleans(), copies=copies_st, es_layers=st.integers(0, 4))
+@given(data=st.data(), approx=st.booleans(), copies=copies_st, es_layers=st.integers(1, 4))
 def test_hybrid_always_leaves_the_last_layer_to_lr(data, approx, copies, es_layers):
     """With a single Linear layer there is only the last layer, which the hybrids always give to
-    LR: hybrid == lr and a-hybrid == alr for any ``es_layers``."""
+    LR: by default hybrid == lr and a-hybrid == alr, and asking for ES layers there is a ValueError
+    naming ``es_layers`` (issue 14: never silently clamped)."""
     model = data.draw(models(min_layers=1, max_layers=1))
     x, y = data.draw(batches(model))
     hy, lr = ("a-hybrid", "alr") if approx else ("hybrid", "lr")
-    assert_bitwise_equal(grad(model, x, y, hy, copies, es_layers=es_layers), grad(model, x, y, lr, copies))
+    assert_bitwise_equal(grad(model, x, y, hy, copies), grad(model, x, y, lr, copies))
+    with pytest.raises(ValueError, match="es_layers"):
+        grad(model, x, y, hy, copies, es_layers=es_layers)
 
 
 @FAST

@@ -8,9 +8,7 @@ import pytest
 
 import minilr
 from minilr import reference
-from minilr.estimators import ESTIMATORS
-from minilr.estimators import sites as S
-from minilr.estimators.base import centred_losses, noise_keys
+from strategies import float_record_signs, lr_records
 from minilr.losses import per_sample
 
 EDGES = np.array([[0, 1, 2, 3, 1, 4, 0, 2], [1, 0, 3, 2, 2, 0, 4, 4]])
@@ -172,25 +170,12 @@ def test_packed_sign_records_equal_the_plain_ones(name):
     """ALR's sums from packed bits equal ``sum L sign(U) sign(eps)`` formed from the float records
     of an LR pass with the same keys (the same noise, so the same forward pass and losses)."""
     model, x, y = LAYER_MODELS[name]()
-    K, B = 8, x.shape[0]
-    entries = model.noise_sites()
-    keys = noise_keys(np.random.SeedSequence(5), len(entries))
     x = x.astype(np.float32)
-    out = {}
-    for approx in (False, True):
-        ctx = S.Context(entries, ESTIMATORS["lr"].modes(len(entries), 0), approx, keys, 0, K, B, False, np)
-        v = ctx.expand(S.forward(model.layers, x, ctx))
-        L = per_sample("cross_entropy", v.reshape((K, B) + v.shape[1:]), y, np)
-        out[approx] = (ctx, centred_losses(L, False, True, np))
-    (plain, Lc), (packed, Lc2) = out[False], out[True]
+    entries, plain, Lc = lr_records(model, x, y, 8, approx=False)
+    _, packed, Lc2 = lr_records(model, x, y, 8, approx=True)
     np.testing.assert_array_equal(Lc, Lc2)
-    for (prefix, layer, site_name), site_f, site_s in zip(entries, plain.sites, packed.sites):
-        G, g = 0, 0
-        for c, P, shared, j0, j1, U, eps in site_f.records:
-            w = Lc[j0:j1, :, None, None] * np.sign(eps)  # (copies, B, P, m)
-            U = np.broadcast_to(U.reshape(-1, B, P, U.shape[-1]), (j1 - j0, B, P, U.shape[-1]))
-            G = G + np.einsum("kbpm,kbpd->md", w.astype(np.float64), np.sign(U).astype(np.float64))
-            g = g + w.sum(axis=(0, 1, 2))
+    for (prefix, layer, site_name), site_f, site_s in zip(entries, plain, packed):
+        G, g = float_record_signs(site_f, Lc)
         got = site_s.gradient(Lc)
         key = prefix + site_name
         scale = np.abs(G).max()
@@ -282,11 +267,14 @@ def test_graph_loss_and_accuracy_skip_unlabelled_nodes():
 
 @pytest.mark.parametrize("name", sorted(LAYER_MODELS))
 def test_sign_records_streamed_in_blocks_give_the_same_estimate(name, monkeypatch):
-    """ALR runs the copies in blocks (minilr.estimators.sites.BLOCK_ROWS): recurrent steps,
+    """ALR runs the copies in blocks (minilr.engines.cpu.BLOCK_FLOATS_APPROX): recurrent steps,
     graph nodes and spike ticks see the block's copies only, and the estimate does not change."""
+    from minilr.engines import cpu
+
     model, x, y = LAYER_MODELS[name]()
+    monkeypatch.setattr(cpu, "BLOCK_FLOATS_APPROX", 1 << 30)
     whole = minilr.estimate_gradient(model, x, y, estimator="alr", copies=24, seed=4)
-    monkeypatch.setattr(S, "BLOCK_ROWS", 8 * x.shape[0])  # blocks of 8 copies: three of them
+    monkeypatch.setattr(cpu, "BLOCK_FLOATS_APPROX", 1)  # blocks of one copy
     blocks = minilr.estimate_gradient(model, x, y, estimator="alr", copies=24, seed=4)
     for k in whole:
         np.testing.assert_allclose(blocks[k], whole[k], rtol=1e-5, atol=1e-6, err_msg=k)

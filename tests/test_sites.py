@@ -1,8 +1,5 @@
-"""The general noise-site path (minilr.estimators.sites).
+"""The one primitive, ``ctx.affine`` (minilr.engines.reference.Block), beyond one call per site.
 
-* An MLP sent through the general path gives the fast path's numbers (same noise counters; sums
-  in another order, so equal to float rounding) for every estimator, with and without antithetic
-  noise, chunks and learned sigma.
 * A layer that calls ``ctx.affine`` twice with the same weights gets one gradient that adds both
   calls: unbiased for the exact gradient (a z-test against the hand-written reference, false-failure
   probability stated in tests/test_statistics.py), and, under ES, the same perturbation in both
@@ -14,40 +11,10 @@ import numpy as np
 import pytest
 
 import minilr
-import minilr.estimators as est_mod
 from minilr import reference
 from minilr.layers import Layer
 
 from test_statistics import assert_unbiased
-
-
-@pytest.fixture
-def general():
-    est_mod.GENERAL = True
-    yield
-    est_mod.GENERAL = False
-
-
-@pytest.mark.parametrize("learn_sigma", [False, True])
-@pytest.mark.parametrize("estimator", ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"])
-@pytest.mark.parametrize("antithetic", [False, True])
-def test_mlp_general_path_equals_fast_path(estimator, antithetic, learn_sigma):
-    rng = np.random.default_rng(0)
-    for dtype, tol in ((np.float32, 2e-6), (np.float64, 1e-13)):
-        model = minilr.MLP([6, 9, 7, 4], sigma=0.3, seed=1, learn_sigma=learn_sigma, dtype=dtype)
-        x = rng.standard_normal((5, 6))
-        y = rng.integers(0, 4, 5)
-        kw = dict(estimator=estimator, copies=12, seed=3, antithetic=antithetic, chunk=6 if antithetic else 8)
-        fast = minilr.estimate_gradient(model, x, y, **kw)
-        est_mod.GENERAL = True
-        try:
-            gen = minilr.estimate_gradient(model, x, y, **kw)
-        finally:
-            est_mod.GENERAL = False
-        assert list(fast) == list(gen)
-        for k in fast:
-            scale = np.abs(fast[k]).max()
-            np.testing.assert_allclose(gen[k], fast[k], rtol=0, atol=tol * scale, err_msg=k)
 
 
 class Tied(Layer):
@@ -153,19 +120,25 @@ def test_affine_rejects_bad_shapes():
         minilr.estimate_gradient(bad, x, y, estimator="lr", copies=4, loss="mse")
 
 
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
 @pytest.mark.parametrize("estimator", ["alr", "aes", "a-hybrid"])
-def test_sign_records_streamed_in_blocks_give_the_same_gradient(estimator, monkeypatch):
+def test_sign_records_streamed_in_blocks_give_the_same_gradient(estimator, engine, monkeypatch):
     """Sign records run the forward pass in blocks of copies (floats live for one block); the
-    noise and the sums do not depend on the blocks: 8-copy blocks = one block, to rounding."""
+    noise and the sums do not depend on the blocks: small blocks = one block, to rounding."""
+    from minilr.engines import cpu, reference as ref_engine
+
     rng = np.random.default_rng(4)
     model = minilr.Sequential([minilr.Conv1d(1, 3, 3, padding=1), "relu", minilr.Conv1d(3, 2, 3),
                                minilr.Flatten(), minilr.Linear(8, 3)], sigma=0.2, seed=0, learn_sigma=True)
     x = rng.standard_normal((3, 1, 6))
     y = rng.integers(0, 3, 3)
     kw = dict(estimator=estimator, copies=40, seed=2, antithetic=True)
-    whole = minilr.estimate_gradient(model, x, y, **kw)
-    monkeypatch.setattr(minilr.estimators.sites, "BLOCK_ROWS", 8 * 3)
-    assert minilr.estimators.sites.block_copies(40, 3, True) == 8
-    blocks = minilr.estimate_gradient(model, x, y, **kw)
+    monkeypatch.setattr(ref_engine, "BLOCK_FLOATS_APPROX", 1 << 30)
+    monkeypatch.setattr(cpu, "BLOCK_FLOATS_APPROX", 1 << 30)
+    whole = minilr.estimate_gradient(model, x, y, backend=minilr.Backend("numpy", engine=engine), **kw)
+    monkeypatch.setattr(ref_engine, "BLOCK_FLOATS_APPROX", 2 * 3 * 18)  # ~2 copies per block
+    monkeypatch.setattr(cpu, "BLOCK_FLOATS_APPROX", 2 * 3 * 18)
+    bk = minilr.Backend("numpy", engine=engine)
+    blocks = minilr.estimate_gradient(model, x, y, backend=bk, **kw)
     for k in whole:
         np.testing.assert_allclose(blocks[k], whole[k], rtol=1e-5, atol=1e-6 * np.abs(whole[k]).max(), err_msg=k)

@@ -7,21 +7,20 @@ runs as **one block whenever it fits** in :attr:`CUDAEngine.memory_budget` bytes
 the GPU memory free when the plan is made), else in the fewest equal blocks that fit
 (:func:`block_plan`, a pure function of the sizes, tested on the CPU).
 
-The estimate itself runs as the fused CUDA step (:mod:`.cuda_step`, kernels in
-:mod:`.cuda_kernels`: ~20 launches per step for a 3-layer MLP in one block) wherever it applies
-(float32 stacks of ``Linear`` layers and activations); other models run the reference sites on
-this engine's plan. The GPU kernels that CuPy arrays need outside the step (noise fill, sign
-packing) come from :func:`device_kernels`.
+Every model runs the one path (:func:`minilr.estimators.base.estimate`) on the reference sites,
+with this engine's block plan and its device primitives: the noise drawn, the signs packed and
+unpacked by the CuPy kernels of :mod:`.cuda_kernels` (their NumPy twins on NumPy arrays, for the
+tests). The fused per-layer kernels of :mod:`.cuda_step` (one GEMM and one fused pass per layer,
+ALR's fp16 product) are not yet sites of this engine: that is the next step for the GPU.
 """
 from __future__ import annotations
 
-import math
-
-from ..layers import Linear
 from .reference import ReferenceEngine
 
 # Of the free GPU memory, the share a default plan may fill (the rest: CuPy's pool, cuBLAS, the caller).
 FREE_SHARE = 0.5
+# Arrays of a copy's widest size alive at once in a block (input, output, noise, a transient).
+ALIVE = 4
 
 
 def device_kernels():
@@ -36,40 +35,15 @@ def device_kernels():
     return cuda_kernels
 
 
-def copy_bytes(sizes, B, modes=None, approx=False, itemsize=4):
-    """Bytes one copy of a batch of ``B`` needs on the device in one block, for layer widths
-    ``sizes`` (``[d0, d1, ..., dL]``) and per-layer ``modes`` (``"lr"``/``"es"``, default all LR).
-
-    LR keeps ``eps`` and the layer's output (the next layer's ``x``) per row, with one transient
-    of the output's size; ALR keeps bits only (1-2 bits per value) beside the transients; an ES
-    layer adds its ``m (d + 1)`` noise per copy. An estimate, on the safe side."""
-    modes = modes or ["lr"] * (len(sizes) - 1)
-    floats, bits, widest = 0, 0, 0
-    for (d, m), mode in zip(zip(sizes[:-1], sizes[1:]), modes):
-        widest = max(widest, B * m)
-        if mode == "es":
-            floats += m * (d + 1) + B * m
-        elif approx:
-            bits += B * (m + 2 * d)
-        else:
-            floats += 2 * B * m
-    return itemsize * (floats + 2 * widest) + bits // 8 + 1
-
-
-def block_plan(sizes, B, copies, budget_bytes, modes=None, approx=False, itemsize=4):
+def block_plan(copy_bytes, copies, budget_bytes, unit=1):
     """Blocks ``[(c0, c1), ...]`` of copies ``0 .. copies - 1``: one block when all copies fit in
-    ``budget_bytes``, else the fewest near-equal blocks that do.
-
-    Block starts are multiples of a unit (whole bytes of packed rows, whole antithetic pairs), so
-    a block is at least one unit even when the budget is smaller. Pure: no GPU needed.
-    """
-    per = copy_bytes(sizes, B, modes, approx, itemsize)
-    unit = 8 // math.gcd(B, 8)
-    unit *= 2 // math.gcd(unit, 2)
+    ``budget_bytes`` at ``copy_bytes`` each, else the fewest near-equal blocks that do; starts on
+    multiples of ``unit`` (2: whole antithetic pairs), so a block is at least one unit even when
+    the budget is smaller. Pure: no GPU needed."""
     units = -(-copies // unit)
-    fit = max(1, int(budget_bytes // (per * unit)))  # units per block
+    fit = max(1, int(budget_bytes // (copy_bytes * unit)))  # units per block
     n = -(-units // fit)
-    bounds = [units * i // n * unit for i in range(n)] + [copies]
+    bounds = [min(copies, units * i // n * unit) for i in range(n)] + [copies]
     return [(c0, c1) for c0, c1 in zip(bounds, bounds[1:]) if c0 < c1]
 
 
@@ -77,12 +51,9 @@ class CUDAEngine(ReferenceEngine):
     """CuPy arrays, one block per chunk whenever it fits in ``memory_budget`` bytes (None: half of
     the free GPU memory at each plan).
 
-    Noisy estimates of float32 ``Linear``/activation stacks run as the fused
-    CUDA step of :mod:`.cuda_step` (:meth:`estimate`: ~20 launches per step on a 3-layer MLP,
-    whatever the copies, when one block fits); anything else runs the reference sites with this
-    engine's block plan. ``precision``: ALR's packed product in ``"fp32"`` or ``"fp16"`` (tensor
-    cores, ``L`` split into two fp16 parts: within 2^-22 |L| per term); ``fused=False`` runs the
-    sites always. On NumPy arrays (tests) the kernels' NumPy twins run instead of the GPU.
+    The reference sites run on this engine's plan and device kernels (see the module docstring).
+    ``precision`` and ``fused`` are kept for :mod:`.cuda_step` (``precision``: ALR's packed product
+    in ``"fp32"`` or ``"fp16"``). On NumPy arrays (tests) the kernels' NumPy twins run instead.
     """
 
     name = "cuda"
@@ -96,34 +67,48 @@ class CUDAEngine(ReferenceEngine):
         self.memory_budget, self.precision, self.fused = memory_budget, precision, bool(fused)
         self.launches = None  # launches of the last fused step (its launcher's count)
 
-    def estimate(self, estimator, model, x, y, s, ss):
-        """The whole noisy estimate as the fused CUDA step, ``(grads, mean loss)``; None when the
-        model is not on that path (:func:`.cuda_step.supported`): the caller then runs the sites."""
-        from . import cuda_kernels, cuda_step  # noqa: PLC0415
-
-        if not self.fused or cuda_step.supported(model) is not None:
-            return None
-        if self.memory_budget is not None:  # the user's budget bounds every block
-            budgets = {"approx_budget": int(self.memory_budget), "es_budget": int(self.memory_budget)}
-        elif self.xp.__name__ == "cupy":  # ES noise blocks: at most the share of free GPU memory
-            budgets = {"es_budget": int(min(cuda_step.ES_BUDGET, self.budget()))}
-        else:
-            budgets = {}
-        lnch = cuda_kernels.Launcher(self.xp)
-        grads, loss, _ = cuda_step.estimate(model, x, y, s.estimator, s.copies, ss, s.loss, s.baseline,
-                                            s.antithetic, s.chunk, s.es_layers, xp=self.xp, lnch=lnch,
-                                            precision=self.precision, **budgets)
-        self.launches = lnch.count
-        return grads, loss
-
     def budget(self):
         """Bytes a block may use: ``memory_budget``, or a share of the GPU memory free now."""
         if self.memory_budget is not None:
             return self.memory_budget
+        if self.xp.__name__ != "cupy":  # NumPy twins (tests): as if 2 GB were free
+            return FREE_SHARE * (2 << 30)
         free, _ = self.xp.cuda.runtime.memGetInfo()
         return FREE_SHARE * free
 
-    def plan(self, model, B, copies, modes, approx):
-        lin = [l for l in model.layers if isinstance(l, Linear)]
-        sizes = [lin[0].in_features] + [l.out_features for l in lin]
-        return block_plan(sizes, B, copies, self.budget(), modes, approx, model.dtype.itemsize)
+    def plan_blocks(self, plan, B, copies):
+        """One block when the span's copies fit :meth:`budget` (a few arrays of a copy's widest
+        size alive at once, :data:`ALIVE`), else the fewest near-equal blocks that do."""
+        per = ALIVE * plan.floats_per_copy(B) * plan.model.dtype.itemsize
+        return block_plan(per, copies, self.budget(), 2 if plan.settings.antithetic else 1)
+
+    # -- device primitives: CuPy kernels (their NumPy twins on NumPy arrays) ---------------------
+    def normal(self, key, shape, start):
+        if self.xp.__name__ != "cupy":
+            return super().normal(key, shape, start)
+        from . import cuda_kernels  # noqa: PLC0415
+
+        out = self.xp.empty(shape, dtype="float32")
+        cuda_kernels.fill_normal(out, key.k1, key.gamma, start)
+        return out
+
+    def pack(self, a, kind):
+        if self.xp.__name__ != "cupy":
+            return super().pack(a, kind)
+        from . import cuda_kernels  # noqa: PLC0415
+        from .. import signbits  # noqa: PLC0415
+
+        out = signbits._empty(kind, a.shape[0], a.shape[1], self.xp)
+        cuda_kernels.pack(a, signbits._planes(out, kind), signbits._CODES[kind], 0)
+        return out
+
+    def unpack(self, p, kind, rows, dtype):
+        if self.xp.__name__ != "cupy":
+            return super().unpack(p, kind, rows, dtype)
+        from . import cuda_kernels  # noqa: PLC0415
+        from .. import signbits  # noqa: PLC0415
+
+        out = self.xp.empty((rows, p.shape[-1]), dtype=dtype)
+        cuda_kernels.unpack(signbits._planes(p, kind), signbits._CODES[kind], 0, rows,
+                            self.xp.ones(rows, dtype=dtype), out)
+        return out

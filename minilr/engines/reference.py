@@ -1,28 +1,51 @@
 """The reference engine: plain ``xp`` code (NumPy or CuPy), what a student reads and what the tests
 compare every other engine with.
 
-A forward pass runs blocks of whole copies one after another (:meth:`ReferenceEngine.plan`): rows
-are independent, so floats (activations, noise) live for one block, and what a record keeps is
-written into its slice. Each ``Linear`` layer gets a *site* (:class:`LRSite` or :class:`ESSite`)
-that draws its noise, runs its block and keeps what its gradient needs; its ``gradient`` is the
-paper's sums (:mod:`minilr.estimators.lr`, :mod:`minilr.estimators.es`) over the kept blocks.
+**The one primitive.** Every parameterised layer writes its noisy training computation as calls of
+:meth:`Block.affine` ``(layer, U, name)``: the affine map ``U W^T + b`` of one *noise site*, applied
+at ``P`` positions (a ``Linear`` layer: one position; a convolution: every output position of its
+unfolded input; a recurrent layer: one call per time step). The engine gives every site a
+*record* (:class:`LRSite`, :class:`ESSite`) that perturbs each call and keeps what the site's
+gradient needs:
+
+* ``"lr"`` (LR, ALR; Eq. 1-3): ``v = U W^T + b + sigma * eps``; ``eps`` of copy ``k``, sample ``b``,
+  position ``p``, output ``i`` and call ``c`` sits at counter ``c * CALL_STRIDE +
+  ((k B + b) P + p) m + i`` of the site's noise key (:mod:`minilr.noise`), so it can be drawn
+  again instead of stored. LR keeps ``(U, eps)`` as floats; ALR only their signs in bits
+  (:mod:`minilr.signbits`: ``sign(eps)`` in 1 bit, ``sign(U)`` in 1 bit where the block is never
+  negative, else 2) and draws ``eps`` again for the exact sigma score.
+* ``"es"`` (ES, AES): ``v = U (W + sigma E_k)^T + (b + sigma e_k)``, one ``[E_k | e_k]`` per copy,
+  shared by the batch, the positions and the calls of the site.
+
+Since the loss ``L_n`` of row ``n`` does not depend on the position, a site's gradient sums the
+paper's per-row terms over rows *and* positions (and calls): the equation functions of
+:mod:`minilr.estimators.lr` and :mod:`minilr.estimators.es`, called here with ``L`` repeated over
+the positions.
+
+A forward pass runs blocks of whole copies one after another (:meth:`ReferenceEngine.plan_blocks`):
+rows are independent, so the floats of a pass live for one block, and a record keeps one entry
+per (call, block). Before the first site the batch is shared by all copies (``B`` rows, not
+``K B``): a site called on it computes ``U W^T`` once and keeps ``U`` once.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 
+from .. import noise as _noise
 from .. import signbits
-from ..estimators.base import draw_noise
 from ..estimators.es import aes_sums, es_sigma_sums, es_sums
 from ..estimators.lr import alr_sums, lr_sigma_sums, lr_sums
-from ..layers import Activation, Linear
+from ..layers import run_layers
 from ..losses import per_sample
 
-# Floats per array in one streamed block. Sign-only records keep bits, so the transient block
-# dominates their memory and is kept small (~0.5 MB per array); float records keep everything
-# anyway, so larger blocks only save Python overhead.
+# Counter offset between successive calls of one site: room for 2^40 numbers per call.
+CALL_STRIDE = 1 << 40
+# Floats per copy-block array. Sign-only records keep bits, so the transient block dominates their
+# memory and is kept small (~0.5 MB per array); float records keep everything anyway, so larger
+# blocks only save Python overhead.
 BLOCK_FLOATS_APPROX = 1 << 17
 BLOCK_FLOATS_EXACT = 1 << 21
 # An ES site keeps its drawn noise for the gradient when it holds at most this many numbers (64 MB
@@ -30,213 +53,269 @@ BLOCK_FLOATS_EXACT = 1 << 21
 KEEP_FLOATS = 1 << 24
 
 
-def floats_per_copy(model, B, modes):
-    """The widest array one copy needs in a block: ``B`` rows of a layer, or an ES layer's noise.
+class Block:
+    """What a layer's ``train_forward(h, ctx)`` sees: copies ``c0 .. c1 - 1`` of a chunk of a batch
+    of ``B`` samples. Arrays between layers have ``K B`` rows (copy-major: row ``k B + b``) or,
+    before the first noise site, the ``B`` rows of the batch itself."""
 
-    An LR site's first input is the shared batch, so only its output grows with the copies."""
-    per_copy, j = 1, 0
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            m, d = layer.out_features, layer.in_features
-            per_copy = max(per_copy, B * max(m, d if j else 0), m * (d + 1) if modes[j] == "es" else 0)
-            j += 1
-    return per_copy
+    def __init__(self, engine, sites, c0, c1, B, arena=None):
+        self.engine, self.xp, self.arena = engine, engine.xp, arena
+        self.c0, self.c1, self.K, self.B = c0, c1, c1 - c0, B
+        self._sites = sites  # {(id(layer), name): record}
+        self._calls = {}
+        self.store = {}  # per-block values of a site shared by its calls (ES: the perturbations)
+        self.packed = None  # (array, its "01" bits): a fused ReLU packed the next input's signs
+
+    def affine(self, layer, U, name="", act=None):
+        """``act(U W^T + b)`` plus this site's noise: ``U`` (rows, P, d) -> (K B, P, m); a 2-D ``U``
+        (rows, d) is one position and gives (K B, m).
+
+        ``layer`` and ``name`` select the site (the layer's ``{name}weight``, ``{name}bias``,
+        ``{name}sigma``); calling it again (a recurrent step, shared weights) draws fresh noise
+        (LR) or reuses the copy's weight perturbation (ES), and the gradients add up. ``act``, an
+        activation that :meth:`fuses` (the layer's output must then be the elementwise ``act`` of
+        this map), is applied here."""
+        try:
+            site = self._sites[(id(layer), name)]
+        except KeyError:
+            raise ValueError(f"{layer!r} has no noise site {name!r} in this model") from None
+        flat = U.ndim == 2
+        m, d = site.W.shape
+        rows, P = U.shape[0], (1 if flat else U.shape[1])
+        if U.shape[-1] != d or rows not in (self.B, self.K * self.B):
+            raise ValueError(f"affine: U must have shape ({self.K * self.B} or {self.B}, [positions,] {d}), "
+                             f"got {U.shape}")
+        c = self._calls.get(id(site), 0)
+        self._calls[id(site)] = c + 1
+        bits = self.packed[1] if self.packed is not None and self.packed[0] is U else None
+        v, hbits = site.affine(U.reshape(rows * P, d).astype(site.dtype, copy=False), P, self, c, act, bits)
+        v = v.reshape((self.K * self.B, m) if flat else (self.K * self.B, P, m))
+        self.packed = None if hbits is None else (v, hbits)
+        return v
+
+    def fuses(self, act) -> bool:
+        """Whether :meth:`affine` applies the activation ``act`` itself (the engine's kernels)."""
+        return self.engine.fuses(act)
+
+    def expand(self, h):
+        """``h`` with ``K B`` rows: a shared batch (``B`` rows) repeated for every copy."""
+        if h.shape[0] == self.K * self.B:
+            return h
+        return self.xp.broadcast_to(h[None], (self.K,) + h.shape).reshape((self.K * self.B,) + h.shape[1:])
+
+    def add(self, a, b):
+        """``a + b`` where either may still be the shared batch."""
+        if a.shape[0] == b.shape[0]:
+            return a + b
+        return self.expand(a) + self.expand(b)
 
 
-def block_copies(model, B, copies, modes, approx):
-    """Copies per streamed block: a multiple of 8 (whole bytes of packed rows), at least 8."""
-    budget = BLOCK_FLOATS_APPROX if approx else BLOCK_FLOATS_EXACT
-    kb = max(8, (budget // floats_per_copy(model, B, modes)) // 8 * 8)
-    return min(kb, -(-copies // 8) * 8)
+class Site:
+    """One noise site of one layer for one span of copies: what every record shares.
 
-
-class LRSite:
-    """One LR-perturbed layer: streams blocks of copies forward, keeps what its gradient needs.
-
-    LR keeps float ``x`` and ``eps`` blocks (the product needs their values); ALR only bits packed
-    along the rows (:mod:`minilr.signbits`): ``sign(eps)`` in 1 bit, ``sign(x)`` in 1 bit when the
-    input is never negative (a ReLU output) or 2 bits otherwise. The exact sigma score needs
-    ``|eps|``: ALR then *regenerates* ``eps`` from its counter-based seed. The first layer's input
-    is the batch itself, shared by all copies: kept once, ``(B, d)``.
+    Parameters are read from ``layer`` as ``{name}weight`` (shape ``(m, ...)``, used as ``(m, d)``),
+    ``{name}bias`` (``(m,)`` or None) and ``{name}sigma`` (``(m,)``). ``records`` holds one entry
+    per (call, first copy of the block); blocks may run side by side, each writing its own entries.
     """
 
-    def __init__(self, W, b, sigma, learn_sigma, copies, B, k0, key, antithetic, approx, nonneg,
-                 first, engine):
-        m, d = W.shape
-        self.W, self.b, self.sigma = W, b, sigma
-        self.learn_sigma, self.approx, self.first = learn_sigma, approx, first
-        self.copies, self.B, self.k0, self.key, self.antithetic = copies, B, k0, key, antithetic
-        self.engine, self.xp, self.dtype = engine, engine.xp, W.dtype
-        self.x_kind = signbits.kind_for(nonneg)
-        self.x_shared = None
-        if approx:
-            self.s = signbits._empty("pm1", copies * B, m, self.xp)
-            self.t = None if first else signbits._empty(self.x_kind, copies * B, d, self.xp)
-        else:
-            # float records: the blocks themselves, kept as drawn, by first copy (blocks may
-            # finish in any order)
-            self.eps_blocks, self.x_blocks = {}, {}
+    mode = ""
 
-    def _noise(self, c0, c1):
-        m = self.W.shape[0]
-        eps = draw_noise(self.key, self.k0 + c0, self.k0 + c1, self.B * m, self.antithetic, self.xp)
-        return eps.reshape(c1 - c0, self.B, m).astype(self.dtype, copy=False)
+    def __init__(self, layer, name, key, approx, span, B, antithetic, engine):
+        self.layer, self.name = layer, name
+        W = getattr(layer, name + "weight")
+        self.w_shape, self.W = W.shape, W.reshape(W.shape[0], -1)
+        self.b = getattr(layer, name + "bias", None)
+        self.sigma = getattr(layer, name + "sigma")
+        self.learn_sigma = bool(layer.learn_sigma)
+        self.key, self.approx, self.antithetic = key, approx, antithetic
+        self.k0, self.copies, self.B = span.start, len(span), B
+        self.engine, self.xp, self.dtype = engine, engine.xp, self.W.dtype
+        self.records = {}
+        self.shared = {}  # call -> the shared batch's U (or its signs), kept once for all blocks
+        self.lock = threading.Lock()
 
-    def fuses(self, act):
-        """Whether :meth:`forward_block` can apply the activation layer ``act`` itself (not here)."""
-        return False
+    def respan(self, span):
+        """A fresh record of this site for other copies (none of them run yet)."""
+        return type(self)(self.layer, self.name, self.key, self.approx, span, self.B, self.antithetic,
+                          self.engine)
 
-    def forward_block(self, h, c0, c1, act=None):
-        """``v = h W^T + b + sigma * eps`` for copies ``c0 .. c1 - 1``; records signs or floats."""
-        xp = self.xp
-        m, d = self.W.shape
-        eps = self._noise(c0, c1)
-        if h.ndim == 2:  # the shared batch, (B, d)
-            if self.x_shared is None:
-                self.x_shared = xp.sign(h) if self.approx else h
-            v = h @ self.W.T + self.b
-        else:
-            v = (h.reshape(-1, d) @ self.W.T).reshape(c1 - c0, self.B, m)
+    def noise(self, c0, c1, per_copy, offset=0):
+        """This site's noise of the span's copies ``c0 .. c1 - 1``, ``(c1 - c0, per_copy)``."""
+        eps = self.engine.noise(self.key, self.k0 + c0, self.k0 + c1, per_copy, self.antithetic, offset)
+        return eps.astype(self.dtype, copy=False)
+
+    def pre(self, U, shared, blk):
+        """``U W^T + b``: (rows P, m); the shared batch's once per call (blocks may share it)."""
+        v = U @ self.W.T
+        if self.b is not None:
             v += self.b
-            if self.approx:
-                signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B, xp=xp)
-            else:
-                self.x_blocks[c0] = h
-        if self.approx:
-            signbits.pack(eps.reshape(-1, m), "pm1", out=self.s, row0=c0 * self.B, xp=xp)
-            eps *= self.sigma
-            eps += v
-            return eps
-        self.eps_blocks[c0] = eps
-        if v.ndim == 2:
-            v = xp.broadcast_to(v, eps.shape) + self.sigma * eps
-        else:
-            v += self.sigma * eps
         return v
 
     def buffers(self):
-        """The float blocks this record holds (an engine may reuse them once it is dead)."""
-        return [] if self.approx else list(self.eps_blocks.values()) + list(self.x_blocks.values())
-
-    def gradient(self, Lc):
-        """Eq. 1 (LR) or Eq. 3 (ALR) summed over this chunk's rows; ``Lc`` is (K, B)."""
-        gW, gb = 0, 0
-        for c0, c1, x, e in self._blocks():
-            Lb = Lc[c0:c1]
-            dW, db = alr_sums(Lb, x, e) if self.approx else lr_sums(Lb, x, e, self.sigma)
-            gW, gb = gW + dW, gb + db
-        out = {"weight": gW, "bias": gb}
-        if self.learn_sigma:
-            out["sigma"] = self.sigma_sums(Lc)
-        return out
-
-    def sigma_sums(self, Lc):
-        """The sigma score over this chunk's rows; ALR draws ``eps`` again, block by block."""
-        return sum(lr_sigma_sums(Lc[c0:c1], self._noise(c0, c1) if self.approx else e, self.sigma)
-                   for c0, c1, _, e in self._blocks(signs=False))
-
-    def _blocks(self, signs=True):
-        """``(c0, c1, x, eps)`` per block of copies: the kept floats (LR), or for ALR the signs
-        unpacked from the bits a block of rows at a time (``signs=False``: no unpacking)."""
-        if not self.approx:
-            for c0, eps in sorted(self.eps_blocks.items()):
-                c1 = c0 + eps.shape[0]
-                yield c0, c1, self.x_shared if self.first else self.x_blocks[c0], eps
-            return
-        B, xp, m = self.B, self.xp, self.W.shape[0]
-        step = max(1, signbits.BLOCK_ROWS // B // 8) * 8  # whole bytes of rows
-        for c0 in range(0, self.copies, step):
-            c1 = min(self.copies, c0 + step)
-            if not signs:
-                yield c0, c1, None, None
-                continue
-            unpack = lambda p, kind: signbits.unpack(p, kind, c0 * B, c1 * B, dtype=self.dtype,  # noqa: E731
-                                                     xp=xp).reshape(c1 - c0, B, -1)
-            yield c0, c1, self.x_shared if self.first else unpack(self.t, self.x_kind), unpack(self.s, "pm1")
-
-
-class ESSite:
-    """One ES-perturbed layer: its weight and bias noise, per copy, drawn from its seed.
-
-    An ES perturbation is weight-sized: keeping one per copy costs ``K m (d + 1)`` numbers (2 GB
-    for a 784-256 layer at K = 2000). The noise is counter-based, so the gradient can draw the
-    very same ``E_k`` again, block by block (the trick of Salimans et al., 2017, who send seeds
-    instead of perturbations between workers): a site keeps its noise when it fits in
-    :data:`KEEP_FLOATS` numbers and redraws it otherwise (784-256-256-10, B=50, K=200: 1.4x the
-    step time, peak memory 223 MB -> 18 MB).
-    """
-
-    def __init__(self, W, b, sigma, learn_sigma, copies, B, k0, key, antithetic, approx, nonneg,
-                 first, engine):
-        self.W, self.b, self.sigma = W, b, sigma
-        self.learn_sigma, self.approx = learn_sigma, approx
-        self.copies, self.B, self.k0, self.key, self.antithetic = copies, B, k0, key, antithetic
-        self.engine, self.xp, self.dtype = engine, engine.xp, W.dtype
-        m, d = W.shape
-        keep = copies * m * (d + 1) <= KEEP_FLOATS
-        self.kept = {} if keep else None  # noise blocks by first copy
-
-    def fuses(self, act):
-        """ES applies no activation itself."""
-        return False
-
-    def buffers(self):
+        """Float arrays of dead records an engine may reuse (none here)."""
         return []
 
-    def _noise(self, c0, c1):
-        """``[E_k | e_k]`` for copies ``c0 .. c1 - 1`` of this chunk, shape ``(c1 - c0, m, d + 1)``:
-        the same numbers whenever they are drawn."""
-        m, d = self.W.shape
-        Eb = draw_noise(self.key, self.k0 + c0, self.k0 + c1, m * (d + 1), self.antithetic, self.xp)
-        return Eb.reshape(c1 - c0, m, d + 1).astype(self.dtype, copy=False)
+    def keep_shared(self, call, make):
+        """The shared batch's record of ``call``, made once by the first block that gets there."""
+        with self.lock:
+            if call not in self.shared:
+                self.shared[call] = make()
+            return self.shared[call]
 
-    def forward_block(self, h, c0, c1, act=None):
-        xp = self.xp
-        m, d = self.W.shape
-        kb = c1 - c0
-        Eb = self._noise(c0, c1)
-        if self.kept is not None:
-            self.kept[c0] = Eb
-        E, e = Eb[..., :d], Eb[..., d]
-        if h.ndim == 2:  # shared input (B, d): one GEMM for all copies
-            pert = (h @ E.reshape(kb * m, d).T).reshape(self.B, kb, m).transpose(1, 0, 2)
-            return (h @ self.W.T + self.b)[None] + self.sigma * (pert + e[:, None, :])
-        # (kb, B, d): one small GEMM per copy
-        return h @ self.W.T + self.b + self.sigma * (xp.matmul(h, E.transpose(0, 2, 1)) + e[:, None, :])
-
-    def gradient(self, Lc):
-        """ES or AES sums over this chunk's copies, from the kept or the redrawn noise blocks."""
-        xp, d = self.xp, self.W.shape[1]
-        Lk = Lc.sum(axis=1)  # (K,): the perturbation is shared by the batch
-        g, gs = 0, 0
-        for c0, Eb in self.blocks():
-            c1 = c0 + Eb.shape[0]
-            g = g + (aes_sums(Lk[c0:c1], Eb, xp) if self.approx else es_sums(Lk[c0:c1], Eb, self.sigma))
-            if self.learn_sigma:
-                gs = gs + es_sigma_sums(Lk[c0:c1], Eb, self.sigma)
-        out = {"weight": xp.ascontiguousarray(g[:, :d]), "bias": xp.ascontiguousarray(g[:, d])}
+    def finish(self, gW, gb, gs):
+        """The site's sums by parameter name (bias only where the layer has one)."""
+        out = {"weight": gW.reshape(self.w_shape)}
+        if self.b is not None:
+            out["bias"] = gb
         if self.learn_sigma:
             out["sigma"] = gs
         return out
 
-    def blocks(self):
-        """``(c0, [E | e])`` over this chunk's copies: the kept blocks, or the same noise redrawn."""
-        if self.kept is not None:
-            yield from sorted(self.kept.items())
-            return
+
+class LRSite(Site):
+    """An LR/ALR site: noise on the map's output, one score per row and position (Eq. 1-3)."""
+
+    mode = "lr"
+
+    def affine(self, U, P, blk, call, act=None, bits=None):
+        """``v`` (K, B P, m) of the block for ``U`` (rows P, d), and None (no output signs packed
+        here); keeps the call's record. ``bits``: ``U``'s "01" signs, packed already."""
+        xp, (m, d), K, BP = self.xp, self.W.shape, blk.K, self.B * P
+        shared = U.shape[0] == BP and K > 1
+        eps = self.noise(blk.c0, blk.c1, BP * m, call * CALL_STRIDE).reshape(K, BP, m)
+        pre = self.pre(U, shared, blk)
+        v = pre[None] + self.sigma * eps if shared else pre.reshape(K, BP, m) + self.sigma * eps
+        if self.approx:  # the signs only: eps in 1 bit, U in 1 bit (never negative) or 2
+            s = self.engine.pack(eps.reshape(-1, m), "pm1")
+            if shared:
+                t, kind = self.keep_shared(call, lambda: xp.sign(U)), None
+            elif bits is not None:
+                t, kind = bits, "01"
+            else:
+                kind = signbits.kind_for(bool((U >= 0).all()))
+                t = self.engine.pack(U, kind)
+            self.records[(call, blk.c0)] = (K, P, shared, s, t, kind)
+        else:
+            self.records[(call, blk.c0)] = (K, P, shared, self.keep_shared(call, lambda: U) if shared else U, eps)
+        return (v if act is None else act.forward(v, xp)), None
+
+    def gradient(self, Lc):
+        """Eq. 1 (LR) or Eq. 3 (ALR) summed over the span's rows, positions and calls, and the
+        sigma score; ``Lc`` (copies, B): the span's centred losses."""
+        gW, gb = 0, 0
+        for (call, c0), (K, P, shared, *rec) in sorted(self.records.items()):
+            L = self._rows(Lc[c0:c0 + K], P)
+            if self.approx:
+                s, t, kind = rec
+                m, d = self.W.shape
+                se = self.engine.unpack(s, "pm1", K * self.B * P, self.dtype).reshape(K, -1, m)
+                st = t if shared else self.engine.unpack(t, kind, K * self.B * P, self.dtype).reshape(K, -1, d)
+                dW, db = alr_sums(L, st, se)
+            else:
+                U, eps = rec
+                x = U if shared else U.reshape(K, self.B * P, -1)
+                dW, db = lr_sums(L, x, eps, self.sigma)
+            gW, gb = gW + dW, gb + db
+        gs = self.sigma_sums(Lc) if self.learn_sigma else None
+        return self.finish(gW, gb, gs)
+
+    def sigma_sums(self, Lc):
+        """The sigma score over the records; ALR draws ``eps`` again."""
+        m = self.W.shape[0]
+        total = 0
+        for (call, c0), (K, P, shared, *rec) in sorted(self.records.items()):
+            eps = self.noise(c0, c0 + K, self.B * P * m, call * CALL_STRIDE).reshape(K, -1, m) \
+                if self.approx else rec[1]
+            total = total + lr_sigma_sums(self._rows(Lc[c0:c0 + K], P), eps, self.sigma)
+        return total
+
+    def _rows(self, L, P):
+        """The losses (K, B) as one per row and position, (K, B P)."""
+        return L if P == 1 else self.xp.repeat(L, P, axis=1)
+
+
+class ESSite(Site):
+    """An ES/AES site: the weights perturbed, one ``[E_k | e_k]`` per copy for all its rows,
+    positions and calls.
+
+    A perturbation is weight-sized: keeping one per copy costs ``K m (d + 1)`` numbers (2 GB for a
+    784-256 layer at K = 2000). The noise is counter-based, so the gradient can draw the very same
+    ``E_k`` again, block by block (the trick of Salimans et al., 2017, who send seeds instead of
+    perturbations between workers): a site keeps its noise when it fits in :data:`KEEP_FLOATS`
+    numbers and draws it again otherwise.
+    """
+
+    mode = "es"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
         m, d = self.W.shape
-        step = max(2, (BLOCK_FLOATS_EXACT // (m * (d + 1))) // 2 * 2)  # even: whole antithetic pairs
+        self.width = d + (self.b is not None)
+        self.keep = self.copies * m * self.width <= KEEP_FLOATS
+        self.ran = False
+
+    def perturbation(self, c0, c1):
+        """``[E_k | e_k]`` of copies ``c0 .. c1 - 1``, (c1 - c0, m, d (+ 1)): the same numbers
+        whenever drawn."""
+        m = self.W.shape[0]
+        return self.noise(c0, c1, m * self.width).reshape(c1 - c0, m, self.width)
+
+    def affine(self, U, P, blk, call, act=None, bits=None):
+        xp, (m, d), K, BP = self.xp, self.W.shape, blk.K, self.B * P
+        self.ran = True
+        E = blk.store.get(id(self))
+        if E is None:  # the block's first call draws the perturbations of its copies
+            E = blk.store[id(self)] = self.perturbation(blk.c0, blk.c1)
+            if self.keep:
+                self.records[blk.c0] = E
+        shared = U.shape[0] == BP and K > 1
+        if shared:  # one product for all copies: (B P, d) x (d, K m)
+            pert = (U @ E[..., :d].reshape(K * m, d).T).reshape(BP, K, m).transpose(1, 0, 2)
+        else:  # one product per copy, batched
+            pert = xp.matmul(U.reshape(K, BP, d), E[..., :d].transpose(0, 2, 1))
+        if self.b is not None:
+            pert = pert + E[:, None, :, d]
+        pre = self.pre(U, shared, blk)
+        v = (pre[None] if shared else pre.reshape(K, BP, m)) + self.sigma * pert
+        return (v if act is None else act.forward(v, xp)), None
+
+    def gradient(self, Lc):
+        """ES or AES sums (and the sigma score) over the span's copies, from the kept or the
+        drawn-again noise: ``Lc`` (copies, B), the span's centred losses."""
+        xp = self.xp
+        Lk = Lc.sum(axis=1).astype(self.dtype, copy=False)  # the perturbation is shared by the batch
+        g, gs = 0, 0
+        for c0, E in self.blocks():
+            Lb = Lk[c0:c0 + E.shape[0]]
+            g = g + (aes_sums(Lb, E, xp) if self.approx else es_sums(Lb, E, self.sigma))
+            if self.learn_sigma:
+                gs = gs + es_sigma_sums(Lb, E, self.sigma)
+        d = self.W.shape[1]
+        return self.finish(xp.ascontiguousarray(g[:, :d]), xp.ascontiguousarray(g[:, d]) if self.b is not None
+                           else None, gs if self.learn_sigma else None)
+
+    def blocks(self):
+        """``(c0, [E | e])`` over the span's copies: the kept blocks, or the same noise drawn
+        again (also for copies another process ran: a span that ran no forward here)."""
+        if self.keep and self.ran:
+            yield from sorted(self.records.items())
+            return
+        m = self.W.shape[0]
+        step = max(2, (BLOCK_FLOATS_EXACT // (m * self.width)) // 2 * 2)  # even: whole antithetic pairs
         for c0 in range(0, self.copies, step):
-            yield c0, self._noise(c0, min(self.copies, c0 + step))
+            yield c0, self.perturbation(c0, min(self.copies, c0 + step))
+
+    def buffers(self):
+        return []
 
 
 class ReferenceEngine:
     """Plain ``xp`` code, one block after another; the base of the other engines.
 
-    An engine subclass overrides what it does differently: :attr:`sites` (the record classes by
-    mode), :meth:`plan` (the blocks), :meth:`run_blocks` (how blocks run), :meth:`session`
-    (resources held for one estimate), :meth:`prepare` (wiring between sites before a pass) and
-    :meth:`done` (records that are dead).
+    The interface (see :mod:`minilr.engines`): :meth:`session`, :meth:`forward` (the noisy pass of
+    a span of copies: losses and one record per site), :meth:`done`, :meth:`release`; the
+    primitives a subclass may replace: :attr:`sites` (the record classes by mode), :meth:`noise`,
+    :meth:`pack`, :meth:`unpack`, :meth:`fuses`, :meth:`plan_blocks`, :meth:`run_blocks`.
     """
 
     name = "reference"
@@ -248,13 +327,47 @@ class ReferenceEngine:
     def __repr__(self):
         return f"{type(self).__name__}({self.xp.__name__})"
 
+    # -- primitives ------------------------------------------------------------------------------
+    def normal(self, key, shape, start):
+        """Noise values ``start ...`` (float32, C order) on this engine's device."""
+        return _noise.normal(key, shape, start=start, xp=self.xp)
+
+    def noise(self, key, k0, k1, per_copy, antithetic, offset=0):
+        """Noise of copies ``k0 .. k1 - 1``, ``(k1 - k0, per_copy)`` float32: copy ``k`` holds the
+        counters ``offset + k per_copy ...``; with ``antithetic`` copy ``2p + 1`` is the negative
+        of copy ``2p`` and pair ``p`` holds ``offset + p per_copy ...`` (``k0`` even)."""
+        if not antithetic:
+            return self.normal(key, (k1 - k0, per_copy), offset + k0 * per_copy)
+        half = self.normal(key, ((k1 - k0 + 1) // 2, per_copy), offset + (k0 // 2) * per_copy)
+        out = self.xp.empty((k1 - k0, per_copy), dtype=np.float32)
+        out[0::2] = half
+        self.xp.negative(half[: (k1 - k0) // 2], out=out[1::2])
+        return out
+
+    def pack(self, a, kind):
+        """The rows of ``a`` (rows, width) packed into bits (:func:`minilr.signbits.pack`)."""
+        return signbits.pack(a, kind, xp=self.xp)
+
+    def unpack(self, p, kind, rows, dtype):
+        """The ``rows`` values of the packed ``p`` as (rows, width) of ``dtype``."""
+        return signbits.unpack(p, kind, 0, rows, dtype=dtype, xp=self.xp)
+
+    def fuses(self, act) -> bool:
+        """Whether a site's :meth:`~LRSite.affine` applies ``act`` (None here: the layer runs it)."""
+        return False
+
+    # -- a pass ----------------------------------------------------------------------------------
     def session(self):
         """A context held around one estimate (all its chunks)."""
         return contextlib.nullcontext()
 
-    def plan(self, model, B, copies, modes, approx):
-        """Block bounds ``[(c0, c1), ...]`` covering copies ``0 .. copies - 1`` of one chunk."""
-        kb = block_copies(model, B, copies, modes, approx)
+    def plan_blocks(self, plan, B, copies):
+        """Block bounds ``[(c0, c1), ...]`` covering copies ``0 .. copies - 1`` of one span: as many
+        copies per block as :data:`BLOCK_FLOATS_APPROX` / ``_EXACT`` floats allow (at least one;
+        even, with antithetic pairs)."""
+        budget = BLOCK_FLOATS_APPROX if plan.approx else BLOCK_FLOATS_EXACT
+        unit = 2 if plan.settings.antithetic else 1
+        kb = max(unit, budget // max(1, plan.floats_per_copy(B)) // unit * unit)
         return [(c0, min(copies, c0 + kb)) for c0 in range(0, copies, kb)]
 
     def run_blocks(self, fn, blocks):
@@ -262,49 +375,37 @@ class ReferenceEngine:
         for c0, c1 in blocks:
             fn(c0, c1)
 
-    def prepare(self, model, lin, sites):
-        """Before a pass: nothing to wire here."""
+    def new_pass(self):
+        """What the blocks of one forward pass may share (an engine's per-thread arrays); None here."""
+        return None
+
+    def make_sites(self, plan, span, B):
+        """One record per noise site of ``plan`` for the copies ``span`` (a ``range``)."""
+        return [self.sites[mode](layer, name, key, plan.approx, span, B, plan.settings.antithetic, self)
+                for (_, layer, name), mode, key in zip(plan.entries, plan.modes, plan.keys)]
+
+    def forward(self, plan, x, y, span):
+        """The noisy pass of copies ``span`` (a ``range``) of the batch ``x``: losses (copies, B)
+        and the sites' records, in the order of ``plan.entries``."""
+        xp, B, K = self.xp, x.shape[0], len(span)
+        sites = self.make_sites(plan, span, B)
+        by_layer = {(id(layer), name): site for (_, layer, name), site in zip(plan.entries, sites)}
+        L = xp.empty((K, B), dtype=plan.model.dtype)
+
+        arena = self.new_pass()
+
+        def block(c0, c1):  # copies c0 .. c1 - 1 through every layer: rows are independent
+            blk = Block(self, by_layer, c0, c1, B, arena)
+            out = blk.expand(run_layers(plan.model.layers, x, blk))
+            L[c0:c1] = per_sample(plan.settings.loss, out.reshape((c1 - c0, B) + out.shape[1:]), y, xp)
+
+        self.run_blocks(block, self.plan_blocks(plan, B, K))
+        return L, sites
 
     def done(self, sites):
-        """A chunk's records are dead: nothing to keep here."""
+        """A span's records are dead: let them go."""
+        for site in sites:
+            site.records, site.shared = {}, {}
 
     def release(self):
         """Free whatever this engine keeps between calls (nothing here)."""
-
-    def forward(self, model, x, y, k0, copies, modes, approx, keys, loss, antithetic):
-        """Run copies ``k0 .. k0 + copies - 1`` of the batch ``x``; return losses (K, B) and site records.
-
-        ``modes[j]`` says how the ``j``-th Linear layer is perturbed (``"lr"`` or ``"es"``),
-        ``approx`` whether its record keeps only signs, ``keys[j]`` its noise stream. The first
-        layer's input is the same for all copies, so it is kept once, shape (B, d).
-        """
-        xp = self.xp
-        B = x.shape[0]
-        lin = [(i, l) for i, l in enumerate(model.layers) if isinstance(l, Linear)]
-        sites = []
-        for j, (i, layer) in enumerate(lin):
-            prev = model.layers[i - 1] if i > 0 else None
-            nonneg = isinstance(prev, Activation) and prev.nonneg
-            W, b, sigma = (xp.asarray(a) for a in (layer.weight, layer.bias, layer.sigma))
-            sites.append(self.sites[modes[j]](W, b, sigma, layer.learn_sigma, copies, B, k0, keys[j],
-                                              antithetic, approx, nonneg, j == 0, self))
-        self.prepare(model, lin, sites)
-        L = xp.empty((copies, B), dtype=model.dtype)
-
-        def block(c0, c1):  # copies c0 .. c1 - 1 through every layer: rows are independent
-            h = x  # (B, d): shared by all copies until the first noise site
-            j, fused = 0, False  # fused: did the last site apply this activation already?
-            for n, layer in enumerate(model.layers):
-                if fused:
-                    fused = False
-                elif isinstance(layer, Linear):
-                    act = model.layers[n + 1] if n + 1 < len(model.layers) else None
-                    fused = sites[j].fuses(act)
-                    h = sites[j].forward_block(h, c0, c1, act if fused else None)
-                    j += 1
-                else:
-                    h = layer.forward(h, xp)
-            L[c0:c1] = per_sample(loss, h, y, xp)
-
-        self.run_blocks(block, self.plan(model, B, copies, modes, approx))
-        return L, sites

@@ -32,11 +32,11 @@ def es_sigma_sums(Lk, E, sigma):
 
 
 class ES(Noisy):
-    """Noise on every layer's weights. ``approx=True`` is AES."""
+    """Noise on every site's weights. ``approx=True`` is AES."""
 
-    def __init__(self, approx: bool = False):
-        self.approx = approx
-        self.name = "aes" if approx else "es"
+    @property
+    def name(self):
+        return "aes" if self.approx else "es"
 
-    def modes(self, n_linear: int, es_layers: int):
-        return ["es"] * n_linear
+    def modes(self, n_sites: int, es_layers):
+        return ["es"] * n_sites

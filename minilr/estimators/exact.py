@@ -2,10 +2,7 @@
 estimator like the others so that training compares them on equal terms. Sigma gets a zero."""
 from __future__ import annotations
 
-import copy
-
 from .. import reference
-from ..layers import Linear
 
 
 class Exact:
@@ -23,21 +20,10 @@ class Exact:
 
 
 def _host_copy(model, bk):
-    """A shallow copy of a device-resident model with its arrays on the host (for the reference)."""
-    if not model.is_mlp:  # general layers: a deep copy, every noise site's arrays moved
-        host = model.copy()
-        for _, layer, name in host.noise_sites():
-            for p in ("weight", "bias", "sigma"):
-                if getattr(layer, name + p, None) is not None:
-                    setattr(layer, name + p, bk.to_numpy(getattr(layer, name + p)))
-        return host
-    host = copy.copy(model)
-    host.layers = []
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            l2 = copy.copy(layer)
-            l2.weight, l2.bias, l2.sigma = (bk.to_numpy(a) for a in (layer.weight, layer.bias, layer.sigma))
-            host.layers.append(l2)
-        else:
-            host.layers.append(layer)
+    """A copy of a device-resident model with every noise site's arrays on the host (for the reference)."""
+    host = model.copy()
+    for _, layer, name in host.noise_sites():
+        for p in ("weight", "bias", "sigma"):
+            if getattr(layer, name + p, None) is not None:
+                setattr(layer, name + p, bk.to_numpy(getattr(layer, name + p)))
     return host

@@ -1,7 +1,7 @@
 """Hybrid and A-Hybrid (Jiang et al., 2023; paper Sec. 4.1): ES on the first layers, LR on the rest.
 
 ES on a wide first layer costs one weight-sized noise draw per copy instead of one activation-sized
-draw per row; LR on the rest keeps per-row credit assignment. The last layer is always left to LR,
+draw per row; LR on the rest keeps per-row credit assignment. The last site is always left to LR,
 so a two-layer MLP gets ES on its first layer only.
 """
 from __future__ import annotations
@@ -10,15 +10,19 @@ from .base import Noisy
 
 
 class Hybrid(Noisy):
-    """ES on the first ``es_layers`` Linear layers (at most all but the last), LR after.
+    """ES on the first ``es_layers`` noise sites, LR after; the last site always uses LR, so
+    ``es_layers`` is at most the number of sites minus one (a ValueError names it otherwise).
+    ``None``: the paper's two, at most all but the last.
 
     ``approx=True`` is A-Hybrid: sign approximation in both parts (AES + ALR).
     """
 
-    def __init__(self, approx: bool = False):
-        self.approx = approx
-        self.name = "a-hybrid" if approx else "hybrid"
+    uses_es_layers = True
 
-    def modes(self, n_linear: int, es_layers: int):
-        n_es = min(es_layers, n_linear - 1)
-        return ["es"] * n_es + ["lr"] * (n_linear - n_es)
+    @property
+    def name(self):
+        return "a-hybrid" if self.approx else "hybrid"
+
+    def modes(self, n_sites: int, es_layers):
+        n_es = min(2, n_sites - 1) if es_layers is None else es_layers
+        return ["es"] * n_es + ["lr"] * (n_sites - n_es)

@@ -49,11 +49,11 @@ def lr_sigma_sums(L, eps, sigma):
 
 
 class LR(Noisy):
-    """Noise on every layer's output. ``approx=True`` is ALR (Eq. 3)."""
+    """Noise on every site's output. ``approx=True`` is ALR (Eq. 3)."""
 
-    def __init__(self, approx: bool = False):
-        self.approx = approx
-        self.name = "alr" if approx else "lr"
+    @property
+    def name(self):
+        return "alr" if self.approx else "lr"
 
-    def modes(self, n_linear: int, es_layers: int):
-        return ["lr"] * n_linear
+    def modes(self, n_sites: int, es_layers):
+        return ["lr"] * n_sites

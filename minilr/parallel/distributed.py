@@ -23,11 +23,39 @@ but the noise draw, most of an ES step, does not shrink with the ranks.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..estimators import ESTIMATORS
-from ..estimators.base import centred_losses, noise_keys
+from ..estimators import Share, estimate as _estimate
 from . import mpi
+
+
+class MPIShare(Share):
+    """The copy hook of :func:`minilr.estimators.base.estimate` for the ranks of ``comm``: each a
+    contiguous range of every chunk (whole antithetic pairs), losses allgathered, LR sums reduced
+    in one flat ``Allreduce``; an ES site's sums formed on every rank from all copies' noise."""
+
+    def __init__(self, comm, stats=None):
+        self.comm, self.stats = comm, stats
+        self.rank, self.size = mpi.rank_size(comm)
+        self.ranges = None
+
+    def span(self, copies, antithetic):
+        self.ranges = mpi.copy_ranges(copies, self.size, 2 if antithetic else 1)
+        return self.ranges[self.rank]
+
+    def gather(self, L, copies):
+        return mpi.allgather_rows(L, [hi - lo for lo, hi in self.ranges], self.comm, self.stats)
+
+    def total(self, totals):
+        return mpi.allreduce_sum({"totals": totals}, self.comm, self.stats)["totals"]
+
+    def gradient(self, site, Lc, a, b):
+        if site.mode == "es" and self.comm is not None:  # every rank: all the chunk's copies, redrawn
+            return site.respan(range(site.k0 - a, site.k0 - a + Lc.shape[0])).gradient(Lc), False
+        return site.gradient(Lc[a:b]), True
+
+    def reduce(self, sums, keys):
+        if keys:
+            sums.update(mpi.allreduce_sum({k: sums[k] for k in keys}, self.comm, self.stats))
+        return sums
 
 
 def estimate(model, x, y, settings, ss, bk, comm=None, stats=None):
@@ -39,76 +67,4 @@ def estimate(model, x, y, settings, ss, bk, comm=None, stats=None):
     (a dict that gets the bytes this rank sent, see :func:`minilr.parallel.mpi.bytes_sent`).
     Every rank must call it with the same arguments.
     """
-    s = settings
-    est = ESTIMATORS[s.estimator]
-    if s.estimator == "bp":  # exact and noiseless: the same on every rank, nothing to share
-        return est.estimate(model, x, y, s, ss, bk)
-    engine, xp = bk.engine, bk.xp
-    rank, size = mpi.rank_size(comm)
-    lin = model.linear_indices
-    modes = est.modes(len(lin), s.es_layers)
-    keys = noise_keys(ss, len(lin))
-    chunk = s.copies if s.chunk is None else min(s.chunk, s.copies)
-    pair = 2 if s.antithetic else 1
-    params = model.parameters()
-    sums = {key: xp.zeros_like(p) for key, p in params.items()}
-    loss_sum, rows = 0.0, 0
-    B = x.shape[0]
-    with engine.session():
-        totals = None
-        if s.baseline and chunk < s.copies:  # the baseline over all copies, as in one process
-            totals = xp.zeros(B, dtype=np.float64)  # (minilr.estimators.base.Noisy.estimate)
-            for start in range(0, s.copies, chunk):
-                kc = min(chunk, s.copies - start)
-                a, b = mpi.copy_ranges(kc, size, pair)[rank]
-                if b > a:
-                    L_mine, sites = engine.forward(model, x, y, start + a, b - a, modes, est.approx, keys,
-                                                   s.loss, s.antithetic)
-                    totals += L_mine.sum(axis=0, dtype=np.float64)
-                    engine.done(sites)
-                    del L_mine, sites
-            totals = mpi.allreduce_sum({"totals": totals}, comm, stats)["totals"]
-        for start in range(0, s.copies, chunk):
-            kc = min(chunk, s.copies - start)
-            ranges = mpi.copy_ranges(kc, size, pair)
-            a, b = ranges[rank]
-            sites = None
-            if b > a:
-                L_mine, sites = engine.forward(model, x, y, start + a, b - a, modes, est.approx, keys, s.loss,
-                                               s.antithetic)
-            else:  # more ranks than copy groups in this chunk: nothing to run, only to receive
-                L_mine = xp.empty((0, B), dtype=model.dtype)
-            L = mpi.allgather_rows(L_mine, [hi - lo for lo, hi in ranges], comm, stats)
-            Lc = centred_losses(L, s.antithetic, s.baseline, xp, totals, s.copies)
-            for j, i in enumerate(lin):
-                if modes[j] == "es" and comm is not None:
-                    site = _es_site_for_all(model.layers[i], kc, B, start, keys[j], s.antithetic, est.approx,
-                                            engine, bk)
-                    part = site.gradient(Lc)
-                elif sites is not None:
-                    part = sites[j].gradient(Lc[a:b])
-                else:
-                    continue
-                for name, g in part.items():
-                    sums[f"{i}.{name}"] += g
-            loss_sum += float(L.sum())
-            rows += L.size
-            if sites is not None:
-                engine.done(sites)  # the records are dead: an engine may reuse their blocks
-            del L, Lc, sites
-    # the LR sums of every rank, in one buffer, one call; ES sums are complete on every rank
-    lr_keys = [f"{i}.{name}" for j, i in enumerate(lin) if modes[j] == "lr"
-               for name in ("weight", "bias", "sigma") if f"{i}.{name}" in sums]
-    if lr_keys:
-        sums.update(mpi.allreduce_sum({k: sums[k] for k in lr_keys}, comm, stats))
-    return {key: sums[key] / rows for key in params}, loss_sum / rows
-
-
-def _es_site_for_all(layer, copies, B, k0, key, antithetic, approx, engine, bk):
-    """An ES site for copies ``k0 .. k0 + copies - 1`` that ran no forward pass here: its gradient
-    draws every perturbation again from the seed (nothing kept)."""
-    W, b, sigma = bk.asarray(layer.weight), bk.asarray(layer.bias), bk.asarray(layer.sigma)
-    site = engine.sites["es"](W, b, sigma, layer.learn_sigma, copies, B, k0, key, antithetic, approx, False,
-                              False, engine)
-    site.kept = None  # no forward ran for most of these copies on this rank: redraw, block by block
-    return site
+    return _estimate(model, x, y, settings, ss, bk, share=MPIShare(comm, stats))

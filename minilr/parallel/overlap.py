@@ -15,20 +15,16 @@ what overlapping buys here is measured, not assumed: ``benchmarks/distributed.py
 """
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
-from ..estimators import ESTIMATORS
-from ..estimators.base import centred_losses, loss_totals, noise_keys
+from ..estimators import Schedule, estimate
 
 
 def layer_gradients(sites, Lc, threads=None):
     """``[site.gradient(Lc) for site in sites]``, the sites side by side on ``threads`` threads
     (default: one per site; 1 runs them one after another)."""
-    threads = len(sites) if threads is None else threads
-    if threads <= 1 or len(sites) <= 1:
-        return [s.gradient(Lc) for s in sites]
-    with ThreadPoolExecutor(max_workers=threads) as ex:
-        return list(ex.map(lambda s: s.gradient(Lc), sites))
+    return Overlap(threads).map(lambda s: s.gradient(Lc), sites)
 
 
 def bucket_size(copies, buckets, antithetic=False):
@@ -39,49 +35,57 @@ def bucket_size(copies, buckets, antithetic=False):
     return size
 
 
+class Overlap(Schedule):
+    """The time hook of :func:`minilr.estimators.base.estimate`: a chunk's gradients run on a
+    worker thread while the caller runs the next chunk's forward pass (at most two chunks'
+    records alive), in chunk order; with ``layer_threads`` > 1 each chunk's sites run side by side
+    too. The sums are added in the same order as without overlap: the same bits."""
+
+    def __init__(self, layer_threads=1):
+        self.layer_threads = layer_threads
+        self.worker, self.pending = None, None
+
+    def map(self, fn, sites):
+        threads = len(sites) if self.layer_threads is None else self.layer_threads
+        if threads <= 1 or len(sites) <= 1:
+            return [fn(s) for s in sites]
+        with ThreadPoolExecutor(max_workers=threads) as ex:
+            return list(ex.map(fn, sites))
+
+    def submit(self, gradients, done):
+        self.drain()  # the chunk before: its gradients formed, its blocks may serve the next pass
+        if self.worker is None:
+            self.worker = ThreadPoolExecutor(max_workers=1)
+        self.pending = (self.worker.submit(gradients), done)
+
+    def drain(self):
+        if self.pending is not None:
+            future, done = self.pending
+            self.pending = None
+            future.result()
+            done()
+
+    def close(self):
+        self.drain()
+        if self.worker is not None:
+            self.worker.shutdown()
+
+
 def pipelined_estimate(model, x, y, settings, ss, bk, buckets, layer_threads=1):
     """The estimate of :func:`minilr.estimators.estimate` with ``chunk = bucket_size(copies,
     buckets)``, the forward pass of each bucket overlapping the gradients of the one before.
 
-    ``settings`` is a :class:`~minilr.estimators.Settings` (its ``chunk`` is ignored: the buckets
+    ``settings`` is a :class:`~minilr.estimators.Settings` (its ``chunk`` is replaced: the buckets
     are the chunks); ``x``, ``y`` are on the backend ``bk``. ``layer_threads`` > 1 also runs each
-    bucket's layers side by side (:func:`layer_gradients`). Returns (grads by key, mean noisy
-    loss), equal bit for bit to the plain chunked estimate.
+    bucket's layers side by side. Returns (grads by key, mean noisy loss), equal bit for bit to the
+    plain chunked estimate.
     """
     s = settings
-    engine, xp = bk.engine, bk.xp
-    est = ESTIMATORS[s.estimator]
     if s.estimator == "bp":
         raise ValueError("estimator='bp' has no copies to pipeline")
-    lin = model.linear_indices
-    modes = est.modes(len(lin), s.es_layers)
-    keys = noise_keys(ss, len(lin))
     chunk = min(s.copies, bucket_size(s.copies, buckets, s.antithetic))
-    sums = {key: xp.zeros_like(p) for key, p in model.parameters().items()}
-    totals = {"loss": 0.0, "rows": 0}
-
-    def gradients(sites, L, Lc):  # one worker thread runs these in bucket order
-        parts = layer_gradients(sites, Lc, layer_threads)
-        for i, part in zip(lin, parts):
-            for name, g in part.items():
-                sums[f"{i}.{name}"] += g
-        totals["loss"] += float(L.sum())
-        totals["rows"] += L.size
-
-    # the engine's session (BLAS held at one thread on the CPU) around the whole pipeline: two
-    # threads calling a threaded BLAS at once would oversubscribe the cores
-    with engine.session(), ThreadPoolExecutor(max_workers=1) as worker:
-        pending, previous = None, None
-        all_losses = loss_totals(engine, model, x, y, s, chunk, modes, est.approx, keys, xp)
-        for start in range(0, s.copies, chunk):
-            k = min(chunk, s.copies - start)
-            L, sites = engine.forward(model, x, y, start, k, modes, est.approx, keys, s.loss, s.antithetic)
-            Lc = centred_losses(L, s.antithetic, s.baseline, xp, all_losses, s.copies)
-            if pending is not None:
-                pending.result()  # at most two buckets' records alive
-                engine.done(previous)  # its gradients are formed: its blocks may serve the next forward
-            pending, previous = worker.submit(gradients, sites, L, Lc), sites
-            del L, Lc, sites
-        pending.result()
-        engine.done(previous)
-    return {key: sums[key] / totals["rows"] for key in sums}, totals["loss"] / totals["rows"]
+    schedule = Overlap(layer_threads)
+    try:
+        return estimate(model, x, y, dataclasses.replace(s, chunk=chunk), ss, bk, schedule=schedule)
+    finally:
+        schedule.close()

@@ -20,13 +20,13 @@ same product differ in the last bit here), so a seed gives the same bits on any 
 """
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
 
 from ... import signbits
-from ..reference import BLOCK_FLOATS_APPROX, BLOCK_FLOATS_EXACT, LRSite, ReferenceEngine, floats_per_copy
+from ..reference import (BLOCK_FLOATS_APPROX, BLOCK_FLOATS_EXACT, CALL_STRIDE, Block, LRSite,
+                         ReferenceEngine)
 from . import kernels, signs, threads
 
 # Blocks of a float-record pass at least (when copies allow): enough for two or four threads.
@@ -35,22 +35,19 @@ MIN_BLOCKS = 4
 # count is made a multiple of it. A constant, not the thread count: a block's row count sets the
 # shape of its GEMMs, hence their bits.
 SIGN_GROUPS = 2
-# ALR's packed-gradient sums: this many fixed parts (of G's wider side, or of the rows), run side
-# by side. Two, not four: each part's G or blocks are alive at once, and ALR's peak memory is made
-# of them (K=2000, B=10: 6.5 MB with four row parts, 5.0 MB with two).
+# ALR's packed-gradient sums: this many fixed parts (of G's wider side, or of the records), run
+# side by side. Two, not four: each part's G or blocks are alive at once, and ALR's peak memory is
+# made of them.
 SIGN_PARTS = 2
-# Up to this many weights (512 KB of float32) the packed sum splits the rows instead, one G per
-# part added in order: no bits unpacked twice (a 256 x 256 layer: ~2 ms less CPU per step at
-# B=50, K=200) for one extra G alive. Larger G: split G, no copies.
+# Up to this many weights (512 KB of float32) the packed sum splits the records instead, one G per
+# part added in order: no bits unpacked twice, for one extra G alive. Larger G: split G.
 SMALL_G = 1 << 17
 
 
-def balanced_starts(copies, kb, B, groups):
-    """First copies of blocks of at most ``kb`` copies (more only where ``kb`` is below one unit)
-    whose count is a multiple of ``groups``, sizes spread evenly. A unit is the fewest copies that
-    fill whole bytes of packed rows and whole antithetic pairs. For sign records."""
-    unit = 8 // math.gcd(B, 8)
-    unit *= 2 // math.gcd(unit, 2)
+def balanced_starts(copies, kb, unit, groups):
+    """First copies of blocks of at most ``kb`` copies (more only where ``kb`` is below one
+    ``unit``: whole antithetic pairs) whose count is a multiple of ``groups``, sizes spread evenly.
+    For sign records."""
     units = -(-copies // unit)
     per = max(1, kb // unit)
     n = -(-units // per)
@@ -60,142 +57,139 @@ def balanced_starts(copies, kb, B, groups):
 
 
 class FusedLRSite(LRSite):
-    """An LR/ALR site on the fused kernels; the same records as :class:`LRSite`, thread-safe per block."""
+    """An LR/ALR site on the fused kernels: one GEMM and one pass per call and block (noise, bias,
+    activation; ALR packs ``sign(eps)``, and after a ReLU the output's signs for the next site, in
+    the same pass); the same records as :class:`LRSite`, whose sums it forms with the CPU kernels."""
 
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._pre, self._lock = None, threading.Lock()  # the shared batch's h W^T, once
-        self.next_t, self.t_packed = None, False  # ALR: the next site's input bits, packed here
-        self.arena, self.tag = None, 0  # ALR: where its block outputs live (CPUEngine.prepare)
-
-    def fuses(self, act):
-        return act is not None and getattr(act, "name", None) in kernels.ACTS
-
-    def link_next(self, act, nxt):
-        """ALR: when this site's pass applies the ReLU ``act`` whose output is ``nxt``'s input, pack
-        that input's signs in the same pass (one pass over the block, not two)."""
-        if (self.approx and self.fuses(act) and act.name == "relu" and isinstance(nxt, FusedLRSite)
-                and nxt.approx and nxt.x_kind == "01"):
-            self.next_t, nxt.t_packed = nxt.t, True
-
-    def forward_block(self, h, c0, c1, act=None):
-        """One GEMM, then one fused pass (noise, bias, activation ``act``), as the reference's
-        ``(v + b) + sigma * eps``: the same bits."""
-        act = "identity" if act is None else act.name
+    def affine(self, U, P, blk, call, act=None, bits=None):
         m, d = self.W.shape
-        shape = (c1 - c0, self.B, m)
-        # LR keeps its blocks till the gradient: they come from (and go back to) the engine's
-        # scratch. ALR's die with the block: per-thread arrays reused, by layer parity (input and
-        # output of a layer differ), from the pass's arena
-        if not self.approx:
-            out = self.engine.scratch.get(shape, self.dtype)
-        elif self.arena is not None:
-            out = self.arena.get(self.tag, shape, self.dtype)
+        K, BP = blk.K, self.B * P
+        shape = (K, BP, m)
+        act = "identity" if act is None else act.name
+        shared = U.shape[0] == BP and K > 1
+        # LR keeps its output blocks (the next site's input) till the gradient: from (and back to)
+        # the engine's scratch. ALR's die with the block: this thread's arrays of the pass.
+        out = blk.arena.get((id(self), call), shape, self.dtype) if self.approx else \
+            self.engine.scratch.get(shape, self.dtype)
+        if shared:  # the batch: v is (B P, m), broadcast over the copies by the kernel
+            v = self.keep_shared(("pre", call), lambda: U @ self.W.T)
         else:
-            out = np.empty(shape, self.dtype)
-        if h.ndim == 2:  # the shared batch: v is (B, m), broadcast over the copies by the kernel
-            with self._lock:  # once for all blocks (they may run side by side)
-                if self._pre is None:
-                    self.x_shared = np.sign(h) if self.approx else h
-                    self._pre = h @ self.W.T
-            v = self._pre
-        else:
-            if self.approx:
-                if not self.t_packed:
-                    signbits.pack(h.reshape(-1, d), self.x_kind, out=self.t, row0=c0 * self.B)
-            else:
-                self.x_blocks[c0] = h
             v = out  # act(v) overwrites v
-            np.matmul(h.reshape(-1, d), self.W.T, out=out.reshape(-1, m))
-        if self.approx:  # sign(eps) packed straight into its rows of the record
-            rows = slice(c0 * self.B // 8, -(-c1 * self.B // 8))
-            hbits = None if self.next_t is None or act != "relu" else self.next_t[rows]
-            kernels.lr_forward(v, self.b, self.sigma, act, None, out, self.key, self.k0 + c0,
-                               self.antithetic, bits=self.s[rows], hbits=hbits)
+            np.matmul(U, self.W.T, out=out.reshape(-1, m))
+        b = self.b if self.b is not None else np.zeros(m, self.dtype)
+        key = (self.key, self.k0 + blk.c0, self.antithetic)
+        hbits = None
+        if self.approx:  # sign(eps) packed straight into the block's bits
+            s = np.empty((signbits.packed_rows(K * BP), m), np.uint8)
+            if act == "relu":
+                hbits = np.empty_like(s)
+            kernels.lr_forward(v, b, self.sigma, act, None, out, *key, bits=s, hbits=hbits,
+                               offset=call * CALL_STRIDE)
+            if shared:
+                t, kind = self.keep_shared(call, lambda: np.sign(U)), None
+            elif bits is not None:
+                t, kind = bits, "01"
+            else:
+                kind = signbits.kind_for(bool((U >= 0).all()))
+                t = signbits.pack(U, kind)
+            self.records[(call, blk.c0)] = (K, P, shared, s, t, kind)
         else:
-            self.eps_blocks[c0] = eps = self.engine.scratch.get(shape, self.dtype)
-            kernels.lr_forward(v, self.b, self.sigma, act, eps, out, self.key, self.k0 + c0,
-                               self.antithetic)
-        return out
+            eps = self.engine.scratch.get(shape, self.dtype)
+            kernels.lr_forward(v, b, self.sigma, act, eps, out, *key, offset=call * CALL_STRIDE)
+            self.records[(call, blk.c0)] = (K, P, shared, self.keep_shared(call, lambda: U) if shared else U, eps)
+        return out, hbits
+
+    def buffers(self):
+        """The float blocks this record holds (an engine may reuse them once it is dead)."""
+        return [] if self.approx else [a for r in self.records.values() for a in r[3:5] if not r[2]] + \
+            [r[4] for r in self.records.values() if r[2]]
 
     def gradient(self, Lc):
-        if not self.approx:
-            return self._lr_gradient(Lc)
-        gW, gb = self._sign_gradient(Lc)
-        out = {"weight": gW, "bias": gb}
-        if self.learn_sigma:
-            out["sigma"] = self.sigma_sums(Lc)
-        return out
+        gW, gb, gs = self._sign_gradient(Lc) if self.approx else self._lr_gradient(Lc)
+        if self.approx and self.learn_sigma:
+            gs = self.sigma_sums(Lc)
+        return self.finish(gW, gb, gs)
+
+    def _work(self, Lc):
+        """The records in a fixed order, each with its losses per row ``(K, B P)``."""
+        return [(key, rec, self._rows(Lc[key[1]:key[1] + rec[0]], rec[1]).astype(self.dtype, copy=False))
+                for key, rec in sorted(self.records.items())]
 
     def _lr_gradient(self, Lc):
         """Eq. 1 over the kept blocks, block-parallel; turns the kept ``eps`` into ``L * eps``."""
         m, d = self.W.shape
-        parts = {}
+        work = self._work(Lc)
+        parts = [None] * len(work)
 
-        def block(c0, c1):
-            eps = self.eps_blocks[c0]
-            Lb = Lc[c0:c1]
-            if self.first:  # A[b] = sum_k L eps, then one product with the shared batch
-                A = np.zeros((self.B, m), dtype=self.dtype)
+        def block(i, _):
+            (call, c0), (K, P, shared, U, eps), L = work[i]
+            if shared:  # A[b] = sum_k L eps, then one product per call with the shared batch
+                A = np.zeros(eps.shape[1:], dtype=self.dtype)
                 S = np.zeros_like(A) if self.learn_sigma else None
-                parts[c0] = (kernels.sum_copies(eps, Lb, A, S), S)
+                parts[i] = (kernels.sum_copies(eps, L, A, S), S)
             else:
                 w = eps.reshape(-1, m)
-                gb, gs = kernels.scale_rows(w, Lb, self.learn_sigma)  # w = L * eps now
-                parts[c0] = (w.T @ self.x_blocks[c0].reshape(-1, d), gb, gs)
+                gb, gs = kernels.scale_rows(w, L, self.learn_sigma)  # w = L * eps now
+                parts[i] = (w.T @ U, gb, gs)
 
-        starts = sorted(self.eps_blocks)
-        self.engine.run_blocks(block, [(c0, c0 + self.eps_blocks[c0].shape[0]) for c0 in starts])
-        parts = [parts[c0] for c0 in starts]  # summed in block order: the same bits every run
-        if self.first:
-            A = sum(p[0] for p in parts)
-            gW, gb = A.T @ self.x_shared, A.sum(axis=0)
-            gs = sum(p[1] for p in parts).sum(axis=0) if self.learn_sigma else None
-        else:
-            gW, gb = sum(p[0] for p in parts), sum(p[1] for p in parts)
-            gs = sum(p[2] for p in parts) if self.learn_sigma else None
-        out = {"weight": gW / self.sigma[:, None], "bias": gb / self.sigma}
-        if self.learn_sigma:
-            out["sigma"] = gs / self.sigma
-        return out
+        self.engine.run_blocks(block, [(i, i + 1) for i in range(len(work))])
+        gW, gb, gs, A = 0, 0, 0, {}
+        for ((call, _), (_, _, shared, *_), _), part in zip(work, parts):  # in order: the same bits
+            if shared:
+                A[call] = part[0] if call not in A else A[call] + part[0]
+                if self.learn_sigma:
+                    gs = gs + part[1].sum(axis=0)
+            else:
+                gW, gb = gW + part[0], gb + part[1]
+                if self.learn_sigma:
+                    gs = gs + part[2]
+        for call, Ac in sorted(A.items()):
+            gW, gb = gW + Ac.T @ self.shared[call], gb + Ac.sum(axis=0)
+        return gW / self.sigma[:, None], gb / self.sigma, (gs / self.sigma if self.learn_sigma else None)
 
     def _sign_gradient(self, Lc):
         """Eq. 3's weight and bias sums from the packed bits.
 
         ``G``'s wider side (neurons or inputs) is split into :data:`SIGN_PARTS` fixed ranges run
-        side by side, each over all rows in order, writing its own part of one shared ``G``: no
+        side by side, each over all records in order, writing its own part of one shared ``G``: no
         per-part copy of ``G`` to add up (ALR's peak memory). A small ``G`` (:data:`SMALL_G`) splits
-        the rows instead. Either way the parts are fixed by the sizes: the bits do not depend on
+        the records instead. Either way the parts are fixed by the sizes: the bits do not depend on
         the thread count."""
         m, d = self.W.shape
-        K, B = self.copies, self.B
-        rows = K * B
-        Lf = np.ascontiguousarray(Lc, self.dtype).reshape(-1)
-        if self.first:  # A[b, i] = sum_k L sign(eps_i), read from the bits; then one product
-            # one thread: ~0.2 ms of work (B=50, K=200), less than a hand-off to the other
-            A = signs.sign_sum_copies(self.s, Lf, B, np.zeros((B, m), self.dtype), 0, m)
-            return A.T @ self.x_shared, A.sum(axis=0)
-        if m * d <= SMALL_G:  # G is small: split the rows, one G per part, added in order
-            parts = [(c0 * B, c1 * B, 0, m, 0, d) for c0, c1 in threads.split(K, SIGN_PARTS, align=8)]
-            sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype)) for _ in parts]
-            # a part's floats alive: its G and its blocks; a G smaller than the block budget
-            # leaves the rest to the blocks (fewer, larger blocks: less Python per flop)
-            floats = 2 * signs.GRAD_BLOCK_FLOATS - min(m * d, signs.GRAD_BLOCK_FLOATS)
+        work = self._work(Lc)
+        gW, gb, A = np.zeros((m, d), self.dtype), np.zeros(m, self.dtype), {}
+        own = []
+        for (call, _), (K, P, shared, s, t, kind), L in work:
+            if shared:  # A[b, i] = sum_k L sign(eps_i), read from the bits; one product per call
+                A.setdefault(call, np.zeros((self.B * P, m), self.dtype))
+                signs.sign_sum_copies(s, L, self.B * P, A[call], 0, m)
+            else:
+                own.append((s, t, kind, L.reshape(-1)))
+        for call, Ac in sorted(A.items()):
+            gW += Ac.T @ self.shared[call]
+            gb += Ac.sum(axis=0)
+        if not own:
+            return gW, gb, None
+        if m * d <= SMALL_G:  # split the records, one G per part, added in order
+            groups = [own[a:b] for a, b in threads.split(len(own), SIGN_PARTS)]
+            sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype)) for _ in groups]
+            cols = [(0, m, 0, d)] * len(groups)
         else:  # split G's wider side: the narrower side's bits are unpacked by every part
-            cut = [(i0, i1, 0, d) for i0, i1 in threads.split(m, SIGN_PARTS, align=16)] if m >= d else \
+            cols = [(i0, i1, 0, d) for i0, i1 in threads.split(m, SIGN_PARTS, align=16)] if m >= d else \
                 [(0, m, j0, j1) for j0, j1 in threads.split(d, SIGN_PARTS, align=16)]
-            parts = [(0, rows) + c for c in cut]
-            sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype))] * len(parts)
-            floats = None
-        self.engine.run_blocks(lambda p, _: signs.packed_gradient_block(
-            Lf, self.s, "pm1", self.t, self.x_kind, *sums[p], *parts[p], gemm=kernels.gemm_acc,
-            block_floats=floats), [(p, p + 1) for p in range(len(parts))])
-        G, g = sums[0]
-        for Gp, gp in sums[1:]:
-            if Gp is not G:
-                G += Gp
-                g += gp
-        return G, g
+            groups, sums = [own] * len(cols), [(gW, gb)] * len(cols)
+
+        def part(p, _):
+            for s, t, kind, L in groups[p]:
+                signs.packed_gradient_block(L, s, "pm1", t, kind, *sums[p], 0, L.shape[0], *cols[p],
+                                            gemm=kernels.gemm_acc)
+
+        self.engine.run_blocks(part, [(p, p + 1) for p in range(len(groups))])
+        for Gp, gp in sums:
+            if Gp is not gW:
+                gW += Gp
+                gb += gp
+        return gW, gb, None
 
 
 class CPUEngine(ReferenceEngine):
@@ -211,19 +205,30 @@ class CPUEngine(ReferenceEngine):
         self.scratch = kernels.Scratch()
         self.workers = threads.Workers()
 
+    def normal(self, key, shape, start):
+        """The noise filled on the engine's threads (the same values on any number of them)."""
+        from ... import noise  # noqa: PLC0415
+
+        run = lambda *a, **kw: threads.run_split(*a, **kw, workers=self.workers)  # noqa: E731
+        return noise.normal(key, shape, start=start, run=run)
+
+    def fuses(self, act) -> bool:
+        return getattr(act, "name", None) in kernels.ACTS
+
     def session(self):
         return kernels.blas_one_thread()
 
-    def plan(self, model, B, copies, modes, approx):
+    def plan_blocks(self, plan, B, copies):
         """Float records: at least :data:`MIN_BLOCKS` near-equal blocks of an even number of copies
         (whole antithetic pairs); sign records: small blocks (their floats die with the block) in
         a multiple of :data:`SIGN_GROUPS`. Fixed by the sizes alone, never by the thread count."""
-        per_copy = floats_per_copy(model, B, modes)
-        if approx:
-            kb = max(8, (BLOCK_FLOATS_APPROX // SIGN_GROUPS // per_copy) // 8 * 8)
-            starts = balanced_starts(copies, kb, B, SIGN_GROUPS)
+        per_copy = max(1, plan.floats_per_copy(B))
+        if plan.approx:
+            unit = 2 if plan.settings.antithetic else 1
+            kb = max(unit, BLOCK_FLOATS_APPROX // SIGN_GROUPS // per_copy)
+            starts = balanced_starts(copies, kb, unit, SIGN_GROUPS)
         else:
-            kb = max(8, (BLOCK_FLOATS_EXACT // per_copy) // 8 * 8)
+            kb = max(2, BLOCK_FLOATS_EXACT // per_copy)
             n = max(MIN_BLOCKS, -(-copies // kb))
             kb = max(2, -(-copies // (2 * n)) * 2)
             starts = list(range(0, copies, kb))
@@ -249,27 +254,14 @@ class CPUEngine(ReferenceEngine):
 
             threads.run_split(each, len(blocks), (), workers=self.workers)
 
-    def prepare(self, model, lin, sites):
-        """Per-thread block arrays for ALR's pass; a fused ReLU packs the next site's input signs."""
-        arena = kernels.Arena()
-        for j, site in enumerate(sites):
-            if isinstance(site, FusedLRSite):
-                site.arena, site.tag = arena, j % 2
-        for j in range(len(lin) - 1):
-            i, link = lin[j][0], getattr(sites[j], "link_next", None)
-            if link is not None and lin[j + 1][0] == i + 2:
-                link(model.layers[i + 1], sites[j + 1])
-
-    def forward(self, *args):
-        L, sites = super().forward(*args)
-        for site in sites:  # the pass's per-thread block arrays are dead: free them before the gradient
-            if isinstance(site, FusedLRSite):
-                site.arena = None
-        return L, sites
+    def new_pass(self):
+        """Per-thread block arrays for one forward pass (ALR's outputs die with their block)."""
+        return kernels.Arena()
 
     def done(self, sites):
         """The records are dead: their blocks serve the next chunk or step."""
         self.scratch.recycle([a for s in sites for a in s.buffers()])
+        super().done(sites)
 
     def release(self):
         """Free the blocks kept for the next step and let the threads go."""

@@ -53,9 +53,9 @@ _inline = numba.njit(cache=True, nogil=True, inline="always", error_model="numpy
 
 
 @_inline
-def _draw_copy(e, prev, k, anti, k1, gamma):
-    """The noise of copy ``k`` into ``e`` (B, m): counters ``k * B * m ...``, or, antithetic,
-    ``(k // 2) * B * m ...`` and for odd ``k`` the negative of ``prev``, copy ``k - 1``'s noise."""
+def _draw_copy(e, prev, k, anti, k1, gamma, off):
+    """The noise of copy ``k`` into ``e`` (B, m): counters ``off + k * B * m ...``, or, antithetic,
+    ``off + (k // 2) * B * m ...`` and for odd ``k`` the negative of ``prev``, copy ``k - 1``'s noise."""
     B, m = e.shape
     if anti and k & 1:
         for bb in range(B):
@@ -63,7 +63,7 @@ def _draw_copy(e, prev, k, anti, k1, gamma):
                 e[bb, i] = -prev[bb, i]
     else:
         kk = k >> 1 if anti else k
-        _fill_range(e.reshape(B * m), 0, B * m, k1, gamma, _U64(kk) * _U64(B * m))
+        _fill_range(e.reshape(B * m), 0, B * m, k1, gamma, off + _U64(kk) * _U64(B * m))
 
 
 @_inline
@@ -80,16 +80,16 @@ def _act_copy(vc, b, sigma, act, e, hc):
 
 
 @_jit
-def _lr_forward_rows(v, b, sigma, act, eps, h, k1, gamma, k0, anti, lo, hi):
+def _lr_forward_rows(v, b, sigma, act, eps, h, k1, gamma, k0, anti, off, lo, hi):
     """Copies ``lo .. hi - 1`` of the (copies, B, m) arrays (absolute copy ``k0 + c``); ``v`` has
     one copy when shared. Each copy's noise is drawn, then used while it is still in cache."""
     for c in range(lo, hi):
-        _draw_copy(eps[c], eps[c - 1], k0 + c, anti, k1, gamma)  # ranges start at even copies
+        _draw_copy(eps[c], eps[c - 1], k0 + c, anti, k1, gamma, off)  # ranges start at even copies
         _act_copy(v[c if v.shape[0] > 1 else 0], b, sigma, act, eps[c], h[c])
 
 
 @_jit
-def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, hbits, pack_h):
+def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, off, hbits, pack_h):
     """As :func:`_lr_forward_rows` over all copies of ``h``, but ``eps`` lives one copy at a time
     in ``e`` (B, m): only ``not signbit(eps)`` is kept, packed along the rows into ``bits``
     (row ``n = c * B + b`` is bit ``n % 8`` of byte ``n // 8``, as ``signbits.pack``). With
@@ -101,7 +101,7 @@ def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, hbits, 
     if pack_h:
         hbits[:] = 0
     for c in range(K):
-        _draw_copy(e, e, k0 + c, anti, k1, gamma)  # an odd antithetic copy negates e in place
+        _draw_copy(e, e, k0 + c, anti, k1, gamma, off)  # an odd antithetic copy negates e in place
         hc = h[c]
         _act_copy(v[c if v.shape[0] > 1 else 0], b, sigma, act, e, hc)
         for bb in range(B):
@@ -118,7 +118,7 @@ def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, hbits, 
                     hrow[i] |= bit if hr[i] > 0 else zero8
 
 
-def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None, hbits=None):
+def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, *, bits=None, hbits=None, offset=0):
     """Draw the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
 
     ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or (B, m)
@@ -126,17 +126,18 @@ def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, bits=None, hbits=N
     :data:`ACTS`. With ``antithetic`` ``k0`` must be even. The noise is kept in ``eps`` (same shape
     as ``h``), or, when ``bits`` is given (``eps`` None), only its signs, packed along the rows
     into ``bits`` (uint8, ``(ceil(copies * B / 8), m)``, as :func:`minilr.signbits.pack`); then
-    ``hbits`` (same shape), if given, gets ``h``'s "01" signs likewise. One thread (a block's).
+    ``hbits`` (same shape), if given, gets ``h``'s "01" signs likewise. ``offset`` is added to
+    every counter (a site's later calls). One thread (a block's).
     """
     v3 = v.reshape((-1,) + h.shape[1:])
     if bits is None:
-        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic, 0,
-                         h.shape[0])
+        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic,
+                         _U64(offset), 0, h.shape[0])
     else:
         e = np.empty(h.shape[1:], dtype=h.dtype)
         pack_h = hbits is not None
         _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.k1, key.gamma, k0, antithetic,
-                          hbits if pack_h else bits, pack_h)
+                          _U64(offset), hbits if pack_h else bits, pack_h)
     return h
 
 
