@@ -128,7 +128,7 @@ def in_process(K, buckets, rounds):
     gradients in threads vs one after another, given the losses."""
     from minilr.backend import seed_sequence
     from minilr.estimators import ESTIMATORS, Settings, estimate
-    from minilr.estimators.base import centred_losses, noise_keys
+    from minilr.estimators import Plan, centred_losses
     from minilr.parallel import overlap
 
     model, x, y = problem()
@@ -157,13 +157,12 @@ def in_process(K, buckets, rounds):
         # the layers' gradients alone, given the losses: sequential vs one thread per layer
         e = ESTIMATORS[est]
         lin = model.linear_indices
-        keys = noise_keys(seed_sequence(1), len(lin))
         gt = {1: [], len(lin): []}
         for _ in range(rounds + 1):
             for threads in gt:
                 with bk.engine.session():
-                    L, sites = bk.engine.forward(model, x, y, 0, chunk, e.modes(len(lin), 2), e.approx, keys,
-                                                 "cross_entropy", False)
+                    L, sites = bk.engine.forward(Plan.make(model, x, Settings(est, chunk), seed_sequence(1), e), x, y,
+                                         range(chunk))
                     Lc = centred_losses(L, False, True, np)
                     t0 = time.perf_counter()
                     overlap.layer_gradients(sites, Lc, threads)

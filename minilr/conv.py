@@ -210,9 +210,22 @@ class _PoolNd(Layer):
         return w[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.stride)]
 
     def forward(self, h, xp):
-        w = self.windows(h, xp)
-        axes = tuple(range(-self.nd, 0))
-        return w.max(axis=axes) if self.mode == "max" else w.mean(axis=axes)
+        # one elementwise max (or sum) per kernel offset over strided views: a reduction over an
+        # axis of 2 or 4 window entries costs NumPy a loop per output (~10x slower here)
+        out = None
+        for off in np.ndindex(*self.kernel_size):
+            part = h[(slice(None), slice(None)) + tuple(
+                slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(off, self.stride, self._out(h)))]
+            if out is None:
+                out = part.copy()
+            elif self.mode == "max":
+                xp.maximum(out, part, out=out)
+            else:
+                out += part
+        return out if self.mode == "max" else out / math.prod(self.kernel_size)
+
+    def _out(self, h):
+        return [(n - k) // s + 1 for n, k, s in zip(h.shape[2:], self.kernel_size, self.stride)]
 
     def __repr__(self):
         k = self.kernel_size[0] if self.nd == 1 else self.kernel_size

@@ -87,3 +87,41 @@ def float_record_signs(site, Lc):
         G = G + np.einsum("kbpm,kbpd->md", w.astype(np.float64), np.sign(Ue).astype(np.float64))
         g = g + w.sum(axis=(0, 1, 2))
     return G, g
+
+
+def model_zoo():
+    """One small model of every layer type, with a batch: ``{name: () -> (model, x, y)}`` (float32).
+
+    The engines' shared suite and the MPI equality checks run every entry."""
+    import minilr
+
+    rng = np.random.default_rng(0)
+
+    def conv(builder, shape, **kw):
+        def make():
+            model = builder(input_shape=shape, seed=0, **kw)
+            return model, rng.standard_normal((4,) + shape).astype(np.float32), np.arange(4) % 10
+        return make
+
+    def recurrent(name):
+        def make():
+            from test_recurrent_graph_spiking import make as rgs
+
+            model, x, y = rgs(name, np.float32)
+            return model, x.astype(np.float32), y
+        return make
+
+    def lif():
+        model = minilr.Sequential([minilr.LIF(3, 6, steps=5, output="spikes"), minilr.LIF(6, 4),
+                                   minilr.Linear(4, 3)], sigma=0.3, seed=0)
+        return model, rng.uniform(-1, 1, (3, 3)).astype(np.float32), np.array([0, 1, 2])
+
+    def mlp():
+        model = minilr.MLP([7, 16, 12, 4], seed=0, learn_sigma=True)
+        return model, rng.standard_normal((5, 7)).astype(np.float32), np.arange(5) % 4
+
+    return {"mlp": mlp, "cnn": conv(minilr.cnn, (1, 12), width=4),
+            "cnn2d": conv(minilr.cnn, (2, 8, 8), width=3),
+            "resnet5": conv(minilr.resnet5, (1, 12), width=3, learn_sigma=True),
+            "resnet9": conv(minilr.resnet9, (2, 8, 8), width=2),
+            "lstm": recurrent("lstm"), "gru": recurrent("gru"), "gat": recurrent("gat"), "lif": lif}

@@ -21,6 +21,8 @@ from minilr.engines.cpu import kernels, signs, threads
 from minilr.engines.cuda import CUDAEngine, block_plan
 from minilr.estimators import alr_sums, lr_sigma_sums, lr_sums
 
+from strategies import model_zoo
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISY = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
 
@@ -35,6 +37,23 @@ def _backend(engine):
         bk.engine = CUDAEngine(np, memory_budget=200_000)  # a few blocks at this size
         return bk
     return minilr.Backend("numpy", engine=engine)
+
+
+@pytest.mark.parametrize("engine", ["cpu", "cuda-plan-on-numpy", "cuda"])
+@pytest.mark.parametrize("estimator", NOISY)
+@pytest.mark.parametrize("name", sorted(model_zoo()))
+def test_every_layer_type_on_every_engine(name, engine, estimator):
+    """The one path: every layer type (conv, residual, recurrent, graph, spiking) on every engine
+    equals the reference engine, with a baseline, antithetic pairs and chunks (1e-4 of each key's
+    largest entry, as above)."""
+    model, x, y = model_zoo()[name]()
+    kw = dict(estimator=estimator, copies=16, seed=5, antithetic=True, chunk=8)
+    ref = minilr.estimate_gradient(model, x, y, backend=_backend("reference"), **kw)
+    got = minilr.estimate_gradient(model, x, y, backend=_backend(engine), **kw)
+    assert got.keys() == ref.keys() == model.parameters().keys()
+    for key in ref:
+        scale = np.abs(ref[key]).max()
+        np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-4 * scale, err_msg=key)
 
 
 def _problem(sizes=(7, 16, 12, 4), B=5, learn_sigma=True, seed=0):

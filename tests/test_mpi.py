@@ -90,9 +90,10 @@ def test_pack_unpack_roundtrip_and_no_comm():
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_distributed_gradient_equals_one_process(ranks):
     # every estimator; 7 and 22 copies (not divisible by the ranks), baseline on and off,
-    # antithetic pairs, chunks, and fewer copies than ranks (ranks with nothing to run)
-    out = run_mpi("equal_gradients.py", ranks)
-    assert f"equal gradients on {ranks} ranks, 36 cases" in out
+    # antithetic pairs, chunks, and fewer copies than ranks (ranks with nothing to run); then
+    # every model of the zoo (conv, ResNet-5/9, LSTM, GRU, GAT, LIF): 9 models x 6 x 2 cases
+    out = run_mpi("equal_gradients.py", ranks, timeout=600)
+    assert f"equal gradients on {ranks} ranks, {36 + 9 * 6 * 2} cases" in out
 
 
 @needs_mpi

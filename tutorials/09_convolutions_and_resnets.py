@@ -61,7 +61,8 @@ print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 #       = \frac1N\,(\mathcal{L}\odot\varepsilon/\sigma)^\top U \quad\text{(one product over rows × positions)}.$$
 #
 # In minilr every parameterised layer writes its noisy computation as calls of one primitive,
-# `ctx.affine(layer, U)` (`minilr/estimators/sites.py`); `Conv1d.train_forward` is three lines.
+# `ctx.affine(layer, U)` (`minilr/engines/reference.py`), the same for an MLP's `Linear` and a
+# ResNet's convolutions; `Conv1d.train_forward` is three lines.
 # First check the unfolding against a plain loop:
 
 # %%
@@ -237,8 +238,8 @@ fig.savefig(FIG / "09_mnist1d_training.png", dpi=100)
 #
 # LR keeps, per site, the unfolded input $U$ and the noise $\varepsilon$ as floats until the loss is
 # known; ALR keeps their signs in 1 bit ($\operatorname{sign}\varepsilon$, and a ReLU output's sign)
-# or 2 bits. With sign records the general path runs the forward pass over blocks of copies
-# (`minilr.estimators.sites.BLOCK_ROWS` rows), so its floats live for one block: the peak is one
+# or 2 bits. With sign records the engine runs the forward pass over small blocks of copies
+# (`minilr.engines.cpu.BLOCK_FLOATS_APPROX` floats), so its floats live for one block: the peak is one
 # block's floats plus all the bits, against all copies' floats for LR (all copies in one chunk):
 
 # %%

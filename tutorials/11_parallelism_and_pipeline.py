@@ -41,8 +41,7 @@ import numpy as np
 import minilr
 from minilr import plots
 from minilr.backend import Backend, seed_sequence
-from minilr.estimators import ESTIMATORS, Settings, estimate
-from minilr.estimators.base import centred_losses, noise_keys
+from minilr.estimators import ESTIMATORS, Plan, Settings, centred_losses, estimate
 from minilr.parallel import mpi, overlap, pipeline
 
 QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
@@ -129,12 +128,11 @@ ROUNDS = 2 if QUICK else 5
 
 def layer_grad_time(est, threads):
     e = ESTIMATORS[est]
-    keys = noise_keys(seed_sequence(1), len(lin))
     best, grads = float("inf"), None
     for _ in range(ROUNDS):
         with bk.engine.session():  # the engine's forward pass records; the estimator's sums consume
-            L, sites = bk.engine.forward(model, xb, yb, 0, K, e.modes(len(lin), 2), e.approx, keys,
-                                         "cross_entropy", False)
+            L, sites = bk.engine.forward(Plan.make(model, xb, Settings(est, K), seed_sequence(1), e), xb, yb,
+                                         range(K))
             Lc = centred_losses(L, False, True, np)
             t0 = time.perf_counter()
             grads = overlap.layer_gradients(sites, Lc, threads)

@@ -163,7 +163,12 @@ class Site:
             return self.shared[call]
 
     def finish(self, gW, gb, gs):
-        """The site's sums by parameter name (bias only where the layer has one)."""
+        """The site's sums by parameter name (bias only where the layer has one); zeros where
+        the span holds no copies (a rank with nothing to run)."""
+        xp, m = self.xp, self.W.shape[0]
+        gW = xp.zeros(self.W.shape, self.dtype) if isinstance(gW, int) else gW
+        gb = xp.zeros(m, self.dtype) if isinstance(gb, int) else gb
+        gs = xp.zeros(m, self.dtype) if isinstance(gs, int) else gs
         out = {"weight": gW.reshape(self.w_shape)}
         if self.b is not None:
             out["bias"] = gb
@@ -291,6 +296,8 @@ class ESSite(Site):
             if self.learn_sigma:
                 gs = gs + es_sigma_sums(Lb, E, self.sigma)
         d = self.W.shape[1]
+        if isinstance(g, int):  # no copies in the span
+            return self.finish(0, 0, 0 if self.learn_sigma else None)
         return self.finish(xp.ascontiguousarray(g[:, :d]), xp.ascontiguousarray(g[:, d]) if self.b is not None
                            else None, gs if self.learn_sigma else None)
 

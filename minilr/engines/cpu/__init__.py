@@ -119,6 +119,8 @@ class FusedLRSite(LRSite):
         """Eq. 1 over the kept blocks, block-parallel; turns the kept ``eps`` into ``L * eps``."""
         m, d = self.W.shape
         work = self._work(Lc)
+        if not work:  # no copies in the span
+            return 0, 0, (0 if self.learn_sigma else None)
         parts = [None] * len(work)
 
         def block(i, _):
