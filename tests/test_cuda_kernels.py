@@ -689,6 +689,52 @@ def test_default_budget_bounds_alr_blocks():
     assert blocks > 1
 
 
+def _engine_launches(est, K, free):
+    """Launches of the CUDA engine's default step (no ``memory_budget``) at 784-256-256-10, B = 50,
+    with ``free`` bytes of device memory reported free: counted on the CPU (DryLauncher)."""
+    import contextlib
+
+    from minilr.backend import Backend
+    from minilr.engines.cuda import CUDAEngine
+
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    x, y = np.ones((50, 784), np.float32), np.zeros(50, np.int64)
+    bk = Backend("numpy", engine="reference")
+    bk.engine = CUDAEngine(np)
+    bk.engine.free_memory = lambda: free  # the figure cupy.cuda.runtime.memGetInfo would give
+    with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
+        mp.setattr(ck, "Launcher", ck.DryLauncher)
+        # DryLauncher computes nothing: the caller may find its gradient not finite afterwards
+        with contextlib.suppress(FloatingPointError):
+            minilr.estimate_gradient(model, x, y, estimator=est, copies=K, backend=bk)
+    return bk.engine.launches, bk.engine.budget()
+
+
+@pytest.mark.parametrize("est", ["alr", "es", "a-hybrid"])
+def test_engine_default_budget_is_a_share_of_free_memory(est):
+    """The CUDA engine's default block budget is FREE_SHARE of the free device memory, at least
+    MIN_BUDGET. With 79 GiB free (an 80 GB GPU), K = 10,000 runs in one block: the launches of
+    K = 200, at most 30 (ALR: 19, where the fixed 40 MB gave 274). With 60 MB free the floor
+    holds: 40 MB, the fused step's fixed budget, and its launch count."""
+    from minilr.engines import cuda as cuda_engine
+
+    big = 79 << 30
+    n200, budget = _engine_launches(est, 200, big)
+    n10k, _ = _engine_launches(est, 10_000, big)
+    assert budget == cuda_engine.FREE_SHARE * big
+    assert n10k == n200 <= 30, (n200, n10k)
+    small, budget = _engine_launches(est, 10_000, 60 << 20)
+    assert budget == cuda_engine.MIN_BUDGET == cs.APPROX_BUDGET
+    lnch = ck.DryLauncher(np)
+    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    with np.errstate(all="ignore"):
+        cs.estimate(model, np.ones((50, 784), np.float32), np.zeros(50, np.int64), est, 10_000, lnch=lnch,
+                    approx_budget=cs.APPROX_BUDGET, es_budget=cs.APPROX_BUDGET)
+    assert small == lnch.count > n10k
+    if est == "alr":
+        assert (n10k, small) == (19, 274)
+
+
 def test_alr_holds_16x_less_than_lr_at_10000_copies():
     """Issue 7's memory target, counted on the CPU: the arrays a GPU step allocates (DryLauncher:
     the same allocations, nothing computed, NumPy reporting them to tracemalloc), 784-256-256-10,
