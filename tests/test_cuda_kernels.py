@@ -880,11 +880,101 @@ def test_gpu_bench_runs_end_to_end_on_a_stand_in_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(gb, "torch_case", lambda K: "torch is not installed")
     # not the library entry point: Backend("cupy") on the stand-in would be a real backend object
     monkeypatch.setattr(gb, "library_case", lambda cupy, est, K: "not run here")
-    out = tmp_path / "R.md"
+    # ResNet-5 through estimate_gradient, on NumPy here (the same code as backend="cupy" runs)
+    resnet_case = gb.resnet_case
+    monkeypatch.setattr(gb, "resnet_case", lambda cupy, est, K: resnet_case(cupy, est, K, backend="numpy"))
+    monkeypatch.setattr(gb, "QUICK_RESNET_KS", [8])
+    out, rows = tmp_path / "R.md", tmp_path / "R.rows.tsv"
+    # every figure is on disk when the next one is measured
+    minilr_case, seen = gb.minilr_case, []
+
+    def checked_case(cupy, est, K, precision="fp32"):
+        assert rows.read_text().count("\n") == 2 + len(seen) + (2 if K == 160 else 0), rows.read_text()
+        seen.append((est, K))
+        return minilr_case(cupy, est, K, precision)
+
+    monkeypatch.setattr(gb, "minilr_case", checked_case)
     assert gb.main(["--quick", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "Stand-in" in text and "| 160 |" in text and "launches" in text
+    assert "Stand-in" in text and "| 160 |" in text and "launches" in text and "Partial" not in text
     assert "Error" not in text.split("estimate_gradient")[0], text
+    assert "ResNet-5" in text and "| 8 | alr |" in text and "Error" not in text.split("ResNet-5")[1], text
+    lines = rows.read_text().splitlines()
+    assert len(lines) == 2 + 2 * (5 + 2) + 2 and lines[-1].startswith("estimate_gradient ResNet-5 alr")
+
+
+def test_gpu_bench_cut_short_keeps_what_it_measured(monkeypatch, tmp_path):
+    """A run killed in the middle (a timeout) leaves the rows measured so far, and a table of
+    them marked partial."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("gpu_bench", os.path.join(root, "benchmarks", "gpu_bench.py"))
+    gb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gb)
+    import types
+
+    fake = types.SimpleNamespace(
+        __version__="stand-in", get_default_memory_pool=lambda: types.SimpleNamespace(free_all_blocks=lambda: None),
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
+            getDeviceProperties=lambda i: {"name": "Stand-in", "totalGlobalMem": 2**34})))
+    monkeypatch.setattr(gb, "_need_gpu", lambda: fake)
+    monkeypatch.setattr(gb, "torch_case", lambda K: "torch is not installed")
+    monkeypatch.setattr(gb, "library_case", lambda cupy, est, K: 1.0)
+
+    def case(cupy, est, K, precision="fp32"):
+        if K == 2000 and est == "es":
+            raise KeyboardInterrupt  # the timeout's signal, in the middle of K = 2,000
+        return (1.5, 2.0, 19)
+
+    monkeypatch.setattr(gb, "minilr_case", case)
+    out = tmp_path / "R.md"
+    with pytest.raises(KeyboardInterrupt):
+        gb.main(["--quick", "--out", str(out)])
+    rows = (tmp_path / "R.rows.tsv").read_text().splitlines()
+    assert sum(r.startswith("MLP ") and "\t200\t" in r for r in rows) == 5
+    assert sum(r.startswith("MLP ") and "\t2000\t" in r for r in rows) == 3  # LR, ALR fp32, ALR fp16
+    assert "MLP ALR fp32 (ms, MB, launches)\t200\t1.50\t2.00\t19" in rows
+    text = out.read_text()
+    assert "Partial" in text and "| 200 |" in text and "| 2,000 |" not in text
+
+
+def _gpu_check(tmp_path, *args, env=None, python="python3"):
+    """Run benchmarks/gpu_check.sh with a PATH holding only ``python`` (as ``python`` or
+    ``python3``) and the few tools the script calls."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name, target in [(python, sys.executable)] + [(t, shutil.which(t)) for t in ("dirname", "mkdir", "timeout")]:
+        if target and not (bindir / name).exists():
+            (bindir / name).symlink_to(target)
+    e = {"PATH": str(bindir), "HOME": str(tmp_path), **(env or {})}
+    return subprocess.run([shutil.which("bash"), os.path.join(root, "benchmarks", "gpu_check.sh"), *args],
+                          capture_output=True, text=True, env=e, timeout=300)
+
+
+def test_gpu_check_uses_python3_starts_quick_and_takes_an_output_folder(tmp_path):
+    """Only ``python3`` on PATH: the script runs it; the quick benchmark comes before the full one;
+    results go to --out-dir, else to $MINILR_GPU_OUT (checked with --dry-run: no GPU needed)."""
+    r = _gpu_check(tmp_path, "--dry-run", env={"MINILR_GPU_OUT": str(tmp_path / "env_out")})
+    assert r.returncode == 0, r.stderr
+    assert "python: python3" in r.stdout and f"results in: {tmp_path / 'env_out'}" in r.stdout
+    steps = [line for line in r.stdout.splitlines() if line.startswith("timeout ")]
+    assert len(steps) == 3 and steps[0].split()[2] == "python3"
+    assert "--quick" in steps[1] and f"{tmp_path / 'env_out'}/RESULTS_GPU_quick.md" in steps[1]
+    assert "--quick" not in steps[2] and f"{tmp_path / 'env_out'}/RESULTS_GPU.md" in steps[2]
+    r = _gpu_check(tmp_path, "--dry-run", "--out-dir", str(tmp_path / "opt_out"),
+                   env={"MINILR_GPU_OUT": str(tmp_path / "env_out")})
+    assert r.returncode == 0 and "opt_out/RESULTS_GPU.md" in r.stdout and "env_out" not in r.stdout
+    assert (tmp_path / "opt_out").is_dir()
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    if minilr.cupy_available():
+        pytest.skip("a GPU is here")
+    r = _gpu_check(tmp_path, python="python")
+    assert r.returncode == 1 and "nothing to check" in r.stdout, (r.stdout, r.stderr)
+    assert "python: python" not in r.stdout  # it stopped before any step
 
 
 # -- 3. on a GPU ---------------------------------------------------------------------------------------
