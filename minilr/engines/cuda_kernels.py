@@ -19,7 +19,9 @@ of its launches costs ~0.1 ms of host time). This module replaces ``minilr/_cuda
 compiled with ``--fmad=false``) and an IEEE ``sqrtf``, so the GPU draws the very bits that
 ``minilr.noise.normal`` draws on the CPU. :func:`normal_twin` is the same recipe as NumPy array
 code; the tests check both against ``minilr.noise.normal`` bit for bit (the C source by compiling
-it with the host C compiler, intrinsics mapped to plain float arithmetic).
+it with the host C compiler, intrinsics mapped to plain float arithmetic). CuPy compiles with
+``-ftz=true`` (subnormals flushed to zero), so GPU and twins agree bit for bit away from
+subnormals only; the noise never produces one.
 
 Layouts (those of the reference estimators, ``minilr/estimators``):
 
