@@ -813,6 +813,24 @@ def test_engine_default_budget_is_a_share_of_free_memory(est):
         assert (n10k, small) == (19, 274)
 
 
+def test_engine_free_memory_counts_cupys_pool():
+    """On CuPy the free figure is the device's free memory plus the pool's unused blocks; the
+    budget is half of it, at least MIN_BUDGET (a stand-in cupy module here)."""
+    import types
+
+    from minilr.engines.cuda import MIN_BUDGET, CUDAEngine
+
+    free = {"dev": 10 << 30, "pool": 2 << 30}
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (free["dev"], 80 << 30)))
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_bytes=lambda: free["pool"])
+    eng = CUDAEngine(fake)
+    assert eng.free_memory() == 12 << 30 and eng.budget() == 6 << 30
+    free.update(dev=10 << 20, pool=0)
+    assert eng.budget() == MIN_BUDGET
+    assert CUDAEngine(fake, memory_budget=123).budget() == 123
+
+
 def test_alr_holds_16x_less_than_lr_at_10000_copies():
     """Issue 7's memory target, counted on the CPU: the arrays a GPU step allocates (DryLauncher:
     the same allocations, nothing computed, NumPy reporting them to tracemalloc), 784-256-256-10,

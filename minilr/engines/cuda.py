@@ -120,10 +120,11 @@ class CUDAEngine(ReferenceEngine):
         return grads, loss
 
     def free_memory(self):
-        """Bytes of device memory free now; None on NumPy arrays (no device)."""
+        """Bytes of device memory free now, counting the blocks CuPy's pool holds unused (a step's
+        arrays go back to the pool, not to the device); None on NumPy arrays (no device)."""
         if self.xp.__name__ != "cupy":
             return None
-        return self.xp.cuda.runtime.memGetInfo()[0]
+        return self.xp.cuda.runtime.memGetInfo()[0] + self.xp.get_default_memory_pool().free_bytes()
 
     def budget(self):
         """Bytes a block may use: ``memory_budget``, else ``FREE_SHARE`` of :meth:`free_memory`
