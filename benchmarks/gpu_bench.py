@@ -1,14 +1,20 @@
 """GPU benchmark: minilr's CUDA step (LR, ALR fp32 / fp16-split, ES, A-Hybrid) against the same LR
 step written in PyTorch-CUDA, side by side on one GPU, and the digits training job on CuPy vs NumPy.
 
-    PYTHONPATH=. python benchmarks/gpu_bench.py [--quick] [--out benchmarks/RESULTS_GPU.md]
+    PYTHONPATH=. python benchmarks/gpu_bench.py [--quick] [--out benchmarks/RESULTS_GPU.md] [--rows FILE]
 
 MLP 784-256-256-10, batch 50, one gradient estimate per step; K = 200, 2,000, 10,000 and 100,000
 (chunks of 10,000 copies, both sides). Each figure is the median of 10 steps after 2 warm-up steps
 (3 steps when one takes over half a second), timed with CUDA events on the stream. Peak GPU memory
 is measured on one more step: CuPy through an allocator hook on its memory pool (the pool's bytes
 in use, at each allocation), PyTorch by ``torch.cuda.max_memory_allocated``. PyTorch is imported
-here only, never by the library. Without a GPU it says so and exits with status 2.
+here only, never by the library. Beside the MLP: a ResNet-5 step (``minilr.resnet5``, input
+(1, 40), B = 50) through ``minilr.estimate_gradient(..., backend="cupy")``, as a user calls it.
+
+Every figure is written as soon as it is measured: one line per case appended to the ``--rows``
+file (tab-separated, flushed), and the ``--out`` table rewritten after each K (marked partial
+until the end), so a run cut short by a timeout keeps what it measured. Without a GPU it says so
+and exits with status 2.
 """
 from __future__ import annotations
 
@@ -31,6 +37,9 @@ B = 50
 CHUNK_BIG = 10_000
 KS = [200, 2000, 10_000, 100_000]
 QUICK_KS = [200, 2000]
+RESNET_KS = [200, 2000]  # ResNet-5 steps (the sites path: slower per copy than the fused MLP step)
+QUICK_RESNET_KS = [200]
+RESNET_INPUT = (1, 40)
 
 
 def _need_gpu():
@@ -136,6 +145,45 @@ def library_case(cupy, est, K):
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
 
 
+def resnet_case(cupy, est, K, backend="cupy"):
+    """``minilr.estimate_gradient(minilr.resnet5(...), ..., backend=backend)`` (ms, median of 3 after
+    a warm-up), or the error it raises, as a string."""
+    import minilr
+
+    model = minilr.resnet5(RESNET_INPUT, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B,) + RESNET_INPUT).astype(np.float32)
+    y = rng.integers(0, 10, B)
+    seeds = itertools.count()
+    try:
+        return _event_median(cupy, lambda: minilr.estimate_gradient(
+            model, x, y, estimator=est, copies=K, seed=next(seeds), backend=backend), reps=3, warm=1)
+    except Exception as exc:  # reported in the table, not raised
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+
+
+class Rows:
+    """The measurements as they come: one tab-separated line per case (what, K, value), appended,
+    flushed and synced at once, so a timeout loses nothing already measured."""
+
+    def __init__(self, path):
+        self.path = path
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        self.fh = open(path, "a")
+        if new:
+            self.write("case", "K", "value")
+
+    def write(self, what, K, value):
+        v = value if isinstance(value, str) else "\t".join(_fmt(x) if isinstance(x, float) else str(x)
+                                                            for x in (value if isinstance(value, tuple) else (value,)))
+        self.fh.write(f"{what}\t{K}\t{v}\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self):
+        self.fh.close()
+
+
 def torch_case(K):
     """(ms, peak MB) of the LR step of benchmarks/worker.py (Eq. 1-2, leave-one-out baseline) in
     PyTorch-CUDA, in chunks of CHUNK_BIG copies beyond that; or a string saying why not."""
@@ -225,55 +273,19 @@ def _fmt(v, unit=""):
     return f"{v:,.2f}{unit}" if v < 100 else f"{v:,.0f}{unit}"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="K = 200 and 2,000 only, no digits job")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "RESULTS_GPU.md"))
-    args = ap.parse_args(argv)
-    cupy = _need_gpu()
-    props = cupy.cuda.runtime.getDeviceProperties(0)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    mem_gb = props["totalGlobalMem"] / 2**30
-    try:
-        import torch
-        tv = torch.__version__
-    except ImportError:
-        tv = "not installed"
-    head = (f"GPU: **{name}** ({mem_gb:.0f} GiB), CuPy {cupy.__version__}, NumPy {np.__version__}, "
-            f"PyTorch {tv}, Python {platform.python_version()}")
-    print(head, flush=True)
-    Ks = QUICK_KS if args.quick else KS
-    cases = [("LR", "lr", "fp32"), ("ALR fp32", "alr", "fp32"), ("ALR fp16-split", "alr", "fp16"),
-             ("ES", "es", "fp32"), ("A-Hybrid", "a-hybrid", "fp32")]
-    rows = []
-    for K in Ks:
-        res = {}
-        for label, est, prec in cases:
-            try:
-                res[label] = minilr_case(cupy, est, K, prec)
-            except Exception as exc:
-                res[label] = f"{type(exc).__name__}: {str(exc)[:60]}"
-            print(f"K={K:>7,} {label:<15} {res[label]}", flush=True)
-            cupy.get_default_memory_pool().free_all_blocks()
-        res["torch"] = torch_case(K)
-        print(f"K={K:>7,} PyTorch-CUDA LR {res['torch']}", flush=True)
-        res["lib_lr"] = library_case(cupy, "lr", K) if K <= 2000 else "-"
-        rows.append((K, res))
-        try:
-            import torch
-            torch.cuda.empty_cache()
-        except ImportError:
-            pass
-    digits = {} if args.quick else {b: digits_job(b) for b in ("numpy", "cupy")}
-
-    lines = ["# GPU results", "", head, "",
-             "`PYTHONPATH=. python benchmarks/gpu_bench.py` (via `bash benchmarks/gpu_check.sh`). MLP "
-             "784-256-256-10, B=50, one gradient estimate; median of 10 steps (3 where a step takes "
-             "over 0.5 s), CUDA-event timed; K = 100,000 in chunks of 10,000 on both sides. Memory: "
-             "peak GPU bytes allocated during one step beyond what was allocated before it. "
-             "Launches: kernels + cuBLAS calls + reductions of minilr's step, counted by its launcher.",
-             "", "| K | " + " | ".join(f"{c[0]} ms" for c in cases) + " | PyTorch LR ms | LR / PyTorch | "
-             "ALR / LR (fp32, fp16) |", "|---" * (len(cases) + 4) + "|"]
+def _table(head, cases, rows, resnet, digits, done):
+    """The markdown results from what was measured so far."""
+    lines = ["# GPU results", "", head, ""]
+    if not done:
+        lines += ["**Partial: the run has not finished (or was cut short); the rows below are those "
+                  "measured.**", ""]
+    lines += ["`PYTHONPATH=. python benchmarks/gpu_bench.py` (via `bash benchmarks/gpu_check.sh`). MLP "
+              "784-256-256-10, B=50, one gradient estimate; median of 10 steps (3 where a step takes "
+              "over 0.5 s), CUDA-event timed; K = 100,000 in chunks of 10,000 on both sides. Memory: "
+              "peak GPU bytes allocated during one step beyond what was allocated before it. "
+              "Launches: kernels + cuBLAS calls + reductions of minilr's step, counted by its launcher.",
+              "", "| K | " + " | ".join(f"{c[0]} ms" for c in cases) + " | PyTorch LR ms | LR / PyTorch | "
+              "ALR / LR (fp32, fp16) |", "|---" * (len(cases) + 4) + "|"]
     for K, res in rows:
         ms = [res[c[0]][0] if isinstance(res[c[0]], tuple) else res[c[0]] for c in cases]
         t = res["torch"][0] if isinstance(res["torch"], tuple) else res["torch"]
@@ -291,18 +303,99 @@ def main(argv=None):
     for K, res in rows:
         lines.append(f"| {K:,} launches | " + " | ".join(
             str(res[c[0]][2]) if isinstance(res[c[0]], tuple) else "-" for c in cases) + " |")
-    lines += ["", "`minilr.estimate_gradient(..., backend=\"cupy\")` (the library entry point, LR): "
-              + ", ".join(f"K={K:,}: {_fmt(res['lib_lr'], ' ms') if not isinstance(res['lib_lr'], str) else res['lib_lr']}"
-                          for K, res in rows if res["lib_lr"] != "-")]
+    lib = [(K, res["lib_lr"]) for K, res in rows if res["lib_lr"] != "-"]
+    if lib:
+        lines += ["", "`minilr.estimate_gradient(..., backend=\"cupy\")` (the library entry point, LR): "
+                  + ", ".join(f"K={K:,}: {_fmt(v, ' ms') if not isinstance(v, str) else v}" for K, v in lib)]
+    if resnet:
+        lines += ["", f"ResNet-5 (`minilr.resnet5({RESNET_INPUT})`, B={B}) through `minilr.estimate_gradient(..., "
+                  "backend=\"cupy\")`, ms per estimate (median of 3):", "",
+                  "| K | estimator | ms |", "|---|---|---|"]
+        lines += [f"| {K:,} | {est} | {_fmt(v)} |" for (K, est), v in resnet.items()]
     if digits:
-        n, c = digits["numpy"], digits["cupy"]
+        n, c = digits.get("numpy", "-"), digits.get("cupy", "-")
         rel = f" ({c / n:.2f}x)" if not isinstance(n, str) and not isinstance(c, str) else ""
         lines += ["", "Digits job (`python -m minilr train --data digits --estimator alr --copies 100 "
                   "--epochs 5`), wall time: "
                   f"NumPy {_fmt(n, ' s')}, CuPy {_fmt(c, ' s')}{rel}"]
-    text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as fh:
+    return "\n".join(lines) + "\n"
+
+
+def _write(path, text):
+    """Replace ``path`` by ``text`` at once (a reader never sees half a table)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
         fh.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="K = 200 and 2,000 only (ResNet-5: 200), no digits job")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "RESULTS_GPU.md"))
+    ap.add_argument("--rows", default=None, help="file the rows are appended to as measured "
+                    "(default: --out with .rows.tsv for .md)")
+    args = ap.parse_args(argv)
+    cupy = _need_gpu()
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    mem_gb = props["totalGlobalMem"] / 2**30
+    try:
+        import torch
+        tv = torch.__version__
+    except ImportError:
+        tv = "not installed"
+    head = (f"GPU: **{name}** ({mem_gb:.0f} GiB), CuPy {cupy.__version__}, NumPy {np.__version__}, "
+            f"PyTorch {tv}, Python {platform.python_version()}")
+    print(head, flush=True)
+    out_rows = Rows(args.rows or os.path.splitext(args.out)[0] + ".rows.tsv")
+    out_rows.write("# " + head + (" (quick)" if args.quick else ""), "-", "-")
+    Ks = QUICK_KS if args.quick else KS
+    cases = [("LR", "lr", "fp32"), ("ALR fp32", "alr", "fp32"), ("ALR fp16-split", "alr", "fp16"),
+             ("ES", "es", "fp32"), ("A-Hybrid", "a-hybrid", "fp32")]
+    rows, resnet, digits = [], {}, {}
+
+    def save(done=False):
+        _write(args.out, _table(head, cases, rows, resnet, digits, done))
+
+    for K in Ks:
+        res = {}
+        for label, est, prec in cases:
+            try:
+                res[label] = minilr_case(cupy, est, K, prec)
+            except Exception as exc:
+                res[label] = f"{type(exc).__name__}: {str(exc)[:60]}"
+            print(f"K={K:>7,} {label:<15} {res[label]}", flush=True)
+            out_rows.write(f"MLP {label} (ms, MB, launches)", K, res[label])
+            cupy.get_default_memory_pool().free_all_blocks()
+        res["torch"] = torch_case(K)
+        print(f"K={K:>7,} PyTorch-CUDA LR {res['torch']}", flush=True)
+        out_rows.write("PyTorch-CUDA LR (ms, MB)", K, res["torch"])
+        res["lib_lr"] = library_case(cupy, "lr", K) if K <= 2000 else "-"
+        if res["lib_lr"] != "-":
+            out_rows.write("estimate_gradient MLP lr (ms)", K, res["lib_lr"])
+        rows.append((K, res))
+        save()
+        try:
+            import torch
+            torch.cuda.empty_cache()
+        except ImportError:
+            pass
+    for K in QUICK_RESNET_KS if args.quick else RESNET_KS:
+        for est in ("lr", "alr"):
+            resnet[K, est] = resnet_case(cupy, est, K)
+            print(f"K={K:>7,} ResNet-5 {est:<5} {resnet[K, est]}", flush=True)
+            out_rows.write(f"estimate_gradient ResNet-5 {est} (ms)", K, resnet[K, est])
+            cupy.get_default_memory_pool().free_all_blocks()
+        save()
+    if not args.quick:
+        for b in ("numpy", "cupy"):
+            digits[b] = digits_job(b)
+            out_rows.write(f"digits job {b} (s)", 5, digits[b])
+            save()
+    out_rows.close()
+    text = _table(head, cases, rows, resnet, digits, True)
+    _write(args.out, text)
     print(text)
     return 0
 

@@ -34,11 +34,28 @@ def _import_cupy():
     try:  # the GPU kernels for noise and sign bits: checked now, not at the first noise draw
         from .engines.cuda import device_kernels  # noqa: PLC0415
 
-        device_kernels()
+        kernels = device_kernels()
     except Exception as exc:
         raise RuntimeError(f"minilr's GPU kernels could not be loaded ({type(exc).__name__}: {exc}). "
                            f"{_CUPY_FIX}") from None
+    _check_toolchain(kernels.FILL_NORMAL)
     return cupy
+
+
+def _check_toolchain(kernel):
+    """Compile and load one GPU kernel now (CuPy caches it for the first step), so that a broken
+    toolchain (no NVRTC, no CUDA headers, a driver too old for the code) is named when the backend
+    is made, not at the first step."""
+    try:
+        kernel.compiled().compile()
+    except Exception as exc:  # CuPy raises RuntimeError, CompileException, CUDA errors ...
+        lines = str(exc).strip().splitlines() or [""]
+        why = " / ".join(lines[:3]) + (" ..." if len(lines) > 3 else "")
+        raise RuntimeError(
+            f"the CUDA toolchain cannot compile minilr's GPU kernels: NVRTC (through CuPy) failed on "
+            f"the kernel {kernel.name!r} ({type(exc).__name__}: {why}). CuPy needs NVRTC and the CUDA "
+            "headers: `pip install \"cupy-cuda12x[ctk]\"` (or `pip install minilr[gpu]`) brings both as "
+            "wheels, or point CUDA_PATH at a CUDA toolkit; else use backend='numpy'.") from None
 
 
 def cupy_available() -> bool:

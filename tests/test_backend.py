@@ -70,3 +70,54 @@ def test_cupy_training_is_deterministic_and_learns():
         assert isinstance(runs[0][0][k], np.ndarray)  # the model comes home to the host
         assert np.array_equal(runs[0][0][k], runs[1][0][k])
     assert runs[0][1].val_accuracy[-1] > 0.8
+
+
+def _fake_cupy(monkeypatch, compile_error=None):
+    """A stand-in ``cupy`` that sees one GPU and whose RawKernel.compile raises ``compile_error``
+    (None: compiles); returns the list of the kernels it compiled."""
+    import sys
+    import types
+
+    from minilr.engines import cuda_kernels as ck
+
+    compiled = []
+
+    class RawKernel:
+        def __init__(self, source, name, options=()):
+            self.name = name
+
+        def compile(self, log_stream=None):
+            if compile_error is not None:
+                raise compile_error
+            compiled.append(self.name)
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    fake.RawKernel = RawKernel
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for k in ck.KERNELS.values():
+        monkeypatch.setattr(k, "_compiled", None)
+    return compiled
+
+
+@pytest.mark.parametrize("error,named", [
+    # CuPy >= 13 on an image without the CUDA headers (its own message)
+    (RuntimeError("Failed to find CUDA headers. Please install CUDA toolkit headers (e.g., pip install "
+                  "cupy-cuda12x[ctk]) or specify CUDA_PATH environment variable."), "Failed to find CUDA headers"),
+    # NVRTC missing or broken
+    (OSError("libnvrtc.so.12: cannot open shared object file: No such file or directory"), "libnvrtc.so.12"),
+])
+def test_cupy_backend_compiles_a_kernel_and_names_a_broken_toolchain(monkeypatch, error, named):
+    """Backend("cupy") compiles one kernel at once: a toolchain that cannot is named then (what
+    failed and the fix), not at the first step."""
+    _fake_cupy(monkeypatch, error)
+    with pytest.raises(RuntimeError, match="CUDA toolchain cannot compile") as info:
+        get_backend("cupy")
+    msg = str(info.value)
+    assert named in msg and "fill_normal" in msg and "cupy-cuda12x[ctk]" in msg and "backend='numpy'" in msg
+
+
+def test_cupy_backend_compiles_one_kernel_when_made(monkeypatch):
+    compiled = _fake_cupy(monkeypatch)
+    bk = get_backend("cupy")
+    assert bk.name == "cupy" and compiled == ["fill_normal"]

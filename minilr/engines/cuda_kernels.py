@@ -19,7 +19,9 @@ of its launches costs ~0.1 ms of host time). This module replaces ``minilr/_cuda
 compiled with ``--fmad=false``) and an IEEE ``sqrtf``, so the GPU draws the very bits that
 ``minilr.noise.normal`` draws on the CPU. :func:`normal_twin` is the same recipe as NumPy array
 code; the tests check both against ``minilr.noise.normal`` bit for bit (the C source by compiling
-it with the host C compiler, intrinsics mapped to plain float arithmetic).
+it with the host C compiler, intrinsics mapped to plain float arithmetic). CuPy compiles with
+``-ftz=true`` (subnormals flushed to zero), so GPU and twins agree bit for bit away from
+subnormals only; the noise never produces one.
 
 Layouts (those of the reference estimators, ``minilr/estimators``):
 
@@ -36,11 +38,16 @@ import numpy as np
 
 from .. import noise as _noise
 
-__all__ = ["ACTS", "Kernel", "Launcher", "noise_source", "normal_twin", "KERNELS"]
+__all__ = ["ACTS", "Kernel", "Launcher", "noise_source", "normal_twin", "KERNELS", "NVRTC_OPTIONS", "full_source"]
 
 ACTS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "step": 4}
 CODES = {"pm1": 0, "01": 1, "sign": 2}
 THREADS = 256  # threads per CUDA block for every kernel here (one thread per item)
+# The options each kernel is compiled with (cupy.RawKernel adds its own: -ftz=true, -arch=sm_XX,
+# --std=c++17, its include dirs). --fmad=false: no product-add pair anywhere in a kernel is fused
+# into an FMA (the noise uses __f*_rn intrinsics anyway), so the float arithmetic is the twin's.
+# The sources include no header: NVRTC compiles them with no CUDA include dir on its path.
+NVRTC_OPTIONS = ("--fmad=false",)
 
 _F32 = np.float32
 _U64 = np.uint64
@@ -226,6 +233,42 @@ __device__ __forceinline__ float minilr_act(float z, int act) {
     if (act == 4) return z > 0.0f ? 1.0f : 0.0f;                       // step
     return z;                                                          // identity
 }
+
+// float <-> IEEE binary16 bits, round to nearest even, in integer arithmetic: written here rather
+// than taken from <cuda_fp16.h>, so the kernels need no CUDA header (NVRTC has none built in), and
+// exact whatever -ftz says (no float arithmetic on the way). NaN keeps its top payload bits, as
+// NumPy's float16 cast does.
+__device__ __forceinline__ unsigned short minilr_f2h(float f) {
+    const unsigned int x = __float_as_uint(f);
+    const unsigned int sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) {                                            // NaN: stays a NaN
+        const unsigned int p = (ax >> 13) & 0x3ffu;
+        return (unsigned short)(sign | 0x7c00u | (p ? p : 1u));
+    }
+    if (ax >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);    // >= 65520 (and inf): inf
+    if (ax >= 0x38800000u) {                                           // a normal half: rebias 127 -> 15
+        unsigned int h = (ax - 0x38000000u) >> 13;
+        const unsigned int rem = ax & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;        // a carry moves the exponent on
+        return (unsigned short)(sign | h);
+    }
+    const unsigned int shift = 126u - (ax >> 23);                      // a subnormal half: m 2^-24
+    if (shift > 24u) return (unsigned short)sign;                      // below 2^-25: zero
+    const unsigned int m = (ax & 0x7fffffu) | 0x800000u;
+    unsigned int h = m >> shift;
+    const unsigned int rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (h & 1u))) h++;
+    return (unsigned short)(sign | h);
+}
+
+__device__ __forceinline__ float minilr_h2f(unsigned short h) {
+    const unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+    const unsigned int e = ((unsigned int)h >> 10) & 0x1fu, m = (unsigned int)h & 0x3ffu;
+    if (e == 31u) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0u)  // zero or subnormal: m 2^-24, a normal float (exact; -ftz does not touch it)
+        return __uint_as_float(sign | __float_as_uint(__fmul_rn((float)m, 5.9604644775390625e-08f)));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
 """
 
 
@@ -286,9 +329,8 @@ class Kernel:
     arguments in the same order (NumPy arrays for pointers, with their logical shapes).
     """
 
-    def __init__(self, name, params, body, twin, headers=""):
+    def __init__(self, name, params, body, twin):
         self.name, self.params, self.body, self.twin = name, params, body, twin
-        self.headers = headers  # #include lines this kernel alone needs (fp16 types)
         self._compiled = None
         # per argument: (name, pointer?, element dtype of a pointer or scalar type), made once
         self._meta = [(n, t.endswith("*"), _PTR_DTYPES.get(t.replace("const ", "").rstrip("*"))
@@ -301,7 +343,7 @@ class Kernel:
     @property
     def source(self) -> str:
         """The whole translation unit handed to NVRTC."""
-        return (self.headers + noise_source() + _ACT_C
+        return (noise_source() + _ACT_C
                 + f'\nextern "C" __global__ void {self.name}({self.signature}) {{\n'
                 + "    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
                 + self.body + "\n}\n")
@@ -310,9 +352,7 @@ class Kernel:
         if self._compiled is None:
             import cupy  # noqa: PLC0415 (GPU only)
 
-            # --fmad=false: no product-add pair anywhere in the kernel is fused into an FMA (the
-            # noise uses __f*_rn intrinsics anyway), so the float arithmetic is the twin's.
-            self._compiled = cupy.RawKernel(self.source, self.name, options=("--fmad=false",))
+            self._compiled = cupy.RawKernel(self.source, self.name, options=NVRTC_OPTIONS)
         return self._compiled
 
     def check(self, args):
@@ -726,11 +766,11 @@ UNPACK_PAIR = Kernel("unpack_pair", [
         const float l = L[r];
         if (half) {
             const float ls = __fmul_rn(l, ldexpf(1.0f, minilr_l_exp(amax[0])));
-            const __half lh = __float2half_rn(ls);
-            const __half ll = __float2half_rn(__fsub_rn(ls, __half2float(lh)));
-            __half* S16 = (__half*)S;
-            S16[n * 2 * m + c] = pos ? lh : __hneg(lh);
-            S16[n * 2 * m + m + c] = pos ? ll : __hneg(ll);
+            const unsigned short lh = minilr_f2h(ls);
+            const unsigned short ll = minilr_f2h(__fsub_rn(ls, minilr_h2f(lh)));
+            unsigned short* S16 = (unsigned short*)S;  // fp16 bits; negation flips the sign bit
+            S16[n * 2 * m + c] = pos ? lh : (unsigned short)(lh ^ 0x8000u);
+            S16[n * 2 * m + m + c] = pos ? ll : (unsigned short)(ll ^ 0x8000u);
         } else {
             ((float*)S)[n * m + c] = pos ? l : -l;
         }
@@ -745,9 +785,9 @@ UNPACK_PAIR = Kernel("unpack_pair", [
         } else if (j == d) {
             v = 1.0f;
         }
-        if (half) ((__half*)T)[n * dw + j] = __float2half_rn(v); else ((float*)T)[n * dw + j] = v;
+        if (half) ((unsigned short*)T)[n * dw + j] = minilr_f2h(v); else ((float*)T)[n * dw + j] = v;
     }""",
-    _unpack_pair_twin, headers="#include <cuda_fp16.h>\n")
+    _unpack_pair_twin)
 
 
 # ES/AES gradient, regenerating the noise instead of storing it: thread (part c, i, j) sums over the
@@ -889,8 +929,9 @@ KERNELS = {k.name: k for k in (FILL_NORMAL, PACK_F64, UNPACK_ROWS, UNPACK_ROWS_F
 
 
 def full_source() -> str:
-    """Every kernel in one translation unit (what the tests compile with nvcc when it is present)."""
-    parts = ["#include <cuda_fp16.h>", noise_source(), _ACT_C]
+    """Every kernel in one translation unit (the tests compile it with NVRTC and, where present,
+    nvcc)."""
+    parts = [noise_source(), _ACT_C]
     for k in KERNELS.values():
         parts.append(f'extern "C" __global__ void {k.name}({k.signature}) {{\n'
                      "    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
