@@ -184,30 +184,6 @@ def test_missing_file_is_file_not_found(tmp_path):
         minilr.load(tmp_path / "nope.npz")
 
 
-# -- the registry: layers added later ----------------------------------------------------------------
-def test_a_new_layer_registers_itself_and_round_trips(tmp_path):
-    class Scale(minilr.layers.Activation):
-        name = "scale_test"
-
-        def __init__(self, factor=2.0):
-            self.factor = factor
-
-        def forward(self, v, xp):
-            return self.factor * v
-
-    model = minilr.Sequential([minilr.Linear(2, 3), Scale(3.0), minilr.Linear(3, 2)], seed=0)
-    with pytest.raises(TypeError, match="layer 1 .*register"):
-        minilr.save(model, tmp_path / "m.npz")
-    mio.register_layer(Scale, "ScaleTest", config=lambda l: {"factor": l.factor})
-    minilr.save(model, tmp_path / "m.npz")
-    loaded = minilr.load(tmp_path / "m.npz")
-    assert isinstance(loaded.layers[1], Scale) and loaded.layers[1].factor == 3.0
-    x = np.ones((1, 2), np.float32)
-    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
-    with pytest.raises(ValueError, match="already registered"):
-        mio.register_layer(minilr.ReLU, "ScaleTest")
-
-
 # -- atomic writes: a kill at any moment leaves a valid file ----------------------------------------------
 WRITER = textwrap.dedent("""
     import sys, numpy as np, minilr
