@@ -201,12 +201,16 @@ def _declared(data: bytes):
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
                 else:
                     raise ValueError(f"array {name!r} has .npy version {version}, not 1.0 or 2.0")
+                held = info.file_size - f.tell()  # the bytes after the header
             if dtype.hasobject:
                 raise ValueError(f"array {name!r} holds Python objects (pickle), which minilr never loads")
             nbytes = math.prod(shape) * dtype.itemsize
-            if nbytes > info.file_size:
-                raise ValueError(f"array {name!r} declares shape {shape} ({nbytes} bytes), more than its "
-                                 f"{info.file_size} bytes in the file")
+            if nbytes > held:
+                raise ValueError(f"array {name!r} declares shape {shape} ({nbytes} bytes), more than the "
+                                 f"{held} bytes the file holds for it")
+            if nbytes < held:
+                raise ValueError(f"array {name!r} declares shape {shape} ({nbytes} bytes), but the file "
+                                 f"holds {held} bytes for it")
             out[name] = (tuple(shape), dtype)
     return out
 
