@@ -460,3 +460,53 @@ def test_cnn_sigkilled_at_random_moments_then_resumed_is_the_uninterrupted_run(t
     assert_same_run(minilr.load(out), ref)
     # a kill mid-write leaves a temporary file; the resume and the next writes removed them all
     assert sorted(os.listdir(tmp_path)) == ["cnn_runner.py", "final.npz", "run.npz"]
+
+
+SLOW_IMPORT = textwrap.dedent("""
+    # imported at start-up (sitecustomize): holds the import of minilr.datasets, inside
+    # `import minilr`, for a few seconds, and says when it is there
+    import importlib.abc, os, sys, time
+
+    class Slow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "minilr.datasets":
+                open(os.environ["MINILR_TEST_MARK"], "w").close()
+                time.sleep(20)
+            return None
+
+    sys.meta_path.insert(0, Slow())
+""")
+
+
+def test_cli_ctrl_c_while_importing_is_one_line_too(tmp_path):
+    """Ctrl-C during `import minilr` (the first second of `python -m minilr`) used to print a long
+    traceback; the same one line as later is said instead."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_IMPORT)
+    mark = tmp_path / "importing"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env = {**os.environ, "MINILR_TEST_MARK": str(mark),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), root, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "minilr", "train", "--data", "spirals", "--epochs", "1"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not mark.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert mark.exists(), "the import was never reached"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert err.strip() == "python -m minilr: interrupted" and p.returncode == 130, (p.returncode, err)
+
+
+def test_cli_says_it_is_resuming(tmp_path):
+    common = ["--data", "spirals", "--hidden", "8", "--copies", "8", "--estimator", "lr", "--seed", "1",
+              "--checkpoint", str(tmp_path / "c.npz")]
+    p = _cli(common + ["--epochs", "2"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "resuming" not in out, err
+    p = _cli(common + ["--epochs", "3", "--resume"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[1] == f"resuming from {tmp_path / 'c.npz'} at epoch 3", out  # after the banner
+    assert lines[2].startswith("epoch   3/3"), out
