@@ -246,8 +246,9 @@ def read(path, kind):
     except FileFormatError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError,
-            zipfile.LargeZipFile, NotImplementedError) as exc:
-        # json.JSONDecodeError is a ValueError; pickled (object) arrays raise ValueError too
+            zipfile.LargeZipFile, NotImplementedError, RecursionError) as exc:
+        # json.JSONDecodeError is a ValueError; pickled (object) arrays raise ValueError too;
+        # a header nested thousands deep is a RecursionError
         raise FileFormatError(f"{path!r} is not a readable minilr file (corrupt or truncated?): "
                               f"{type(exc).__name__}: {exc}") from None
     return meta, arrays
@@ -286,7 +287,8 @@ def _check_declared(arch, declared, path, prefix="layers."):
             raise ValueError(f"unexpected arrays {extra}")
     except FileFormatError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError,
+            RecursionError) as exc:
         raise FileFormatError(f"{path!r}: the model in it cannot be rebuilt: "
                               f"{type(exc).__name__}: {exc}") from None
 
@@ -417,7 +419,8 @@ def model_from_state(arch, arrays, path, prefix="layers."):
         model.check()
     except FileFormatError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError,
+            RecursionError) as exc:
         raise FileFormatError(f"{path!r}: the model in it cannot be rebuilt: "
                               f"{type(exc).__name__}: {exc}") from None
     return model

@@ -1,9 +1,13 @@
-"""Layers: a noisy ``Linear`` and element-wise activations.
+"""Layers: the base class every layer subclasses, a noisy ``Linear`` and element-wise activations.
 
 A ``Linear`` layer is a *noise site*: during a training forward pass it computes
 ``v = x W^T + b + sigma * eps`` with ``eps ~ N(0, I)`` and one ``sigma_i`` per output neuron
 (paper Sec. 2). Activations then map ``v`` to ``x' = phi(v)``. Nothing here knows about gradients
-except :meth:`Activation.derivative`, which only the exact reference (``reference.py``) uses.
+except :meth:`Layer.backward`, which only the exact reference (``reference.py``) uses.
+
+A new layer is one :class:`Layer` subclass: defining it registers it (:data:`REGISTRY`), and the
+class alone says everything minilr needs, its noise sites, its exact backward pass and how it is
+saved and loaded (see :class:`Layer`).
 """
 from __future__ import annotations
 

@@ -422,3 +422,19 @@ def test_sigkill_while_saving_repeatedly_leaves_the_old_or_the_new_file(tmp_path
     assert [f for f in os.listdir(tmp_path) if not f.startswith(".")] == ["m.npz", "writer.py"]
     minilr.save(expect[0], path)
     assert sorted(os.listdir(tmp_path)) == ["m.npz", "writer.py"]
+
+
+def test_a_header_or_an_architecture_nested_too_deep_is_named(tmp_path):
+    head = np.frombuffer(b"[" * 100_000, np.uint8)
+    p = tmp_path / "deep_json.npz"
+    with open(p, "wb") as f:
+        np.savez(f, __minilr__=head)
+    _check_named(p)
+    depth = 5_000  # written by hand: json.dumps itself cannot nest that deep
+    spec = '{"type": "Residual", "config": {"body": [' * depth + '{"type": "Flatten"}' + ']}}' * depth
+    arch = '{"model": "Sequential", "dtype": "float32", "input_shape": [2], "layers": [' + spec + ']}'
+    meta = json.dumps(mio.header("model"))[:-1] + ', "architecture": ' + arch + '}'
+    p = tmp_path / "deep_arch.npz"
+    with open(p, "wb") as f:
+        np.savez(f, __minilr__=np.frombuffer(meta.encode(), np.uint8))
+    _check_named(p)
