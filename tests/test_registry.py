@@ -179,15 +179,15 @@ def test_a_new_layer_registers_itself_and_round_trips(tmp_path):
 
 
 def test_a_layer_without_config_or_with_a_taken_name_is_not_saved_silently(tmp_path):
-    class Shift(minilr.layers.Activation):  # takes an argument but says nothing of it
+    class ShiftNoConfig(minilr.layers.Activation):  # takes an argument but says nothing of it
         def __init__(self, by=1.0):
             self.by = by
 
         def forward(self, v, xp):
             return v + self.by
 
-    model = minilr.Sequential([minilr.Linear(2, 3), Shift(3.0), minilr.Linear(3, 2)], seed=0)
-    with pytest.raises(mio.NotSaveableError, match=r"layer 1 \(Shift\).*config\(\)"):
+    model = minilr.Sequential([minilr.Linear(2, 3), ShiftNoConfig(3.0), minilr.Linear(3, 2)], seed=0)
+    with pytest.raises(mio.NotSaveableError, match=r"layer 1 \(ShiftNoConfig\).*config\(\)"):
         minilr.save(model, tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()
 
