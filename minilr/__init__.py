@@ -3,7 +3,11 @@
 LR, its sign approximation ALR, evolution strategies (ES, AES) and their hybrids, on NumPy or
 CuPy, with no autograd anywhere. See ``README.md`` and ``tutorials/``.
 """
-from . import _numba_cache
+from . import _signals
+
+_signals.quiet_interrupt_while_starting()  # `python -m minilr`: Ctrl-C while importing is one line
+
+from . import _numba_cache  # noqa: E402
 
 _numba_cache.ensure()  # before any kernel module compiles with cache=True (read-only installs)
 

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import datasets
+from . import _signals, datasets
 from .estimators import NAMES as ESTIMATORS
 from .layers import ACTIVATIONS
 from .optim import OPTIMIZERS
@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"MINILR_EPOCHS must be an integer, got {epochs!r}")
     try:
+        _signals.end_quiet_interrupt()  # from here on Ctrl-C is a KeyboardInterrupt handled below
         return _train(args, epochs)
     except KeyboardInterrupt:  # before training started: nothing to save
         print("python -m minilr train: interrupted", file=sys.stderr)
@@ -125,6 +126,8 @@ def _train(args, epochs) -> int:
               f"train acc {h.train_accuracy[-1]:.3f}  test acc {h.val_accuracy[-1]:.3f}  "
               f"({h.seconds[-1]:.1f} s)", flush=True)
 
+    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
+        _say_resuming(args.checkpoint, epochs, say)
     try:
         h = train(model, (x, y), val_data=(xt, yt), estimator=args.estimator, copies=args.copies,
                   epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
@@ -153,6 +156,21 @@ def _train(args, epochs) -> int:
         return 0
     say(f"final test accuracy: {h.val_accuracy[-1]:.4f}  ({sum(h.seconds):.1f} s training)")
     return 0
+
+
+def _say_resuming(path, epochs, say):
+    """"resuming from run.npz at epoch 3": where the checkpoint stands (train checks the rest)."""
+    from . import checkpoint
+
+    try:
+        where = checkpoint.read(path)[0]["where"]
+        epoch, batch = int(where["epoch"]), int(where["batch"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return  # train names what is wrong with the file
+    if epoch >= epochs:
+        return  # nothing left to do: said after train returns
+    step = f", step {batch + 1}" if batch else ""
+    say(f"resuming from {path} at epoch {epoch + 1}{step}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ the data are stored and must match on resume; ``epochs`` may grow (train for 1 e
 with ``epochs=2``: the same as 2 epochs at once).
 
 Files are written atomically (temporary file, fsync, rename), so a kill at any moment, also
-mid-write, leaves the previous checkpoint or the new one.
+mid-write, leaves the previous checkpoint or the new one. The temporary file such a kill leaves
+is removed by the next write or by the resume (:func:`minilr.io.remove_stale_temps`).
 """
 from __future__ import annotations
 
@@ -116,9 +117,11 @@ def restore(path, model, opt, history, settings: dict):
     The checkpoint's architecture and ``settings`` must equal the run's (else a ValueError naming
     ``path`` and the first setting that differs). Returns ``(where, SeedSequence)``.
     """
+    _io.remove_stale_temps(path)  # what a writer killed mid-write left beside the checkpoint
     meta, arrays, state, lists = read(path)
-    arch, _ = _io.model_state(model)
-    if meta["architecture"] != arch:
+    arch = _io._architecture(model)
+    saved_arch = {"input_shape": arch["input_shape"], **meta["architecture"]}  # older files lack it
+    if saved_arch != arch:
         raise ValueError(f"{str(path)!r} holds a checkpoint of another model ({meta['architecture']}), "
                          f"not of {model!r}")
     saved = meta["settings"]
@@ -131,9 +134,8 @@ def restore(path, model, opt, history, settings: dict):
         raise ValueError(f"{str(path)!r} holds the state of a {meta['optimizer']['type']} optimizer, "
                          f"not of {type(opt).__name__}")
     restored = _io.model_from_state(meta["architecture"], arrays, str(path))
-    for mine, theirs in zip(model.layers, restored.layers):
-        for a in _io._BY_CLASS[type(mine)].arrays:
-            setattr(mine, a, getattr(theirs, a))
+    for (_, mine, a, _), (_, theirs, b, _) in zip(_io._slots(model.layers), _io._slots(restored.layers)):
+        setattr(mine, a, getattr(theirs, b))
     opt.set_state(state)
     for name, values in lists.items():
         setattr(history, name, values)

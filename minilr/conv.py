@@ -89,7 +89,7 @@ def col2im(dU, x_shape, kernel, stride, padding, xp=np):
     return dx[crop]
 
 
-class _ConvNd(Layer):
+class _ConvNd(Layer, register=False):
     nd = 0
     sites = ("",)
 
@@ -113,6 +113,21 @@ class _ConvNd(Layer):
         bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
         self.weight = rng.uniform(-bound, bound, shape).astype(dtype)
         self.bias = rng.uniform(-bound, bound, self.out_channels).astype(dtype)
+
+    def array_shapes(self):
+        return {"weight": (self.out_channels, self.in_channels) + self.kernel_size,
+                "bias": (self.out_channels,)}
+
+    def config(self):
+        one = (lambda t: t[0]) if self.nd == 1 else list
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": one(self.kernel_size), "stride": one(self.stride),
+                "padding": one(self.padding), "learn_sigma": bool(self.learn_sigma)}
+
+    def backward(self, x, delta, feedback=None):
+        from .reference import conv_backward
+
+        return conv_backward(self, x, delta)
 
     def out_shape(self, in_shape):
         name = type(self).__name__
@@ -174,7 +189,7 @@ class Conv2d(_ConvNd):
     nd = 2
 
 
-class _PoolNd(Layer):
+class _PoolNd(Layer, register=False):
     nd = 0
     mode = ""
 
@@ -182,6 +197,15 @@ class _PoolNd(Layer):
         tup = _pair if self.nd == 2 else (lambda v, n: (_v.positive_int(v, n),))
         self.kernel_size = tup(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else tup(stride, "stride")
+
+    def config(self):
+        one = (lambda t: t[0]) if self.nd == 1 else list
+        return {"kernel_size": one(self.kernel_size), "stride": one(self.stride)}
+
+    def backward(self, x, delta, feedback=None):
+        from .reference import pool_backward
+
+        return pool_backward(self, x, delta)
 
     def out_shape(self, in_shape):
         name = type(self).__name__
@@ -265,6 +289,9 @@ class Flatten(Layer):
     def forward(self, h, xp):
         return h.reshape(h.shape[0], -1)
 
+    def backward(self, x, delta, feedback=None):
+        return delta.reshape(x.shape), {}
+
 
 class GlobalAvgPool(Layer):
     """(N, C, *spatial) -> (N, C): the mean over all positions (the head of a ResNet)."""
@@ -276,6 +303,10 @@ class GlobalAvgPool(Layer):
 
     def forward(self, h, xp):
         return h.reshape(h.shape[0], h.shape[1], -1).mean(axis=2)
+
+    def backward(self, x, delta, feedback=None):
+        n = math.prod(x.shape[2:])
+        return np.broadcast_to((delta / n).reshape(delta.shape + (1,) * (x.ndim - 2)), x.shape).copy(), {}
 
 
 class GroupNorm(Layer):
@@ -303,6 +334,14 @@ class GroupNorm(Layer):
             raise ValueError(f"GroupNorm: groups={self.groups} must divide the channels of samples "
                              f"of shape {tuple(in_shape)}")
         return tuple(in_shape)
+
+    def config(self):
+        return {"groups": self.groups, "eps": self.eps}
+
+    def backward(self, x, delta, feedback=None):
+        from .reference import groupnorm_backward
+
+        return groupnorm_backward(self, x, delta)
 
     def _grouped(self, h):
         return h.reshape(h.shape[0], self.groups, -1)
@@ -358,6 +397,29 @@ class Residual(Layer):
             raise ValueError(f"the body gives shape {shape} but {what} gives {s}: they must match "
                              f"(use skip=Conv1d(C_in, C_out, 1) to change channels)")
         return shape
+
+    def config(self):
+        from .layers import spec
+
+        return {"body": [spec(l) for l in self.body], "skip": None if self.skip is None else spec(self.skip)}
+
+    @classmethod
+    def from_config(cls, config):
+        from .layers import build
+
+        body = config.get("body")
+        if not isinstance(body, list):
+            raise ValueError(f"Residual: body must be a list of layers, got {body!r}")
+        skip = config.get("skip")
+        extra = sorted(set(config) - {"body", "skip"})
+        if extra:
+            raise ValueError(f"Residual got unexpected config keys {extra}")
+        return cls([build(l) for l in body], skip=None if skip is None else build(skip))
+
+    def backward(self, x, delta, feedback=None):
+        from .reference import residual_backward
+
+        return residual_backward(self, x, delta, feedback)
 
     def forward(self, h, xp):
         out = h

@@ -115,6 +115,32 @@ class GraphAttention(Layer):
             raise TypeError(f"learn_sigma must be True, False or None, got {learn_sigma!r}")
         self.learn_sigma = learn_sigma
 
+    def array_shapes(self):
+        G = self.out_features
+        return {"weight": (G, self.in_features), "bias": (G,), "att_weight": (2, G)}
+
+    def config(self):
+        # the edges with their self-loops: every node is listed, so a file's n_nodes is bounded
+        # by the size of its edge list (see from_config)
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "edges": [self.src.tolist(), self.dst.tolist()], "n_nodes": self.n_nodes,
+                "negative_slope": self.negative_slope, "learn_sigma": bool(self.learn_sigma)}
+
+    @classmethod
+    def from_config(cls, config):
+        edges, n = config.get("edges"), config.get("n_nodes")
+        if not (isinstance(edges, list) and len(edges) == 2 and all(isinstance(e, list) for e in edges)):
+            raise ValueError("GraphAttention: edges must be two lists of node ids")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= len(edges[0]):
+            raise ValueError(f"GraphAttention: n_nodes {n!r} must be a positive int no larger than the "
+                             f"edge list ({len(edges[0])} edges, self-loops included)")
+        return cls(**{**config, "edges": np.array(edges, dtype=np.int64).reshape(2, -1)})
+
+    def backward(self, x, delta, feedback=None):
+        from .reference import layer_gradient
+
+        return layer_gradient(self, x, delta)
+
     @property
     def n_edges(self) -> int:
         """Edges attended over, self-loops included."""

@@ -2,38 +2,48 @@
 
 A file holds one uint8 entry ``__minilr__`` with UTF-8 JSON metadata (format version, minilr
 version, what the file is, the architecture as a list of layers with their constructor arguments,
-the dtype) and one array per parameter, ``layers.<i>.<name>`` (every ``Linear`` stores its
-``weight``, ``bias`` and ``sigma``; whether sigma is learned is part of the architecture).
+the dtype, the input shape) and one array per layer array, ``layers.<i>.<name>`` (every noise site's
+``weight``, ``bias`` and ``sigma``, nested layers as ``layers.<i>.body.<j>.weight``; whether sigma
+is learned is part of the architecture).
 
 Loading never runs code from the file: it is read with ``np.load(allow_pickle=False)``; layers are
-rebuilt from names looked up in a registry (:func:`register_layer`) with keyword arguments that are
-plain JSON values. A corrupt, truncated, foreign or newer-format file raises
+rebuilt from names looked up in the layer registry (:data:`minilr.layers.REGISTRY`: every
+:class:`~minilr.layers.Layer` subclass registers itself when defined, with its ``config()``) with
+keyword arguments that are plain JSON values. Nothing big is allocated before it is checked: every
+array's shape is read from its ``.npy`` header and compared with what the architecture implies,
+every size must fit the file, and layers are built from the checked arrays (no random weights
+drawn first). A corrupt, truncated, foreign, crafted or newer-format file raises
 :class:`FileFormatError` (a ``ValueError``) naming the file.
 
-Writing is atomic (:func:`write_atomic`): the data go to a temporary file in the same folder,
-which is flushed to disk and then renamed over the target, so a crash or a kill at any moment
-leaves either the old file or the new one, never half of one.
-
-New layer types register themselves, e.g. in ``layers.py``::
-
-    from .io import register_layer
-    register_layer(Conv1d, "Conv1d",
-                   config=lambda l: {"in_channels": l.in_channels, ...},
-                   arrays=("weight", "bias", "sigma"))
+Writing is atomic (:func:`write_atomic`): the data go to a temporary file ``.<name>.<8 chars>.tmp``
+in the same folder, which is flushed to disk and then renamed over the target, so a crash or a kill
+at any moment leaves either the old file or the new one, never half of one. A kill mid-write leaves
+the temporary file; the next write to the same target (or a resume) removes such leftovers, only
+those of that exact name pattern and only when no live writer holds them. Files get the mode
+``open()`` would give them (``0o666`` less the umask, as ``np.save``), or the mode of the file they
+replace.
 """
 from __future__ import annotations
 
 import io as _io
 import json
+import math
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
-from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["save", "load", "register_layer", "FileFormatError", "FORMAT_VERSION", "write_atomic",
-           "read", "model_state", "model_from_state"]
+from . import layers as _layers
+
+try:  # POSIX: a writer locks its temporary file, so a cleaner can tell a live one from a leftover
+    import fcntl
+except ImportError:  # pragma: no cover - Windows cannot delete an open file anyway
+    fcntl = None
+
+__all__ = ["save", "load", "FileFormatError", "NotSaveableError", "FORMAT_VERSION", "write_atomic",
+           "read", "model_state", "model_from_state", "check_saveable", "remove_stale_temps"]
 
 FORMAT_VERSION = 1
 META_KEY = "__minilr__"
@@ -43,86 +53,112 @@ class FileFormatError(ValueError):
     """A file that is not a (readable) minilr file of the expected kind; the message names it."""
 
 
-# -- the layer registry -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    cls: type
-    config: object     # layer -> dict of JSON values: the constructor's keyword arguments
-    build: object      # dict -> layer (default: cls(**config))
-    arrays: tuple      # attribute names of the layer's arrays, saved and restored
+class NotSaveableError(TypeError):
+    """A model with a layer that cannot be saved (unregistered class, or no ``config()``)."""
 
 
-_BY_NAME: dict = {}
-_BY_CLASS: dict = {}
+def _registry():
+    """Every layer module imported, so every minilr layer class is registered."""
+    from . import conv, graph, recurrent, spiking  # noqa: F401
 
-
-def register_layer(cls, name=None, config=None, build=None, arrays=()):
-    """Make layers of class ``cls`` saveable.
-
-    Parameters
-    ----------
-    cls : type
-    name : str, optional
-        The name written to files (default ``cls.__name__``); never reuse one for another class.
-    config : callable, optional
-        ``config(layer) -> dict`` of JSON-serialisable constructor keyword arguments (default: none).
-    build : callable, optional
-        ``build(**config) -> layer`` (default ``cls``).
-    arrays : tuple of str
-        Attributes holding the layer's arrays (parameters and sigma); restored by ``setattr``.
-    """
-    name = cls.__name__ if name is None else name
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty string, got {name!r}")
-    old = _BY_NAME.get(name)
-    if old is not None and old.cls is not cls:
-        raise ValueError(f"layer name {name!r} is already registered for {old.cls.__name__}")
-    entry = _Entry(name, cls, config or (lambda layer: {}), build or cls, tuple(arrays))
-    _BY_NAME[name] = entry
-    _BY_CLASS[cls] = entry
-    return cls
-
-
-def _builtin():
-    """Register minilr's own layers (lazily, so ``layers.py`` may import this module)."""
-    from . import layers
-
-    if layers.Linear not in _BY_CLASS:
-        register_layer(layers.Linear, "Linear",
-                       config=lambda l: {"in_features": l.in_features, "out_features": l.out_features,
-                                         "learn_sigma": bool(l.learn_sigma)},
-                       arrays=("weight", "bias", "sigma"))
-    for cls in layers.ACTIVATIONS.values():
-        if cls not in _BY_CLASS:
-            register_layer(cls)
-
-
-def _entry_for(layer, index):
-    _builtin()
-    entry = _BY_CLASS.get(type(layer))
-    if entry is None:
-        raise TypeError(f"layer {index} ({type(layer).__name__}) cannot be saved: register its class "
-                        f"with minilr.io.register_layer")
-    return entry
+    return _layers.REGISTRY
 
 
 # -- atomic files ---------------------------------------------------------------------------------
+_TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # also tempfile.mkstemp's names
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(path) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def _is_temp_of(name: str, prefix: str) -> bool:
+    """``name`` is ``prefix`` + 8 name characters + ``.tmp``: our temporary file for that target
+    (the fixed length and the dot-free middle keep other targets' temporary files out)."""
+    middle = name[len(prefix):-len(_TEMP_SUFFIX)]
+    return (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX) and len(middle) == 8
+            and set(middle) <= _TEMP_CHARS)
+
+
+def remove_stale_temps(path) -> list:
+    """Remove the temporary files a killed writer of ``path`` left (``.<name>.<8 chars>.tmp`` beside
+    it), never a file of another name, nor one a live writer holds (it keeps a lock on it).
+    Returns the names removed."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not _is_temp_of(name, prefix):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            if not stat.S_ISREG(os.lstat(full).st_mode):
+                continue  # not a file we made (a link, a folder): leave it
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a writer is at work on it
+            try:
+                os.unlink(full)
+                removed.append(name)
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _create_temp(path):
+    """``(fd, name)`` of a new, locked temporary file beside ``path``, created with mode 0o666 so
+    the umask applies (``tempfile.mkstemp`` would force 0o600)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, prefix + secrets.token_hex(4) + _TEMP_SUFFIX)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed, or until this process dies
+        return fd, tmp
+    raise FileExistsError(f"no free temporary name beside {path!r}")
+
+
 def write_atomic(path, meta: dict, arrays: dict) -> None:
     """Write ``meta`` (JSON) and ``arrays`` as one ``.npz`` file at ``path``, atomically.
 
     The file is written under a temporary name in the same folder, flushed and fsync-ed, then
     renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows), and the folder is
     fsync-ed so the rename itself survives a power cut. ``path`` is used as given (no ``.npz``
-    added).
+    added). Leftover temporary files of earlier, killed writes of ``path`` are removed first.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     header = np.frombuffer(json.dumps(meta, allow_nan=False).encode("utf-8"), dtype=np.uint8)
     if META_KEY in arrays:
         raise ValueError(f"{META_KEY!r} is reserved for the header")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    remove_stale_temps(path)
     try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # replacing a file keeps its mode, as np.save
+    except OSError:
+        mode = None
+    fd, tmp = _create_temp(path)
+    try:
+        if mode is not None and hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{META_KEY: header}, **arrays)
             f.flush()
@@ -144,10 +180,47 @@ def write_atomic(path, meta: dict, arrays: dict) -> None:
         pass
 
 
+def _declared(data: bytes):
+    """``{name: (shape, dtype)}`` of every array in the npz bytes ``data``, read from the ``.npy``
+    headers alone, each checked to fit the file; ValueError otherwise."""
+    out = {}
+    with zipfile.ZipFile(_io.BytesIO(data)) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"entry {info.filename!r} is not an array")
+            name = info.filename[:-4]
+            # a stored entry holds its bytes in the file; a deflated one at most ~1032 times more
+            room = len(data) if info.compress_type == zipfile.ZIP_STORED else 1032 * len(data)
+            if info.file_size > room:
+                raise ValueError(f"entry {name!r} declares {info.file_size} bytes, more than the file holds")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"array {name!r} has .npy version {version}, not 1.0 or 2.0")
+                held = info.file_size - f.tell()  # the bytes after the header
+            if dtype.hasobject:
+                raise ValueError(f"array {name!r} holds Python objects (pickle), which minilr never loads")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > held:
+                raise ValueError(f"array {name!r} declares shape {shape} ({nbytes} bytes), more than the "
+                                 f"{held} bytes the file holds for it")
+            if nbytes < held:
+                raise ValueError(f"array {name!r} declares shape {shape} ({nbytes} bytes), but the file "
+                                 f"holds {held} bytes for it")
+            out[name] = (tuple(shape), dtype)
+    return out
+
+
 def read(path, kind):
     """``(meta, arrays)`` from a file written by :func:`write_atomic` whose ``meta["kind"]`` is
     ``kind`` (a string, or a tuple of accepted kinds).
 
+    Before any array is read, every array's declared size must fit the file and, when ``meta``
+    holds a model ``architecture``, the model's arrays must have the shapes it implies.
     Raises :class:`FileFormatError` naming ``path`` for anything but a readable minilr file of
     that kind in a format this version knows; ``FileNotFoundError`` if there is no file.
     """
@@ -157,19 +230,31 @@ def read(path, kind):
     try:
         with open(path, "rb") as f:
             data = f.read()
+        declared = _declared(data)
+        if META_KEY not in declared:
+            raise FileFormatError(f"{path!r} is not a minilr file (no {META_KEY!r} header)")
+        shape, dtype = declared.pop(META_KEY)
+        if len(shape) != 1 or dtype != np.uint8:
+            raise ValueError(f"the {META_KEY!r} header is not a UTF-8 byte string")
         with np.load(_io.BytesIO(data), allow_pickle=False) as z:
-            names = list(z.files)
-            if META_KEY not in names:
-                raise FileFormatError(f"{path!r} is not a minilr file (no {META_KEY!r} header)")
             meta = json.loads(z[META_KEY].tobytes().decode("utf-8"))
-            arrays = {k: z[k] for k in names if k != META_KEY}
+            _check_meta(meta, path, kind)
+            arch = meta.get("architecture")
+            if arch is not None:
+                _check_declared(arch, declared, path)
+            arrays = {k: z[k] for k in declared}
     except FileFormatError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError,
-            zipfile.LargeZipFile, NotImplementedError) as exc:
-        # json.JSONDecodeError is a ValueError; pickled (object) arrays raise ValueError too
+            zipfile.LargeZipFile, NotImplementedError, RecursionError) as exc:
+        # json.JSONDecodeError is a ValueError; pickled (object) arrays raise ValueError too;
+        # a header nested thousands deep is a RecursionError
         raise FileFormatError(f"{path!r} is not a readable minilr file (corrupt or truncated?): "
                               f"{type(exc).__name__}: {exc}") from None
+    return meta, arrays
+
+
+def _check_meta(meta, path, kind):
     if not isinstance(meta, dict) or meta.get("format") != "minilr":
         raise FileFormatError(f"{path!r} is not a minilr file (its header is not minilr's)")
     version = meta.get("format_version")
@@ -182,7 +267,30 @@ def read(path, kind):
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     if meta.get("kind") not in kinds:
         raise FileFormatError(f"{path!r} holds a {meta.get('kind')!r}, not a {' or a '.join(kinds)}")
-    return meta, arrays
+
+
+def _check_declared(arch, declared, path, prefix="layers."):
+    """The model's arrays in ``declared`` ({name: (shape, dtype)}) are exactly those ``arch``
+    implies, with its shapes and float dtypes; FileFormatError naming ``path`` otherwise."""
+    try:
+        layers, _, _ = _build_layers(arch)
+        slots = _slots(layers, prefix)
+        for key, _, _, shape in slots:
+            if key not in declared:
+                raise ValueError(f"array {key!r} is missing")
+            got, dtype = declared[key]
+            if got != shape or dtype.kind != "f":
+                raise ValueError(f"array {key!r} is declared with shape {got} and dtype {dtype}, but the "
+                                 f"architecture implies {shape} floats")
+        extra = sorted(set(k for k in declared if k.startswith(prefix)) - {s[0] for s in slots})
+        if extra:
+            raise ValueError(f"unexpected arrays {extra}")
+    except FileFormatError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError,
+            RecursionError) as exc:
+        raise FileFormatError(f"{path!r}: the model in it cannot be rebuilt: "
+                              f"{type(exc).__name__}: {exc}") from None
 
 
 def _version():
@@ -198,26 +306,49 @@ def header(kind: str) -> dict:
 
 
 # -- models <-> (meta, arrays) --------------------------------------------------------------------
-def model_state(model, prefix="layers."):
-    """``(architecture dict, arrays)`` describing ``model`` completely (a copy of its arrays)."""
+def _slots(layers, prefix="layers."):
+    """``(key, owner, attribute, shape)`` of every array of a list of layers (nested too)."""
+    out = []
+    for i, layer in enumerate(layers):
+        out.extend(_layers.array_slots(layer, f"{prefix}{i}."))
+    return out
+
+
+def _architecture(model):
+    """The model's architecture as JSON values; NotSaveableError naming the layer that has none."""
     from .models import Sequential
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a minilr Sequential or MLP, got {type(model).__name__}")
-    layers, arrays = [], {}
+    _registry()
+    specs = []
     for i, layer in enumerate(model.layers):
-        entry = _entry_for(layer, i)
-        cfg = entry.config(layer)
         try:
+            cfg = _layers.spec(layer)
             json.dumps(cfg, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"layer {i} ({entry.name}): its config is not plain JSON: {exc}") from None
-        layers.append({"type": entry.name, "config": cfg})
-        for a in entry.arrays:
-            value = getattr(layer, a)
-            if value is not None:
-                arrays[f"{prefix}{i}.{a}"] = np.array(_host(value), copy=True)
-    arch = {"model": "Sequential", "dtype": model.dtype.name, "layers": layers}
+        except (TypeError, ValueError, NotImplementedError) as exc:
+            raise NotSaveableError(f"layer {i} ({type(layer).__name__}) cannot be saved: {exc}") from None
+        specs.append(cfg)
+    shape = getattr(model, "input_shape", None)
+    return {"model": "Sequential", "dtype": model.dtype.name, "layers": specs,
+            "input_shape": None if shape is None else [int(n) for n in shape]}
+
+
+def check_saveable(model) -> None:
+    """Raise :class:`NotSaveableError` naming the layer if ``model`` could not be saved (nothing is
+    written or copied): what ``train(checkpoint=...)`` asks before its first step."""
+    _architecture(model)
+    for key, owner, attr, shape in _slots(model.layers):
+        if np.shape(getattr(owner, attr, None)) != shape:
+            raise NotSaveableError(f"array {key!r} of the model has shape {np.shape(getattr(owner, attr, None))}, "
+                                   f"not {shape}: it cannot be saved")
+
+
+def model_state(model, prefix="layers."):
+    """``(architecture dict, arrays)`` describing ``model`` completely (a copy of its arrays)."""
+    arch = _architecture(model)
+    arrays = {key: np.array(_host(getattr(owner, attr)), copy=True)
+              for key, owner, attr, _ in _slots(model.layers, prefix)}
     return arch, arrays
 
 
@@ -225,52 +356,71 @@ def _host(a):
     return a.get() if type(a).__module__.split(".")[0] == "cupy" else np.asarray(a)
 
 
+def _build_layers(arch):
+    """``(layers without weights, dtype, input_shape)`` from an architecture dict; ValueError."""
+    _registry()
+    if not isinstance(arch, dict):
+        raise ValueError("the architecture is not a dict")
+    if arch.get("model") != "Sequential":
+        raise ValueError(f"unknown model type {arch.get('model')!r}")
+    dtype = arch.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype {dtype!r} is not float32 or float64")
+    specs = arch.get("layers")
+    if not isinstance(specs, list) or not specs:
+        raise ValueError("no layers")
+    layers = []
+    for i, spec in enumerate(specs):
+        try:
+            layers.append(_layers.build(spec))
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"layer {i}: {exc}") from None
+    shape = arch.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and all(isinstance(n, int) for n in shape)):
+        raise ValueError(f"input_shape {shape!r} is not a list of ints")
+    return layers, np.dtype(dtype), None if shape is None else tuple(shape)
+
+
+def _keep_weights(rng, dtype):
+    """Stands in for a loaded layer's ``init``: its weights come from the file."""
+
+
 def model_from_state(arch, arrays, path, prefix="layers."):
-    """Rebuild a model from :func:`model_state`'s output; errors name ``path``."""
+    """Rebuild a model from :func:`model_state`'s output (layers built from the checked arrays,
+    no random weights drawn); errors name ``path``."""
     from .models import Sequential
 
-    _builtin()
     try:
-        if arch.get("model") != "Sequential":
-            raise ValueError(f"unknown model type {arch.get('model')!r}")
-        dtype = arch["dtype"]
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype {dtype!r} is not float32 or float64")
-        specs = arch["layers"]
-        if not isinstance(specs, list) or not specs:
-            raise ValueError("no layers")
-        layers = []
-        for i, spec in enumerate(specs):
-            entry = _BY_NAME.get(spec.get("type")) if isinstance(spec, dict) else None
-            if entry is None:
-                raise ValueError(f"layer {i} has unknown type {spec!r}; known: {sorted(_BY_NAME)}")
-            cfg = spec.get("config", {})
-            if not isinstance(cfg, dict):
-                raise ValueError(f"layer {i} config is not a dict")
-            layers.append(entry.build(**cfg))
-        model = Sequential(layers, sigma=1.0, seed=0, dtype=np.dtype(dtype))
-        used = set()
-        for i, layer in enumerate(model.layers):
-            for a in _BY_CLASS[type(layer)].arrays:
-                key = f"{prefix}{i}.{a}"
-                if key not in arrays:
-                    raise ValueError(f"array {key!r} is missing")
-                old, new = getattr(layer, a), arrays[key]
-                used.add(key)
-                if new.dtype.kind != "f" or (old is not None and new.shape != np.shape(old)):
-                    raise ValueError(f"array {key!r} has shape {new.shape} and dtype {new.dtype}, "
-                                     f"expected {np.shape(old)} floats")
-                if not np.all(np.isfinite(new)):
-                    raise ValueError(f"array {key!r} contains NaN or inf")
-                setattr(layer, a, np.ascontiguousarray(new, dtype=model.dtype))
-        extra = sorted(k for k in arrays if k.startswith(prefix) and k not in used)
+        layers, dtype, input_shape = _build_layers(arch)
+        slots = _slots(layers, prefix)
+        for key, owner, attr, shape in slots:
+            if key not in arrays:
+                raise ValueError(f"array {key!r} is missing")
+            new = arrays[key]
+            if new.dtype.kind != "f" or new.shape != shape:
+                raise ValueError(f"array {key!r} has shape {new.shape} and dtype {new.dtype}, "
+                                 f"expected {shape} floats")
+            if not np.all(np.isfinite(new)):
+                raise ValueError(f"array {key!r} contains NaN or inf")
+            setattr(owner, attr, np.ascontiguousarray(new, dtype=dtype))
+        extra = sorted(set(k for k in arrays if k.startswith(prefix)) - {s[0] for s in slots})
         if extra:
             raise ValueError(f"unexpected arrays {extra}")
-        if hasattr(model, "check"):
-            model.check()
+        # Sequential draws every layer's weights on construction: these have theirs already
+        owners = {id(o): o for _, o, _, _ in slots}
+        owners.update({id(l): l for l in layers})
+        for o in owners.values():
+            o.init = _keep_weights
+        try:
+            model = Sequential(layers, sigma=1.0, seed=0, dtype=dtype, input_shape=input_shape)
+        finally:
+            for o in owners.values():
+                o.__dict__.pop("init", None)
+        model.check()
     except FileFormatError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError,
+            RecursionError) as exc:
         raise FileFormatError(f"{path!r}: the model in it cannot be rebuilt: "
                               f"{type(exc).__name__}: {exc}") from None
     return model

@@ -1,9 +1,13 @@
-"""Layers: a noisy ``Linear`` and element-wise activations.
+"""Layers: the base class every layer subclasses, a noisy ``Linear`` and element-wise activations.
 
 A ``Linear`` layer is a *noise site*: during a training forward pass it computes
 ``v = x W^T + b + sigma * eps`` with ``eps ~ N(0, I)`` and one ``sigma_i`` per output neuron
 (paper Sec. 2). Activations then map ``v`` to ``x' = phi(v)``. Nothing here knows about gradients
-except :meth:`Activation.derivative`, which only the exact reference (``reference.py``) uses.
+except :meth:`Layer.backward`, which only the exact reference (``reference.py``) uses.
+
+A new layer is one :class:`Layer` subclass: defining it registers it (:data:`REGISTRY`), and the
+class alone says everything minilr needs, its noise sites, its exact backward pass and how it is
+saved and loaded (see :class:`Layer`).
 """
 from __future__ import annotations
 
@@ -11,30 +15,59 @@ import numpy as np
 
 from . import validation as _v
 
-__all__ = ["Layer", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation",
+__all__ = ["Layer", "REGISTRY", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation",
            "run_layers"]
 
 
-class Layer:
-    """Base of every layer beyond ``Linear`` and the activations (conv, pooling, residual, ...).
+REGISTRY: dict = {}
+"""Every saveable layer class by the name files use for it (filled by :meth:`Layer.__init_subclass__`)."""
 
-    The contract a layer keeps (see :mod:`minilr.engines.reference` for the training side):
+
+class Layer:
+    """Base of every layer. A new layer is one subclass; defining it registers it (once, by name).
+
+    What a layer class declares, all in the class (the training side: :mod:`minilr.engines.reference`):
 
     * ``sites``: names of its noise sites. Site ``s`` owns the attributes ``{s}weight`` (first axis:
-      the ``m`` outputs; the rest flattened is the ``d`` inputs), ``{s}bias`` (``(m,)`` or None) and
-      ``{s}sigma`` (``(m,)``, one noise scale per output channel). ``""`` gives ``weight``, ``bias``,
-      ``sigma``.
+      the ``m`` outputs; the rest flattened is the ``d`` inputs), ``{s}bias`` (``(m,)``; a site
+      without bias leaves it out of :meth:`array_shapes`) and ``{s}sigma`` (``(m,)``, one noise
+      scale per output). ``""`` gives ``weight``, ``bias``, ``sigma``. These arrays are the layer's
+      whole state: they are what is trained, saved and loaded.
     * ``children``: names of sub-layers (attributes holding a layer or a list of layers), whose
-      parameters appear under ``"<name>.<j>."`` (containers such as :class:`~minilr.conv.Residual`).
+      arrays appear under ``"<name>.<j>."`` (containers such as :class:`~minilr.conv.Residual`).
+    * :meth:`array_shapes`: the shape of every ``{s}weight`` / ``{s}bias`` from the constructor's
+      arguments alone, so a file's arrays are checked before anything is allocated.
+    * :meth:`config`: the constructor's keyword arguments as JSON values (the architecture in a
+      saved file); :meth:`from_config` rebuilds the layer from them (containers build children).
+    * :meth:`backward`: the exact float64 backward pass that :mod:`minilr.reference` (the oracle,
+      never the trainer) runs; layers without a derivative raise a ValueError saying why.
     * ``init(rng, dtype)`` draws the weights; ``out_shape(in_shape)`` maps a per-sample input shape
       to the output shape (ValueError naming the layer when it does not fit); ``forward(h, xp)`` is
       the noiseless pass on ``(N, *in_shape)``; ``train_forward(h, ctx)`` is the training pass, which
       writes every noisy affine map as ``ctx.affine(self, U, name)``.
+
+    Registration: ``class MyLayer(Layer)`` adds ``MyLayer`` to :data:`REGISTRY` under its class name
+    (``class MyLayer(Layer, save_name="other")`` chooses the name; ``register=False`` leaves out an
+    abstract base). A name already taken by another class is not taken over: saving such a layer
+    raises a TypeError that says so.
     """
 
     sites: tuple = ()
     children: tuple = ()
     learn_sigma = None
+
+    def __init_subclass__(cls, register=True, save_name=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not register:
+            return
+        name = cls.__name__ if save_name is None else save_name
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"save_name must be a non-empty string, got {name!r}")
+        old = REGISTRY.get(name)
+        if old is not None and old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            return  # the first class keeps the name (a redefinition of the same class replaces it)
+        cls._save_name = name  # set on this class only: see registered_name
+        REGISTRY[name] = cls
 
     def init(self, rng: np.random.Generator, dtype) -> None:
         pass
@@ -49,11 +82,110 @@ class Layer:
         """The training forward pass; parameter-free layers just run :meth:`forward`."""
         return self.forward(h, ctx.xp)
 
+    def array_shapes(self) -> dict:
+        """``{attribute: shape}`` of every site's ``{s}weight`` and ``{s}bias`` (no sigma: it is
+        ``(weight.shape[0],)``), from the constructor's arguments alone."""
+        if self.sites:
+            raise NotImplementedError(f"{type(self).__name__} has noise sites {self.sites} but no "
+                                      f"array_shapes(): define it (the shapes its init draws)")
+        return {}
+
+    def config(self) -> dict:
+        """The constructor's keyword arguments as JSON values (arrays are saved apart)."""
+        import inspect
+
+        init = type(self).__init__
+        takes = [] if init is object.__init__ else [
+            n for n, p in inspect.signature(init).parameters.items()
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if takes:
+            raise TypeError(f"{type(self).__name__} takes constructor arguments ({', '.join(takes)}) "
+                            f"but defines no config(): define config() returning them as JSON values")
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """The layer (without weights) from :meth:`config`'s output."""
+        return cls(**config)
+
+    def backward(self, x, delta, feedback=None):
+        """``(dLoss/dx, {array name: dLoss/darray})`` in float64 given ``delta`` = dLoss/d(output)
+        at input ``x``; containers pass ``feedback`` on to :func:`minilr.reference.backward`."""
+        raise TypeError(f"minilr.reference has no backward pass for {type(self).__name__}: define "
+                        f"{type(self).__name__}.backward")
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
 
-class Linear:
+def registered_name(layer) -> str:
+    """The name files use for ``layer``'s class; TypeError if the class is not registered."""
+    cls = type(layer)
+    name = cls.__dict__.get("_save_name")
+    if name is None or REGISTRY.get(name) is not cls:
+        taken = REGISTRY.get(cls.__name__)
+        why = (f"the name {cls.__name__!r} is taken by {taken.__module__}.{taken.__qualname__}: give "
+               f"the class another with class {cls.__name__}(..., save_name='...')"
+               if taken is not None and taken is not cls else
+               "it is not a registered minilr Layer subclass (register=False, or not a Layer)")
+        raise TypeError(f"{cls.__name__} cannot be saved: {why}")
+    return name
+
+
+def spec(layer) -> dict:
+    """``{"type": name, "config": {...}}``: a layer's architecture as JSON (nested for containers)."""
+    return {"type": registered_name(layer), "config": layer.config()}
+
+
+def build(spec) -> "Layer":
+    """A layer (without weights) from :func:`spec`'s output; ValueError for an unknown type."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise ValueError(f"a layer must be given as {{'type': name, 'config': {{...}}}}, got {spec!r}")
+    cls = REGISTRY.get(spec["type"])
+    if cls is None:
+        raise ValueError(f"unknown type {spec['type']!r}; known: {sorted(REGISTRY)}")
+    cfg = spec.get("config", {})
+    if not isinstance(cfg, dict):
+        raise ValueError(f"the config of a {spec['type']} is not a dict")
+    return cls.from_config(cfg)
+
+
+def children_of(layer):
+    """``(key part, sub-layer)`` of a container layer: ``("body.0", l)``, ``("skip", l)``...
+    (activations left out: they hold no arrays)."""
+    out = []
+    for attr in layer.children:
+        value = getattr(layer, attr)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            out.extend((f"{attr}.{j}", l) for j, l in enumerate(value) if not isinstance(l, Activation))
+        else:
+            out.append((attr, value))
+    return out
+
+
+def array_slots(layer, prefix=""):
+    """``(key, owner, attribute, shape)`` of every array a layer holds, nested layers included:
+    keys ``prefix + "weight"``, ``prefix + "body.0.bias"``... in the order of the parameters."""
+    out = []
+    shapes = layer.array_shapes()
+    for s in layer.sites:
+        w = tuple(shapes[s + "weight"])
+        out.append((prefix + s + "weight", layer, s + "weight", w))
+        if s + "bias" in shapes:
+            out.append((prefix + s + "bias", layer, s + "bias", tuple(shapes[s + "bias"])))
+        out.append((prefix + s + "sigma", layer, s + "sigma", (w[0],)))
+    for part, child in children_of(layer):
+        out.extend(array_slots(child, f"{prefix}{part}."))
+    return out
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+class Linear(Layer):
     """Affine layer ``x W^T + b`` with Gaussian noise of per-neuron scale ``sigma`` on its output.
 
     Parameters
@@ -85,6 +217,16 @@ class Linear:
 
     sites = ("",)
     children = ()
+
+    def array_shapes(self) -> dict:
+        return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "learn_sigma": bool(self.learn_sigma)}
+
+    def backward(self, x, delta, feedback=None):
+        return delta @ _f64(self.weight), {"weight": delta.T @ x, "bias": delta.sum(axis=0)}
 
     def out_shape(self, in_shape: tuple) -> tuple:
         if tuple(in_shape) != (self.in_features,):
@@ -143,7 +285,7 @@ def _check_sigma(sigma, n: int) -> np.ndarray:
     return s
 
 
-class Activation:
+class Activation(Layer, register=False):
     """Element-wise ``phi``. ``nonneg`` says the output is never negative (its sign needs 1 bit)."""
 
     name = "activation"
@@ -164,6 +306,9 @@ class Activation:
 
     def train_forward(self, h, ctx):
         return self.forward(h, ctx.xp)
+
+    def backward(self, x, delta, feedback=None):
+        return delta * self.derivative(x, self.forward(x, np), np), {}
 
     def __repr__(self):
         return f"{type(self).__name__}()"

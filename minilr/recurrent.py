@@ -60,7 +60,7 @@ class NoiselessContext:
         return a + b
 
 
-class _Recurrent(Layer):
+class _Recurrent(Layer, register=False):
     """What LSTM and GRU share: sizes, shapes, the weight initialisation."""
 
     gates = 1  # pre-activation blocks of size H in the main noise site
@@ -76,6 +76,22 @@ class _Recurrent(Layer):
             raise TypeError(f"return_sequences must be True or False, got {return_sequences!r}")
         self.learn_sigma = learn_sigma
         self.return_sequences = bool(return_sequences)
+
+    def array_shapes(self):
+        H, F = self.hidden, self.in_features
+        out = {"weight": (self.gates * H, F + H), "bias": (self.gates * H,)}
+        if "cand_" in self.sites:
+            out.update(cand_weight=(H, F + H), cand_bias=(H,))
+        return out
+
+    def config(self):
+        return {"in_features": self.in_features, "hidden": self.hidden,
+                "learn_sigma": bool(self.learn_sigma), "return_sequences": self.return_sequences}
+
+    def backward(self, x, delta, feedback=None):
+        from .reference import layer_gradient
+
+        return layer_gradient(self, x, delta)
 
     def out_shape(self, in_shape):
         """Sequences ``(T, F)`` -> ``(H,)``, or ``(T, H)`` with ``return_sequences``."""

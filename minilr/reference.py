@@ -14,32 +14,21 @@ import numpy as np
 
 from . import validation as _v
 from .graph import GraphAttention
-from .layers import Activation, Linear
+from .layers import Linear
 from .recurrent import GRU, LSTM
-from .spiking import LIF
 from .losses import LOSSES, per_sample
 
 __all__ = ["gradient", "loss", "register", "backward", "feedback_alignment", "feedback_matrices"]
 
-# Hand-written backward passes of the layers beyond Linear, by layer type:
-# ``fn(layer, x, delta) -> (delta_x, grads)`` with ``x`` the layer's float64 input (batch, ...),
-# ``delta`` = dLoss/d(output), ``grads`` keyed relative to the layer ("weight", "body.0.bias").
-BACKWARD = {}
-
-
-# Container layers' backward passes take ``feedback=`` and hand it to their children.
-CONTAINERS = set()
-
-
 def register(layer_type, container=False):
-    """Decorator: ``fn`` is the exact backward pass of ``layer_type`` (see :data:`BACKWARD`).
-
-    ``container=True``: ``fn(layer, x, delta, feedback)`` runs sub-layers through :func:`backward`
-    and must pass ``feedback`` on (for :func:`feedback_alignment`)."""
+    """Decorator for a layer class defined without a ``backward`` method: ``fn(layer, x, delta)``
+    (``fn(layer, x, delta, feedback)`` with ``container=True``) becomes its
+    :meth:`~minilr.layers.Layer.backward`. New layers define ``backward`` in the class instead."""
     def deco(fn):
-        BACKWARD[layer_type] = fn
         if container:
-            CONTAINERS.add(layer_type)
+            layer_type.backward = lambda self, x, delta, feedback=None: fn(self, x, delta, feedback)
+        else:
+            layer_type.backward = lambda self, x, delta, feedback=None: fn(self, x, delta)
         return fn
     return deco
 
@@ -61,16 +50,10 @@ def backward(layer, x, delta, feedback=None):
         twin = copy.copy(layer)
         twin.weight = feedback[id(layer)]
         layer = twin
-    if isinstance(layer, Linear):
-        return delta @ _f64(layer.weight), {"weight": delta.T @ x, "bias": delta.sum(axis=0)}
-    if isinstance(layer, Activation):
-        return delta * layer.derivative(x, layer.forward(x, np), np), {}
-    for cls in type(layer).__mro__:
-        if cls in BACKWARD:
-            if cls in CONTAINERS:
-                return BACKWARD[cls](layer, x, delta, feedback)
-            return BACKWARD[cls](layer, x, delta)
-    raise TypeError(f"minilr.reference has no backward pass for {type(layer).__name__}")
+    back = getattr(layer, "backward", None)
+    if back is None:
+        raise TypeError(f"minilr.reference has no backward pass for {type(layer).__name__}")
+    return back(x, delta, feedback)  # the layer's own (minilr.layers.Layer.backward)
 
 
 def forward64(layer, x):
@@ -178,12 +161,11 @@ def _gradient_general(model, x, y, loss, feedback=None):
     return {k: grads[k] for k in model.parameters() if k in grads}
 
 
-# -- layers beyond Linear: hand-written backward passes ----------------------------------------------
-from . import conv as _conv  # noqa: E402  (after BACKWARD exists)
+# -- layers beyond Linear: hand-written backward passes (each layer's ``backward`` calls its own) ---
+from . import conv as _conv  # noqa: E402
 
 
-@register(_conv._ConvNd)
-def _conv_backward(layer, x, delta):
+def conv_backward(layer, x, delta):
     """v = U W^T + b at every position: dW = sum_{n,p} delta U, dU = delta W, dx = col2im(dU)."""
     U, out_sp = layer.unfold(x, np)  # (N, P, d)
     m = layer.out_channels
@@ -195,8 +177,7 @@ def _conv_backward(layer, x, delta):
     return dx, {"weight": gW.reshape(layer.weight.shape), "bias": D.sum(axis=(0, 1))}
 
 
-@register(_conv._PoolNd)
-def _pool_backward(layer, x, delta):
+def pool_backward(layer, x, delta):
     """Average: delta / window size to every input of the window; max: all of it to the (first)
     largest input of the window."""
     nd = layer.nd
@@ -218,19 +199,7 @@ def _pool_backward(layer, x, delta):
     return dx, {}
 
 
-@register(_conv.Flatten)
-def _flatten_backward(layer, x, delta):
-    return delta.reshape(x.shape), {}
-
-
-@register(_conv.GlobalAvgPool)
-def _global_pool_backward(layer, x, delta):
-    n = math.prod(x.shape[2:])
-    return np.broadcast_to((delta / n).reshape(delta.shape + (1,) * (x.ndim - 2)), x.shape).copy(), {}
-
-
-@register(_conv.GroupNorm)
-def _groupnorm_backward(layer, x, delta):
+def groupnorm_backward(layer, x, delta):
     """y = (x - mu) / s per group: dx = (dy - mean(dy) - y mean(dy y)) / s."""
     g = x.reshape(x.shape[0], layer.groups, -1)
     c = g - g.mean(axis=2, keepdims=True)
@@ -241,8 +210,7 @@ def _groupnorm_backward(layer, x, delta):
     return dx.reshape(x.shape), {}
 
 
-@register(_conv.Residual, container=True)
-def _residual_backward(layer, x, delta, feedback=None):
+def residual_backward(layer, x, delta, feedback=None):
     """Both branches get ``delta``; their input gradients add up."""
     inputs, h = [], x
     for l in layer.body:
@@ -446,11 +414,3 @@ def layer_gradient(layer, x, dout, noise=None):
     dx, dvs = bwd(layer, cache, dout)
     return dx, site_gradients(layer, cache[0], dvs)
 
-
-for _cls in _BEYOND:
-    register(_cls)(layer_gradient)
-
-
-@register(LIF)
-def _lif_refused(layer, x, delta):
-    raise layer.derivative_error()

@@ -71,6 +71,17 @@ class LIF(Layer):
         self.weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(dtype)
         self.bias = np.zeros(self.out_features, dtype)
 
+    def array_shapes(self):
+        return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "steps": self.steps,
+                "beta": self.beta, "threshold": self.threshold, "output": self.output,
+                "learn_sigma": bool(self.learn_sigma)}
+
+    def backward(self, x, delta, feedback=None):
+        raise self.derivative_error()
+
     def out_shape(self, in_shape):
         """``(F,)`` (needs ``steps``) or ``(T, F)`` -> spikes ``(T, H)`` or rates ``(H,)``."""
         in_shape, F = tuple(in_shape), self.in_features

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as _ckpt
+from . import io as _io
 from . import memory as _memory
 from . import validation as _v
 from .backend import child, get_backend, seed_sequence
@@ -243,6 +244,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     if not (isinstance(sigma_bounds, (tuple, list)) and len(sigma_bounds) == 2):
         raise TypeError(f"sigma_bounds must be a pair (sigma_min, sigma_max), got {sigma_bounds!r}")
     checkpoint, resume, checkpoint_every = _check_checkpoint_args(checkpoint, resume, checkpoint_every)
+    if checkpoint is not None:  # a model that cannot be saved is named now, not after an epoch
+        _io.check_saveable(model)
     _check_memory(model, x[:batch_size], cfg)
     project = Projection(sigma_bounds[0], sigma_bounds[1], weight_bound)
     n = len(x)

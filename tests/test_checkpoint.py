@@ -355,3 +355,158 @@ def test_cli_ctrl_c_saves_and_exits_with_one_line(tmp_path):
     assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0], err
     minilr.load(tmp_path / "m.npz")
     minilr.load(tmp_path / "c.npz")
+
+
+# -- every model: a check before the first step, and a CNN killed and resumed (issue 13) ---------------
+def test_a_model_that_cannot_be_saved_is_named_before_the_first_step(tmp_path):
+    class Shift(minilr.layers.Activation):  # takes an argument, no config(): cannot be saved
+        def __init__(self, by=0.5):
+            self.by = by
+
+        def forward(self, v, xp):
+            return v + self.by
+
+    data, _ = problem()
+    m = minilr.Sequential([minilr.Linear(2, 6), Shift(), minilr.Linear(6, 2)], seed=0)
+    before = params_bytes(m)
+    with pytest.raises(mio.NotSaveableError, match=r"layer 1 \(Shift\) cannot be saved"):
+        minilr.train(m, data, estimator="lr", epochs=1, checkpoint=tmp_path / "run.npz", **KW)
+    assert params_bytes(m) == before  # not a single step taken
+    assert os.listdir(tmp_path) == []
+    minilr.train(m, data, estimator="lr", epochs=1, **KW)  # without a checkpoint it trains
+
+
+def cnn_problem(n=60):
+    (x, y), _ = minilr.datasets.load("mnist1d")
+    return (x[:n, None, :], y[:n]), (x[n:n + 30, None, :], y[n:n + 30])
+
+
+def cnn_model():
+    return minilr.cnn(width=6, seed=0, learn_sigma=True)
+
+
+@pytest.mark.parametrize("estimator", ["lr", "alr", "hybrid"])
+@pytest.mark.parametrize("stop_at", [None, 2, 4])  # None: after epoch 1; else steps done before Ctrl-C
+def test_cnn_interrupted_then_resumed_is_the_uninterrupted_run(tmp_path, monkeypatch, estimator, stop_at):
+    data, val = cnn_problem()
+    kw = dict(KW, estimator=estimator, optimizer="adam")
+    ref = cnn_model()
+    h_ref = minilr.train(ref, data, val_data=val, epochs=2, **kw)
+    path = tmp_path / "run.npz"
+    m = cnn_model()
+    if stop_at is None:
+        minilr.train(m, data, val_data=val, epochs=1, checkpoint=path, **kw)
+    else:
+        real, calls = train_mod.estimate, []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == stop_at + 1:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_mod, "estimate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            minilr.train(m, data, val_data=val, epochs=2, checkpoint=path, **kw)
+        monkeypatch.setattr(train_mod, "estimate", real)
+    fresh = cnn_model()
+    h = minilr.train(fresh, data, val_data=val, epochs=2, checkpoint=path, resume=True, **kw)
+    assert_same_run(ref, fresh, h_ref, h)
+    assert_same_run(ref, minilr.load(path))
+
+
+CNN_RUNNER = textwrap.dedent("""
+    import sys, minilr
+    path, out = sys.argv[1:3]
+    (x, y), _ = minilr.datasets.load("mnist1d")
+    model = minilr.cnn(width=8, seed=0)
+    minilr.train(model, (x[:300, None, :], y[:300]), estimator="alr", optimizer="adam", copies=20,
+                 epochs=3, batch_size=20, lr=0.01, progress=False, seed=5, checkpoint=path,
+                 resume=True, checkpoint_every=1)
+    minilr.save(model, out)
+    print("done", flush=True)
+""")
+
+
+def test_cnn_sigkilled_at_random_moments_then_resumed_is_the_uninterrupted_run(tmp_path):
+    (x, y), _ = minilr.datasets.load("mnist1d")
+    ref = minilr.cnn(width=8, seed=0)
+    minilr.train(ref, (x[:300, None, :], y[:300]), estimator="alr", optimizer="adam", copies=20, epochs=3,
+                 batch_size=20, lr=0.01, progress=False, seed=5)
+    script = tmp_path / "cnn_runner.py"
+    script.write_text(CNN_RUNNER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path, out = tmp_path / "run.npz", tmp_path / "final.npz"
+    rng = np.random.default_rng(3)
+    kills = 0
+    for attempt in range(40):
+        proc = subprocess.Popen([sys.executable, str(script), str(path), str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if kills < 5:
+            seen = path.stat().st_mtime_ns if path.exists() else None
+            while proc.poll() is None and (not path.exists() or path.stat().st_mtime_ns == seen):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.2))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()
+                kills += 1
+                continue
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        break
+    assert kills >= 3, "the runs were not interrupted: make them longer"
+    assert_same_run(minilr.load(out), ref)
+    # a kill mid-write leaves a temporary file; the resume and the next writes removed them all
+    assert sorted(os.listdir(tmp_path)) == ["cnn_runner.py", "final.npz", "run.npz"]
+
+
+SLOW_IMPORT = textwrap.dedent("""
+    # imported at start-up (sitecustomize): holds the import of minilr.datasets, inside
+    # `import minilr`, for a few seconds, and says when it is there
+    import importlib.abc, os, sys, time
+
+    class Slow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "minilr.datasets":
+                open(os.environ["MINILR_TEST_MARK"], "w").close()
+                time.sleep(20)
+            return None
+
+    sys.meta_path.insert(0, Slow())
+""")
+
+
+def test_cli_ctrl_c_while_importing_is_one_line_too(tmp_path):
+    """Ctrl-C during `import minilr` (the first second of `python -m minilr`) used to print a long
+    traceback; the same one line as later is said instead."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_IMPORT)
+    mark = tmp_path / "importing"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env = {**os.environ, "MINILR_TEST_MARK": str(mark),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), root, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "minilr", "train", "--data", "spirals", "--epochs", "1"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not mark.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert mark.exists(), "the import was never reached"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert err.strip() == "python -m minilr: interrupted" and p.returncode == 130, (p.returncode, err)
+
+
+def test_cli_says_it_is_resuming(tmp_path):
+    common = ["--data", "spirals", "--hidden", "8", "--copies", "8", "--estimator", "lr", "--seed", "1",
+              "--checkpoint", str(tmp_path / "c.npz")]
+    p = _cli(common + ["--epochs", "2"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "resuming" not in out, err
+    p = _cli(common + ["--epochs", "3", "--resume"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[1] == f"resuming from {tmp_path / 'c.npz'} at epoch 3", out  # after the banner
+    assert lines[2].startswith("epoch   3/3"), out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -184,28 +185,201 @@ def test_missing_file_is_file_not_found(tmp_path):
         minilr.load(tmp_path / "nope.npz")
 
 
-# -- the registry: layers added later ----------------------------------------------------------------
-def test_a_new_layer_registers_itself_and_round_trips(tmp_path):
-    class Scale(minilr.layers.Activation):
-        name = "scale_test"
+# -- crafted files: nothing is allocated that the file does not hold (issue 14, item 3) -------------------
+def _npy(shape, payload: bytes, descr="<f4") -> bytes:
+    """A .npy entry whose header declares ``shape`` but whose data are ``payload``."""
+    import io
 
-        def __init__(self, factor=2.0):
-            self.factor = factor
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    return f.getvalue() + payload
 
-        def forward(self, v, xp):
-            return self.factor * v
 
-    model = minilr.Sequential([minilr.Linear(2, 3), Scale(3.0), minilr.Linear(3, 2)], seed=0)
-    with pytest.raises(TypeError, match="layer 1 .*register"):
-        minilr.save(model, tmp_path / "m.npz")
-    mio.register_layer(Scale, "ScaleTest", config=lambda l: {"factor": l.factor})
-    minilr.save(model, tmp_path / "m.npz")
-    loaded = minilr.load(tmp_path / "m.npz")
-    assert isinstance(loaded.layers[1], Scale) and loaded.layers[1].factor == 3.0
-    x = np.ones((1, 2), np.float32)
-    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
-    with pytest.raises(ValueError, match="already registered"):
-        mio.register_layer(minilr.ReLU, "ScaleTest")
+def _craft(path, arch, entries):
+    """A minilr model file written by hand: ``entries`` {name: npy bytes} beside the header."""
+    meta = {**mio.header("model"), "architecture": arch}
+    head = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("__minilr__.npy", _npy(head.shape, head.tobytes(), "|u1"))
+        for name, data in entries.items():
+            zf.writestr(name + ".npy", data)
+    return path
+
+
+def _linear_arch(m, d):
+    return {"model": "Sequential", "dtype": "float32", "input_shape": [d],
+            "layers": [{"type": "Linear", "config": {"in_features": d, "out_features": m, "learn_sigma": False}}]}
+
+
+def _linear_entries(m, d, weight_shape=None, fill=20_000):
+    w = weight_shape or (m, d)
+    return {"layers.0.weight": _npy(w, b"\0" * fill), "layers.0.bias": _npy((m,), b"\0" * 4 * m),
+            "layers.0.sigma": _npy((m,), np.full(m, 0.1, np.float32).tobytes())}
+
+
+LOADER = textwrap.dedent("""
+    import resource, sys
+    limit = 2 << 30  # 2 GiB of address space: enough for minilr, far too little for what was declared
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import minilr
+    try:
+        minilr.load(sys.argv[1])
+    except BaseException as exc:
+        print(type(exc).__name__, exc)
+    else:
+        print("loaded")
+""")
+
+
+def _load_limited(tmp_path, path):
+    """Load ``path`` in a process whose memory is capped: a file that makes minilr allocate what it
+    declares ends in MemoryError there, not in swapping the machine."""
+    resource = pytest.importorskip("resource")
+    if not hasattr(resource, "RLIMIT_AS"):
+        pytest.skip("no RLIMIT_AS on this platform")
+    script = tmp_path / "loader.py"
+    script.write_text(LOADER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, str(script), str(path)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_a_20kb_file_declaring_a_huge_weight_is_named_before_any_allocation(tmp_path):
+    # the architecture is a small Linear; the weight's header declares (200000, 100000) floats (74.5 GiB)
+    p = _craft(tmp_path / "huge_header.npz", _linear_arch(10, 64), _linear_entries(10, 64, (200_000, 100_000)))
+    assert 20_000 <= p.stat().st_size < 25_000
+    said = _load_limited(tmp_path, p)
+    assert said.startswith("FileFormatError") and str(p) in said, said
+    assert "(200000, 100000)" in said
+    # the same header under an architecture that agrees with it: the size does not fit the file
+    p = _craft(tmp_path / "huge_both.npz", _linear_arch(200_000, 100_000),
+               _linear_entries(200_000, 100_000, fill=0) | {"layers.0.weight": _npy((200_000, 100_000), b"\0" * 20_000)})
+    said = _load_limited(tmp_path, p)
+    assert said.startswith("FileFormatError") and str(p) in said and "more than" in said, said
+
+
+def test_a_2kb_file_declaring_a_huge_layer_is_named_without_drawing_its_weights(tmp_path):
+    # Linear(200000, 200000): drawing its weights first would allocate 298 GiB
+    p = _craft(tmp_path / "huge_arch.npz", _linear_arch(200_000, 200_000), _linear_entries(3, 2, fill=24))
+    assert p.stat().st_size < 2_500
+    said = _load_limited(tmp_path, p)
+    assert said.startswith("FileFormatError") and str(p) in said, said
+    assert "(200000, 200000)" in said
+
+
+def test_declared_sizes_are_checked_in_process_too(tmp_path):
+    p = _craft(tmp_path / "short.npz", _linear_arch(3, 2), _linear_entries(3, 2, fill=8))  # 24 bytes needed
+    _check_named(p, "more than")
+    good = _craft(tmp_path / "good.npz", _linear_arch(3, 2), {
+        "layers.0.weight": _npy((3, 2), np.ones(6, np.float32).tobytes()),
+        "layers.0.bias": _npy((3,), np.zeros(3, np.float32).tobytes()),
+        "layers.0.sigma": _npy((3,), np.full(3, 0.1, np.float32).tobytes())})
+    m = minilr.load(good)
+    assert m.layers[0].weight.tolist() == [[1, 1]] * 3
+
+
+def test_a_graph_file_cannot_declare_more_nodes_than_it_lists(tmp_path):
+    m = minilr.Sequential([minilr.GraphAttention(2, 3, np.array([[0, 1], [1, 2]]))], seed=0)
+    p = tmp_path / "gat.npz"
+    minilr.save(m, p)
+    arch, arrays = mio.model_state(m)
+    arch["layers"][0]["config"]["n_nodes"] = 10 ** 12  # np.arange(n_nodes) would take 8 TB
+    mio.write_atomic(p, {**mio.header("model"), "architecture": arch}, arrays)
+    _check_named(p, "n_nodes")
+
+
+# -- leftovers and modes: temporary files of killed writes, the umask (issue 14, items 4 and 10) --------
+SLOW_WRITER = textwrap.dedent("""
+    import sys, time, numpy as np, minilr
+    real = np.savez
+
+    def slow(f, *a, **k):  # stop mid-write, the temporary file half written
+        real(f, *a, **k)
+        print("writing", flush=True)
+        time.sleep(600)
+
+    np.savez = slow
+    minilr.save(minilr.MLP([4, 3], seed=0), sys.argv[1])
+""")
+
+
+def _killed_mid_write(tmp_path, target):
+    script = tmp_path / "slow_writer.py"
+    script.write_text(SLOW_WRITER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script), str(target)], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+def test_temporary_files_of_killed_writes_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "m.npz"
+    decoys = [".m.npz.abc.tmp", ".m.npz.abcd1234.tmp.bak", "m.npz.abcd1234.tmp", ".other.npz.abcd1234.tmp",
+              ".m.npz.x.abcd1234.tmp", ".m.npz.ABCD1234.tmp", "notes.txt"]
+    for name in decoys:
+        (tmp_path / name).write_text("not minilr's")
+    (tmp_path / ".m.npz.1234abcd.tmp").mkdir()  # of our pattern, but a folder: not ours either
+    seen = set()
+    for _ in range(3):
+        _killed_mid_write(tmp_path, target)
+        left = {f for f in os.listdir(tmp_path) if f.startswith(".m.npz.") and f not in decoys and
+                f != ".m.npz.1234abcd.tmp"}
+        assert len(left) == 1 and not left & seen, left  # each write removed the one before it
+        seen |= left
+    minilr.save(minilr.MLP([2, 2], seed=1), target)
+    assert sorted(os.listdir(tmp_path)) == sorted(decoys + [".m.npz.1234abcd.tmp", "m.npz", "slow_writer.py"])
+    for name in decoys:
+        assert (tmp_path / name).read_text() == "not minilr's"
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    live = tmp_path / ".m.npz.live0001.tmp"
+    with open(live, "wb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # as a writer at work holds it
+        minilr.save(minilr.MLP([2, 2], seed=1), tmp_path / "m.npz")
+        assert live.exists()
+    minilr.save(minilr.MLP([2, 2], seed=1), tmp_path / "m.npz")
+    assert not live.exists()
+
+
+def test_resume_removes_the_temporary_files_of_a_killed_checkpoint_write(tmp_path):
+    (x, y), _ = minilr.datasets.load("spirals", n=40, seed=0)
+    path = tmp_path / "run.npz"
+    kw = dict(estimator="lr", copies=4, batch_size=16, progress=False, seed=0, checkpoint=path)
+    minilr.train(minilr.MLP([2, 4, 2], seed=0), (x, y), epochs=1, **kw)
+    stale = tmp_path / ".run.npz.k1ll3d00.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".run.npz.k1ll3d00.tmp.keep"
+    other.write_bytes(b"someone else's")
+    m = minilr.MLP([2, 4, 2], seed=0)
+    minilr.train(m, (x, y), epochs=1, resume=True, **kw)  # nothing left to train: only the resume
+    assert not stale.exists() and other.read_bytes() == b"someone else's"
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_follow_the_umask_as_np_save_does(tmp_path, umask, mode):
+    (x, y), _ = minilr.datasets.load("spirals", n=40, seed=0)
+    old = os.umask(umask)
+    try:
+        np.save(tmp_path / "numpy.npy", np.ones(2))
+        minilr.save(minilr.MLP([2, 2], seed=0), tmp_path / "m.npz")
+        minilr.train(minilr.MLP([2, 4, 2], seed=0), (x, y), estimator="lr", copies=4, epochs=1,
+                     progress=False, checkpoint=tmp_path / "run.npz")
+    finally:
+        os.umask(old)
+    for name in ("numpy.npy", "m.npz", "run.npz"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+    os.chmod(tmp_path / "m.npz", 0o640)  # replacing a file keeps its mode, as np.save does
+    minilr.save(minilr.MLP([2, 2], seed=1), tmp_path / "m.npz")
+    assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o640
 
 
 # -- atomic writes: a kill at any moment leaves a valid file ----------------------------------------------
@@ -243,5 +417,24 @@ def test_sigkill_while_saving_repeatedly_leaves_the_old_or_the_new_file(tmp_path
         ok = [all(loaded.parameters()[k].tobytes() == m.parameters()[k].tobytes()
                   for k in m.parameters()) for m in expect]
         assert any(ok), f"trial {trial}: the file matches neither model"
-    # a kill mid-write may leave its temporary file (a dot-file) behind, never a broken target
+    # a kill mid-write may leave its temporary file (a dot-file) behind, never a broken target;
+    # the next write removes such leftovers
     assert [f for f in os.listdir(tmp_path) if not f.startswith(".")] == ["m.npz", "writer.py"]
+    minilr.save(expect[0], path)
+    assert sorted(os.listdir(tmp_path)) == ["m.npz", "writer.py"]
+
+
+def test_a_header_or_an_architecture_nested_too_deep_is_named(tmp_path):
+    head = np.frombuffer(b"[" * 100_000, np.uint8)
+    p = tmp_path / "deep_json.npz"
+    with open(p, "wb") as f:
+        np.savez(f, __minilr__=head)
+    _check_named(p)
+    depth = 5_000  # written by hand: json.dumps itself cannot nest that deep
+    spec = '{"type": "Residual", "config": {"body": [' * depth + '{"type": "Flatten"}' + ']}}' * depth
+    arch = '{"model": "Sequential", "dtype": "float32", "input_shape": [2], "layers": [' + spec + ']}'
+    meta = json.dumps(mio.header("model"))[:-1] + ', "architecture": ' + arch + '}'
+    p = tmp_path / "deep_arch.npz"
+    with open(p, "wb") as f:
+        np.savez(f, __minilr__=np.frombuffer(meta.encode(), np.uint8))
+    _check_named(p)
