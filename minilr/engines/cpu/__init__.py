@@ -56,6 +56,16 @@ def balanced_starts(copies, kb, unit, groups):
     return [c for c in bounds if c < copies]
 
 
+def _add(total, part):
+    """``total + part`` in place where ``total`` is an array already (0 to start: no zeros array)."""
+    if isinstance(part, int):
+        return total
+    if isinstance(total, int):
+        return part
+    total += part
+    return total
+
+
 class FusedLRSite(LRSite):
     """An LR/ALR site on the fused kernels: one GEMM and one pass per call and block (noise, bias,
     activation; ALR packs ``sign(eps)``, and after a ReLU the output's signs for the next site, in
@@ -159,7 +169,7 @@ class FusedLRSite(LRSite):
         the thread count."""
         m, d = self.W.shape
         work = self._work(Lc)
-        gW, gb, A = np.zeros((m, d), self.dtype), np.zeros(m, self.dtype), {}
+        gW, gb, A = 0, 0, {}
         own = []
         for (call, _), (K, P, shared, s, t, kind), L in work:
             if shared:  # A[b, i] = sum_k L sign(eps_i), read from the bits; one product per call
@@ -167,19 +177,19 @@ class FusedLRSite(LRSite):
                 signs.sign_sum_copies(s, L, self.B * P, A[call], 0, m)
             else:
                 own.append((s, t, kind, L.reshape(-1)))
-        for call, Ac in sorted(A.items()):
-            gW += Ac.T @ self.shared[call]
-            gb += Ac.sum(axis=0)
+        for call, Ac in sorted(A.items()):  # no zeros first: one (m, d) array alive, not two
+            gW, gb = _add(gW, Ac.T @ self.shared[call]), _add(gb, Ac.sum(axis=0))
         if not own:
             return gW, gb, None
+        zeros = lambda: (np.zeros((m, d), self.dtype), np.zeros(m, self.dtype))  # noqa: E731
         if m * d <= SMALL_G:  # split the records, one G per part, added in order
             groups = [own[a:b] for a, b in threads.split(len(own), SIGN_PARTS)]
-            sums = [(np.zeros((m, d), self.dtype), np.zeros(m, self.dtype)) for _ in groups]
+            sums = [zeros() for _ in groups]
             cols = [(0, m, 0, d)] * len(groups)
         else:  # split G's wider side: the narrower side's bits are unpacked by every part
             cols = [(i0, i1, 0, d) for i0, i1 in threads.split(m, SIGN_PARTS, align=16)] if m >= d else \
                 [(0, m, j0, j1) for j0, j1 in threads.split(d, SIGN_PARTS, align=16)]
-            groups, sums = [own] * len(cols), [(gW, gb)] * len(cols)
+            groups, sums = [own] * len(cols), [zeros()] * len(cols)
 
         def part(p, _):
             for s, t, kind, L in groups[p]:
@@ -187,11 +197,12 @@ class FusedLRSite(LRSite):
                                             gemm=kernels.gemm_acc)
 
         self.engine.run_blocks(part, [(p, p + 1) for p in range(len(groups))])
-        for Gp, gp in sums:
-            if Gp is not gW:
-                gW += Gp
-                gb += gp
-        return gW, gb, None
+        G, g = sums[0]  # the first part's arrays hold the sum: no further (m, d) array
+        for Gp, gp in sums[1:]:
+            if Gp is not G:
+                G += Gp
+                g += gp
+        return _add(G, gW), _add(g, gb), None
 
 
 class CPUEngine(ReferenceEngine):
