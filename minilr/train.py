@@ -20,11 +20,16 @@ from .models import Sequential, _forward
 from .optim import Projection, commit, make_optimizer, trial_step
 from .parallel import mpi as _mpi
 
-__all__ = ["estimate_gradient", "train", "History", "TrainingDiverged"]
+__all__ = ["estimate_gradient", "train", "History", "TrainingDiverged", "DIVERGENCE_FACTOR"]
+
+
+#: A step whose noiseless batch loss exceeds this many times the run's starting loss diverged.
+DIVERGENCE_FACTOR = 1e3
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss or the parameters became NaN/inf; the model keeps its last good parameters.
+    """The loss or the parameters became NaN/inf, or the loss grew more than
+    :data:`DIVERGENCE_FACTOR` times its starting value; the model keeps its last good parameters.
 
     ``history`` holds the epochs that finished.
     """
@@ -252,10 +257,14 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     arrays, checked, and swapped in at once (Ctrl-C is held back for the swap), so an interrupt
     leaves the model at the old or the new step, never in between.
 
-    A loss, gradient or parameter that becomes NaN/inf, a noiseless batch loss that does after a
-    step, or a non-finite loss at the end of an epoch stops training with
-    :class:`TrainingDiverged`; the model then holds the last parameters checked good: those
-    before the failing step (or, for an epoch-end failure, from the start of that epoch).
+    Divergence stops training with :class:`TrainingDiverged`, whatever the optimizer or
+    estimator ("bp" too): a loss, gradient or parameter that becomes NaN/inf; a noiseless batch
+    loss after a step that is NaN/inf or more than :data:`DIVERGENCE_FACTOR` (1000) times the
+    run's starting loss (the noiseless loss of its first batch before its first step, kept in the
+    checkpoint), since no step of a converging run multiplies the loss by 1000 while too large a
+    step does at once (Adam at lr=1e6 went from 2.3 to 1e16); or a non-finite loss at the end of
+    an epoch. The model then holds the last parameters checked good: those before the failing
+    step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
                           baseline, comm)
@@ -297,10 +306,11 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         "data": _ckpt.data_fingerprint(x, y), "val_data": None if val_data is None else _ckpt.data_fingerprint(xv, yv),
     }
     # Where the run is: epoch, steps done in it, steps done in all, loss summed in it, its seconds.
-    run = dict(epoch=0, batch=0, step=0, loss_sum=0.0, seconds=0.0)
+    # start_loss: what divergence is measured against (None till the first step).
+    run = dict(epoch=0, batch=0, step=0, loss_sum=0.0, seconds=0.0, start_loss=None)
     if resume and os.path.exists(checkpoint):
         where, ss = _ckpt.restore(checkpoint, model, opt, history, settings)
-        run.update({k: where[k] for k in run})
+        run.update({k: where.get(k, run[k]) for k in run})  # start_loss: None in older checkpoints
         model.check()
 
     def save_checkpoint():
@@ -328,6 +338,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     xb = bk.asarray(x[idx], model.dtype)
                     yb = _device_targets(y[idx], loss, model, bk)
                     step = run["step"]
+                    if run["start_loss"] is None:
+                        run["start_loss"] = _batch_loss(model, xb, yb, loss, bk)
                     grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
                     if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                         raise TrainingDiverged(
@@ -347,16 +359,19 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                         run = dict(run, batch=b + 1, step=step + 1, loss_sum=run["loss_sum"] + mean_loss * len(idx),
                                    seconds=time.perf_counter() - t0)
                     check = _batch_loss(model, xb, yb, loss, bk)
-                    if not math.isfinite(check):
+                    limit = DIVERGENCE_FACTOR * run["start_loss"]
+                    if not math.isfinite(check) or check > limit:
                         with _ckpt.deferred_interrupt():
                             model.set_parameters(old)
                             if old_opt is not None:
                                 commit(opt, old_opt)
+                        why = (f"(the parameters overflow {model.dtype.name})" if not math.isfinite(check) else
+                               f"(more than {DIVERGENCE_FACTOR:g} times the run's starting loss "
+                               f"{run['start_loss']:.4g})")
                         raise TrainingDiverged(
                             f"after step {step + 1} (epoch {epoch + 1}) the noiseless loss of the batch became "
-                            f"{check} (the parameters overflow {model.dtype.name}); training stopped and the "
-                            f"parameters from before this step were restored. Try a smaller lr (got {lr}).",
-                            history)
+                            f"{check:.4g} {why}; training stopped and the parameters from before this step "
+                            f"were restored. Try a smaller lr (got {lr}).", history)
                     bar.update(1)
                     if checkpoint_every and run["step"] % checkpoint_every == 0 and b + 1 < steps_per_epoch:
                         save_checkpoint()
@@ -377,7 +392,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     if val_eval is not None:
                         history.val_loss.append(val_eval[0])
                         history.val_accuracy.append(val_eval[1])
-                    run = dict(epoch=epoch + 1, batch=0, step=run["step"], loss_sum=0.0, seconds=0.0)
+                    run = dict(epoch=epoch + 1, batch=0, step=run["step"], loss_sum=0.0, seconds=0.0,
+                               start_loss=run["start_loss"])
                 postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
                 if val_eval is not None:
                     postfix["val_acc"] = f"{val_eval[1]:.3f}"

@@ -260,3 +260,40 @@ def test_bp_on_a_step_network_fails_before_changing_it(spirals):
         quick(model, spirals, estimator="bp", epochs=1)
     for k, p in model.parameters().items():
         np.testing.assert_array_equal(p, before[k])
+
+
+# -- divergence: a loss many times its start stops training (issue 14) ----------------------------
+def _digits200():
+    (x, y), _ = minilr.datasets.load("digits")
+    return x[:200], y[:200]
+
+
+class _PlainSGD:
+    """An optimizer object of the user's: plain SGD, no state."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def step(self, params, grads):
+        for k, g in grads.items():
+            params[k] -= self.lr * g
+
+
+@pytest.mark.parametrize("estimator", ["lr", "bp"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "object"])
+def test_a_loss_1000_times_its_start_stops_training(estimator, optimizer):
+    """Issue 14: Adam with lr=1000 (the CLI's 1e6 alike) took the loss from 2.3 to 1e8, finite, and
+    returned that model silently (SGD and momentum went on 3 more steps to NaN). Measured at this
+    seed: the first step multiplies the noiseless loss by more than 7000 for every optimizer and
+    estimator here, so every one must stop at step 1, with the loss still finite, and the model
+    must keep its starting parameters."""
+    x, y = _digits200()
+    model = minilr.MLP([64, 32, 10], seed=0)
+    start = {k: p.copy() for k, p in model.parameters().items()}
+    opt = _PlainSGD(1e3) if optimizer == "object" else optimizer
+    with pytest.raises(minilr.TrainingDiverged, match=r"step 1 \(epoch 1\).*1000 times the run's starting loss") as info:
+        minilr.train(model, (x, y), estimator=estimator, copies=20, epochs=2, batch_size=50,
+                     optimizer=opt, lr=1e3, progress=False, seed=0)
+    assert info.value.history.train_loss == []
+    for k, p in model.parameters().items():
+        np.testing.assert_array_equal(p, start[k], err_msg=k)
