@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -243,7 +244,9 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     ``es_layers``), then applies ``optimizer`` ("sgd", "momentum", "adam" or an object with
     ``.step(params, grads)``) and the projection of Eq. 4 (``sigma_bounds``, ``weight_bound``).
     ``schedule="robbins-monro"`` decays the step size as Assumption 3 asks.
-    ``callback(epoch, history)``, if given, runs after every epoch.
+    ``callback(epoch, history)``, if given, runs after every epoch. ``progress=True`` draws a
+    progress bar where stderr is a terminal (or in a notebook) and otherwise prints one plain line
+    per epoch to stderr (logs get no bar frames); ``False`` prints nothing.
     ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
     one process for the same seed; every rank runs the callback, only rank 0 shows progress.
 
@@ -319,8 +322,10 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
 
     from tqdm.auto import tqdm
 
+    show = bool(progress) and _mpi.is_root(comm)
+    use_bar = show and _bar_fits()
     bar = tqdm(total=epochs * steps_per_epoch, initial=min(epochs * steps_per_epoch,
-               run["epoch"] * steps_per_epoch + run["batch"]), disable=not progress or not _mpi.is_root(comm), unit="step",
+               run["epoch"] * steps_per_epoch + run["batch"]), disable=not use_bar, unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
     try:
         # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream
@@ -397,7 +402,12 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                 postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
                 if val_eval is not None:
                     postfix["val_acc"] = f"{val_eval[1]:.3f}"
-                bar.set_postfix(postfix)
+                if use_bar:
+                    bar.set_postfix(postfix)
+                elif show:  # a log, not a terminal: one plain line per epoch instead of a bar
+                    print(f"{estimator} K={copies} epoch {epoch + 1}/{epochs}: "
+                          + "  ".join(f"{k} {v}" for k, v in postfix.items())
+                          + f"  ({history.seconds[-1]:.1f} s)", file=sys.stderr, flush=True)
                 if checkpoint is not None:
                     save_checkpoint()
                 if callback is not None:
@@ -408,6 +418,20 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
             save_checkpoint()
         raise
     return history
+
+
+def _bar_fits():
+    """Whether progress is a bar (the convention of command-line tools): stderr is a terminal, or
+    this runs in a notebook (tqdm's widget). Elsewhere (a log, a pipe, CI) a bar would fill the
+    file with carriage-return frames, so :func:`train` prints one line per epoch instead."""
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        pass
+    from tqdm import autonotebook, std  # noqa: PLC0415
+
+    return autonotebook.tqdm is not std.tqdm
 
 
 def _batch_loss(model, xb, yb, loss, bk):

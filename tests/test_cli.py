@@ -210,3 +210,20 @@ def test_missing_mnist_tells_the_user_the_flag(tmp_path, capsys):
     rc = main(["train", "--data", "mnist", "--data-root", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "--data-root" in err and "root=" not in err
+
+
+def test_on_a_terminal_epoch_lines_never_share_the_bar_line(tmp_path):
+    """Issue 14: on a terminal the epoch lines (stdout) were printed after the tqdm bar (stderr)
+    on the bar's own line. Read as the terminal shows it: each epoch line starts its line, and
+    the bar is still drawn."""
+    from terminal import run_on_a_terminal, screen
+
+    _, env = _console_script(tmp_path)
+    rc, term, _ = run_on_a_terminal([sys.executable, "-m", "minilr", "train", "--data", "spirals", "--epochs", "3",
+                                     "--copies", "4", "--hidden", "8", "--estimator", "lr"], env)
+    lines = screen(term)
+    assert rc == 0, lines
+    epoch_lines = [line for line in lines if "epoch " in line and "train loss" in line]
+    assert len(epoch_lines) == 3 and all(line.startswith("epoch ") for line in epoch_lines), lines
+    assert any(line.startswith("final test accuracy") for line in lines), lines
+    assert "lr K=4" in term.decode()  # the bar was there

@@ -9,6 +9,8 @@ half the smallest measured one, not a tuned number.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -107,14 +109,67 @@ def test_no_progress_prints_nothing(spirals, capsys):
     assert out.err == "" and out.out == ""
 
 
-def test_progress_shows_a_tqdm_bar_on_stderr(spirals, capsys):
-    (x, y), val = spirals
+def test_progress_off_a_terminal_is_one_plain_line_per_epoch(spirals, capsys):
+    """Issue 14: with stderr not a terminal (captured here) the tqdm bar went into logs as
+    carriage-return frames. Off a terminal: one plain line per epoch on stderr, nothing else."""
     quick(mlp(), spirals, epochs=2, progress=True, estimator="alr", copies=8)
     out = capsys.readouterr()
-    steps = 2 * int(np.ceil(len(x) / 40))
-    assert f"{steps}/{steps}" in out.err  # tqdm's n/total counter, finished
-    assert "alr K=8" in out.err and "val_acc" in out.err
+    lines = out.err.splitlines()
+    assert len(lines) == 2 and "\r" not in out.err and "|" not in out.err
+    for e, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"alr K=8 epoch {e}/2: loss \d+\.\d{{4}}  val_acc \d\.\d{{3}}  \(\d+\.\d s\)", line), line
     assert out.out == ""
+
+
+_PROGRESS = """
+import minilr
+(x, y), val = minilr.datasets.load("spirals", n=200, seed=0)
+minilr.train(minilr.MLP([2, 8, 2], seed=0), (x, y), val_data=val, estimator="lr", copies=4, epochs=2,
+             batch_size=40, progress={progress}, seed=0)
+"""
+
+
+def _env():
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_progress_on_a_terminal_is_a_bar():
+    """stderr a terminal (a pty): the tqdm bar, redrawn in place to its finished n/n, and no plain
+    epoch lines."""
+    import sys
+
+    from terminal import run_on_a_terminal
+
+    rc, term, out = run_on_a_terminal([sys.executable, "-c", _PROGRESS.format(progress=True)], _env(),
+                                      stdout_too=False)
+    text = term.decode()
+    assert rc == 0, text
+    assert "\r" in text and re.search(r"lr K=4: 100%.*\b(\d+)/\1 \[", text), text
+    assert "epoch" not in text and out == b""
+
+
+def test_progress_through_a_pipe_is_plain_lines():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _PROGRESS.format(progress=True)], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [line.split(":")[0] for line in r.stderr.splitlines()] == ["lr K=4 epoch 1/2", "lr K=4 epoch 2/2"]
+    assert "\r" not in r.stderr and r.stdout == ""
+
+
+def test_progress_false_prints_nothing_on_a_terminal_either():
+    import sys
+
+    from terminal import run_on_a_terminal, screen
+
+    rc, term, _ = run_on_a_terminal([sys.executable, "-c", _PROGRESS.format(progress=False)], _env())
+    # nothing to read; escape codes aside (colorama, if a dependency loads it, resets colours at exit)
+    assert rc == 0 and not "".join(screen(term)).strip(), term
 
 
 def test_callback_once_per_epoch_after_the_epoch(spirals):
