@@ -263,10 +263,12 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     Divergence stops training with :class:`TrainingDiverged`, whatever the optimizer or
     estimator ("bp" too): a loss, gradient or parameter that becomes NaN/inf; a noiseless batch
     loss after a step that is NaN/inf or more than :data:`DIVERGENCE_FACTOR` (1000) times the
-    run's starting loss (the noiseless loss of its first batch before its first step, kept in the
-    checkpoint), since no step of a converging run multiplies the loss by 1000 while too large a
-    step does at once (Adam at lr=1e6 went from 2.3 to 1e16); or a non-finite loss at the end of
-    an epoch. The model then holds the last parameters checked good: those before the failing
+    run's starting loss; or a non-finite loss at the end of an epoch. The starting loss is, on the
+    run's first batch before its first step, the larger of the model's noiseless loss and the loss
+    of an all-zero output (log C for C classes), so that a model that starts near a loss of 0 is
+    not stopped by a small rise; it is kept in the checkpoint. No step of a converging run
+    multiplies the loss by 1000, while too large a step does at once (Adam at lr=1e6 took digits
+    from 2.3 to 1e16). The model then holds the last parameters checked good: those before the failing
     step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
@@ -344,7 +346,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     yb = _device_targets(y[idx], loss, model, bk)
                     step = run["step"]
                     if run["start_loss"] is None:
-                        run["start_loss"] = _batch_loss(model, xb, yb, loss, bk)
+                        run["start_loss"] = _start_loss(model, xb, yb, loss, bk)
                     grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
                     if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                         raise TrainingDiverged(
@@ -432,6 +434,16 @@ def _bar_fits():
     from tqdm import autonotebook, std  # noqa: PLC0415
 
     return autonotebook.tqdm is not std.tqdm
+
+
+def _start_loss(model, xb, yb, loss, bk):
+    """What divergence is measured against: on a batch, the larger of the noiseless loss and the
+    loss of an all-zero output (what predicting nothing costs: log C for C classes, half the mean
+    squared target for mse)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = _forward(model, xb, bk.xp, bk)
+        zero = float(per_sample(loss, bk.xp.zeros_like(out), yb, bk.xp).mean())
+        return max(float(per_sample(loss, out, yb, bk.xp).mean()), zero)
 
 
 def _batch_loss(model, xb, yb, loss, bk):

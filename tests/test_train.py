@@ -352,3 +352,34 @@ def test_a_loss_1000_times_its_start_stops_training(estimator, optimizer):
     assert info.value.history.train_loss == []
     for k, p in model.parameters().items():
         np.testing.assert_array_equal(p, start[k], err_msg=k)
+
+
+class _Shrink:
+    """An optimizer object that halves every weight each step: the loss of a fitted model rises."""
+
+    def step(self, params, grads):
+        for k in params:
+            params[k] *= 0.5
+
+
+def test_a_model_that_starts_near_zero_loss_is_not_stopped_by_a_small_rise(monkeypatch):
+    """The starting loss is at least that of an all-zero output (log 2 here): a model that already
+    fits (cross-entropy 4.5e-5) may get worse, to 0.25 and beyond, without being called diverged; measured
+    against its own starting loss alone it would have been stopped (0.08 > 1000 x 4.5e-5 at the
+    second step)."""
+    import sys
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    x = (np.eye(2)[y] * 2 - 1).astype(np.float32)  # +-1 by class: logits +-5, margin 10
+    fitted = {"0.weight": np.float32(5) * np.eye(2, dtype=np.float32), "0.bias": np.zeros(2, np.float32)}
+    kw = dict(estimator="bp", epochs=1, batch_size=50, optimizer=_Shrink(), progress=False, seed=0)
+    model = minilr.Sequential([minilr.Linear(2, 2)], sigma=0.1, seed=0)
+    model.set_parameters(fitted)
+    h = minilr.train(model, (x, y), **kw)
+    assert 0.05 < h.train_loss[-1] < 1.0  # it got worse (the mean of 4.5e-5 ... 0.25 over 4 steps)
+    tr = sys.modules["minilr.train"]  # the module (minilr.train is the function)
+    monkeypatch.setattr(tr, "_start_loss", tr._batch_loss)
+    model.set_parameters(fitted)
+    with pytest.raises(minilr.TrainingDiverged, match="step 2 .*1000 times"):
+        minilr.train(model, (x, y), **kw)
