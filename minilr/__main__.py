@@ -31,6 +31,7 @@ def _prog():
 
 
 def _parser(prog):
+    """The top-level parser and its subcommands' parsers by name."""
     p = argparse.ArgumentParser(prog=prog, description="Train without backpropagation.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,17 +77,16 @@ def _parser(prog):
                    help="continue from --checkpoint if it exists (same settings: the same result)")
     t.add_argument("--distributed", action="store_true",
                    help="share the copies over the MPI ranks (run under mpiexec; pip install 'minilr[mpi]')")
-    return p
+    return p, {"train": t}
 
 
-def _parse(parser, argv):
+def _parse(parser, commands, argv):
     """``parser.parse_args``, but a flag the subcommand does not know is reported by the subcommand
     (its usage, not the top-level one) with the closest flag it does know."""
     args, extra = parser.parse_known_args(argv)
     if extra:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        command = sub.choices[args.command]
-        known = [o for a in command._actions for o in a.option_strings]
+        command = commands[args.command]
+        known = [o for a in command._actions for o in a.option_strings]  # argparse lists no other way
         hints = []
         for token in extra:
             close = difflib.get_close_matches(token.split("=")[0], known, n=1) if token.startswith("-") else []
@@ -102,8 +102,8 @@ def main(argv=None, prog=None) -> int:
     from .train import TrainingDiverged
 
     prog = prog or _prog()
-    parser = _parser(prog)
-    args = _parse(parser, argv)
+    parser, commands = _parser(prog)
+    args = _parse(parser, commands, argv)
     # MINILR_EPOCHS lets CI run the README's main job short without changing the command.
     epochs = os.environ.get("MINILR_EPOCHS", args.epochs)
     try:
