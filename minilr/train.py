@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -20,11 +21,16 @@ from .models import Sequential, _forward, on_backend
 from .optim import Projection, commit, make_optimizer, trial_step
 from .parallel import mpi as _mpi
 
-__all__ = ["estimate_gradient", "train", "History", "TrainingDiverged"]
+__all__ = ["estimate_gradient", "train", "History", "TrainingDiverged", "DIVERGENCE_FACTOR"]
+
+
+#: A step whose noiseless batch loss exceeds this many times the run's starting loss diverged.
+DIVERGENCE_FACTOR = 1e3
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss or the parameters became NaN/inf; the model keeps its last good parameters.
+    """The loss or the parameters became NaN/inf, or the loss grew more than
+    :data:`DIVERGENCE_FACTOR` times its starting value; the model keeps its last good parameters.
 
     ``history`` holds the epochs that finished.
     """
@@ -207,7 +213,9 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     ``es_layers``), then applies ``optimizer`` ("sgd", "momentum", "adam" or an object with
     ``.step(params, grads)``) and the projection of Eq. 4 (``sigma_bounds``, ``weight_bound``).
     ``schedule="robbins-monro"`` decays the step size as Assumption 3 asks.
-    ``callback(epoch, history)``, if given, runs after every epoch.
+    ``callback(epoch, history)``, if given, runs after every epoch. ``progress=True`` draws a
+    progress bar where stderr is a terminal (or in a notebook) and otherwise prints one plain line
+    per epoch to stderr (logs get no bar frames); ``False`` prints nothing.
     ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
     one process for the same seed; every rank runs the callback, only rank 0 shows progress.
 
@@ -221,10 +229,16 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     arrays, checked, and swapped in at once (Ctrl-C is held back for the swap), so an interrupt
     leaves the model at the old or the new step, never in between.
 
-    A loss, gradient or parameter that becomes NaN/inf, a noiseless batch loss that does after a
-    step, or a non-finite loss at the end of an epoch stops training with
-    :class:`TrainingDiverged`; the model then holds the last parameters checked good: those
-    before the failing step (or, for an epoch-end failure, from the start of that epoch).
+    Divergence stops training with :class:`TrainingDiverged`, whatever the optimizer or
+    estimator ("bp" too): a loss, gradient or parameter that becomes NaN/inf; a noiseless batch
+    loss after a step that is NaN/inf or more than :data:`DIVERGENCE_FACTOR` (1000) times the
+    run's starting loss; or a non-finite loss at the end of an epoch. The starting loss is, on the
+    run's first batch before its first step, the larger of the model's noiseless loss and the loss
+    of an all-zero output (log C for C classes), so that a model that starts near a loss of 0 is
+    not stopped by a small rise; it is kept in the checkpoint. No step of a converging run
+    multiplies the loss by 1000, while too large a step does at once (Adam at lr=1e6 took digits
+    from 2.3 to 1e16). The model then holds the last parameters checked good: those before the failing
+    step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
                           baseline, comm)
@@ -268,10 +282,11 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         "data": _ckpt.data_fingerprint(x, y), "val_data": None if val_data is None else _ckpt.data_fingerprint(xv, yv),
     }
     # Where the run is: epoch, steps done in it, steps done in all, loss summed in it, its seconds.
-    run = dict(epoch=0, batch=0, step=0, loss_sum=0.0, seconds=0.0)
+    # start_loss: what divergence is measured against (None till the first step).
+    run = dict(epoch=0, batch=0, step=0, loss_sum=0.0, seconds=0.0, start_loss=None)
     if resume and os.path.exists(checkpoint):
         where, ss = _ckpt.restore(checkpoint, model, opt, history, settings)
-        run.update({k: where[k] for k in run})
+        run.update({k: where.get(k, run[k]) for k in run})  # start_loss: None in older checkpoints
         model.check()
 
     def save_checkpoint():
@@ -280,8 +295,10 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
 
     from tqdm.auto import tqdm
 
+    show = bool(progress) and _mpi.is_root(comm)
+    use_bar = show and _bar_fits()
     bar = tqdm(total=epochs * steps_per_epoch, initial=min(epochs * steps_per_epoch,
-               run["epoch"] * steps_per_epoch + run["batch"]), disable=not progress or not _mpi.is_root(comm), unit="step",
+               run["epoch"] * steps_per_epoch + run["batch"]), disable=not use_bar, unit="step",
                desc=f"{estimator} K={copies}", dynamic_ncols=True)
     try:
         # Overflow on the way to a NaN loss is reported below as TrainingDiverged, not as a stream
@@ -299,6 +316,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     xb = bk.asarray(x[idx], model.dtype)
                     yb = _device_targets(y[idx], loss, model, bk)
                     step = run["step"]
+                    if run["start_loss"] is None:
+                        run["start_loss"] = _start_loss(model, xb, yb, loss, bk)
                     grads, mean_loss = _estimate(model, xb, yb, cfg, child(ss, 1, step), bk, comm)
                     if not math.isfinite(mean_loss) or not all(bool(bk.xp.isfinite(g).all()) for g in grads.values()):
                         raise TrainingDiverged(
@@ -318,16 +337,19 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                         run = dict(run, batch=b + 1, step=step + 1, loss_sum=run["loss_sum"] + mean_loss * len(idx),
                                    seconds=time.perf_counter() - t0)
                     check = _batch_loss(model, xb, yb, loss, bk)
-                    if not math.isfinite(check):
+                    limit = DIVERGENCE_FACTOR * run["start_loss"]
+                    if not math.isfinite(check) or check > limit:
                         with _ckpt.deferred_interrupt():
                             model.set_parameters(old)
                             if old_opt is not None:
                                 commit(opt, old_opt)
+                        why = (f"(the parameters overflow {model.dtype.name})" if not math.isfinite(check) else
+                               f"(more than {DIVERGENCE_FACTOR:g} times the run's starting loss "
+                               f"{run['start_loss']:.4g})")
                         raise TrainingDiverged(
                             f"after step {step + 1} (epoch {epoch + 1}) the noiseless loss of the batch became "
-                            f"{check} (the parameters overflow {model.dtype.name}); training stopped and the "
-                            f"parameters from before this step were restored. Try a smaller lr (got {lr}).",
-                            history)
+                            f"{check:.4g} {why}; training stopped and the parameters from before this step "
+                            f"were restored. Try a smaller lr (got {lr}).", history)
                     bar.update(1)
                     if checkpoint_every and run["step"] % checkpoint_every == 0 and b + 1 < steps_per_epoch:
                         save_checkpoint()
@@ -348,11 +370,17 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
                     if val_eval is not None:
                         history.val_loss.append(val_eval[0])
                         history.val_accuracy.append(val_eval[1])
-                    run = dict(epoch=epoch + 1, batch=0, step=run["step"], loss_sum=0.0, seconds=0.0)
+                    run = dict(epoch=epoch + 1, batch=0, step=run["step"], loss_sum=0.0, seconds=0.0,
+                               start_loss=run["start_loss"])
                 postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
                 if val_eval is not None:
                     postfix["val_acc"] = f"{val_eval[1]:.3f}"
-                bar.set_postfix(postfix)
+                if use_bar:
+                    bar.set_postfix(postfix)
+                elif show:  # a log, not a terminal: one plain line per epoch instead of a bar
+                    print(f"{estimator} K={copies} epoch {epoch + 1}/{epochs}: "
+                          + "  ".join(f"{k} {v}" for k, v in postfix.items())
+                          + f"  ({history.seconds[-1]:.1f} s)", file=sys.stderr, flush=True)
                 if checkpoint is not None:
                     save_checkpoint()
                 if callback is not None:
@@ -363,6 +391,30 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
             save_checkpoint()
         raise
     return history
+
+
+def _bar_fits():
+    """Whether progress is a bar (the convention of command-line tools): stderr is a terminal, or
+    this runs in a notebook (tqdm's widget). Elsewhere (a log, a pipe, CI) a bar would fill the
+    file with carriage-return frames, so :func:`train` prints one line per epoch instead."""
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        pass
+    from tqdm import autonotebook, std  # noqa: PLC0415
+
+    return autonotebook.tqdm is not std.tqdm
+
+
+def _start_loss(model, xb, yb, loss, bk):
+    """What divergence is measured against: on a batch, the larger of the noiseless loss and the
+    loss of an all-zero output (what predicting nothing costs: log C for C classes, half the mean
+    squared target for mse)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = _forward(model, xb, bk.xp, bk)
+        zero = float(per_sample(loss, bk.xp.zeros_like(out), yb, bk.xp).mean())
+        return max(float(per_sample(loss, out, yb, bk.xp).mean()), zero)
 
 
 def _batch_loss(model, xb, yb, loss, bk):

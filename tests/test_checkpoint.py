@@ -104,7 +104,10 @@ def test_checkpoint_every_n_steps_and_a_finished_run(tmp_path):
     m = model()
     minilr.train(m, data, estimator="alr", epochs=2, checkpoint=path, checkpoint_every=2, **KW)
     meta, *_ = minilr.checkpoint.read(path)
-    assert meta["where"] == {"epoch": 2, "batch": 0, "step": 6, "loss_sum": 0.0, "seconds": 0.0}
+    where = dict(meta["where"])
+    start_loss = where.pop("start_loss")  # what divergence is measured against (issue 14)
+    assert where == {"epoch": 2, "batch": 0, "step": 6, "loss_sum": 0.0, "seconds": 0.0}
+    assert 0 < start_loss < float("inf")
     again = model()
     h = minilr.train(again, data, estimator="alr", epochs=2, checkpoint=path, resume=True, **KW)
     assert_same_run(m, again)  # nothing left to do: the checkpoint's model comes back

@@ -152,3 +152,78 @@ def test_bad_flag_in_a_real_process_exits_non_zero():
     r = subprocess.run([sys.executable, "-m", "minilr", "train", "--estimator", "nope"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+# -- issue 14: every offered data set trains, flags, name, version, the data-root hint ------------
+@pytest.mark.parametrize("data, net", [("temporal_order", "LSTM(6->8)"), ("sbm", "GAT(16->8)-GAT(8->4)")])
+def test_sequence_and_graph_data_train_a_model_that_fits(data, net, capsys):
+    """``--data sbm`` and ``--data temporal_order`` were offered and failed with "x must have shape
+    (batch, 300)": an MLP cannot take a graph or sequences. They get graph attention and an LSTM."""
+    rc = main(["train", "--data", data, "--epochs", "1", "--copies", "2", "--hidden", "8",
+               "--batch-size", "200", "--estimator", "lr", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert net in out and FINAL.search(out)
+
+
+def test_a_wrong_flag_prints_the_train_usage_and_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--estimater", "lr"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith("usage: python -m minilr train ") and "--estimater" in err
+    assert "did you mean --estimator?" in err
+
+
+def test_an_unknown_word_names_no_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "extra"])
+    err = capsys.readouterr().err
+    assert "usage: python -m minilr train " in err and "unrecognized arguments: extra" in err and "did you mean" not in err
+
+
+def _console_script(tmp_path):
+    """A file named ``minilr`` that runs what pip's console-script wrapper runs."""
+    import os
+
+    script = tmp_path / "minilr"
+    script.write_text("import sys\nfrom minilr.__main__ import main\nsys.exit(main())\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return script, env
+
+
+def test_the_console_script_calls_itself_minilr_and_has_a_version(tmp_path):
+    script, env = _console_script(tmp_path)
+    r = subprocess.run([sys.executable, str(script), "--version"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"minilr {minilr.__version__}"
+    r = subprocess.run([sys.executable, str(script), "train", "--estimater", "lr"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("usage: minilr train ")
+    r = subprocess.run([sys.executable, "-m", "minilr", "--version"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"python -m minilr {minilr.__version__}"
+
+
+def test_missing_mnist_tells_the_user_the_flag(tmp_path, capsys):
+    rc = main(["train", "--data", "mnist", "--data-root", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--data-root" in err and "root=" not in err
+
+
+def test_on_a_terminal_epoch_lines_never_share_the_bar_line(tmp_path):
+    """Issue 14: on a terminal the epoch lines (stdout) were printed after the tqdm bar (stderr)
+    on the bar's own line. Read as the terminal shows it: each epoch line starts its line, and
+    the bar is still drawn."""
+    from terminal import run_on_a_terminal, screen
+
+    _, env = _console_script(tmp_path)
+    rc, term, _ = run_on_a_terminal([sys.executable, "-m", "minilr", "train", "--data", "spirals", "--epochs", "3",
+                                     "--copies", "4", "--hidden", "8", "--estimator", "lr"], env)
+    lines = screen(term)
+    assert rc == 0, lines
+    epoch_lines = [line for line in lines if "epoch " in line and "train loss" in line]
+    assert len(epoch_lines) == 3 and all(line.startswith("epoch ") for line in epoch_lines), lines
+    assert any(line.startswith("final test accuracy") for line in lines), lines
+    assert "lr K=4" in term.decode()  # the bar was there

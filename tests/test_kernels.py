@@ -98,10 +98,11 @@ def test_scale_rows_and_sum_copies():
     np.testing.assert_allclose(gs, (L.reshape(-1, 1) * (eps.reshape(-1, 7) ** 2 - 1)).sum(0), rtol=1e-12)
 
 
-def _blas_threads():
+def _blas_threads(by_file=False):
     from threadpoolctl import threadpool_info
 
-    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    info = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return {i["filepath"]: i["num_threads"] for i in info} if by_file else [i["num_threads"] for i in info]
 
 
 def _numpy_blas_threads():
@@ -128,24 +129,131 @@ def test_blas_limit_restored_after_concurrent_estimates():
     restore. Counted limits restore what was there before the first call."""
     import threading
 
-    before = _blas_threads()
+    before = _blas_threads(by_file=True)
     if not before:
         pytest.skip("no BLAS library that threadpoolctl controls")
     model = minilr.MLP([20, 30, 5], seed=0)
     x, y = _data([20, 30, 5], 8)
     go = threading.Barrier(2)
+    errors = []  # an exception in a thread would only be a warning: collect it
 
     def work():
         go.wait()
-        for s in range(5):
-            minilr.estimate_gradient(model, x, y, estimator="lr", copies=64, seed=s)
+        try:
+            for s in range(5):
+                minilr.estimate_gradient(model, x, y, estimator="lr", copies=64, seed=s)
+        except Exception as exc:
+            errors.append(repr(exc))
 
     ts = [threading.Thread(target=work) for _ in range(2)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    assert _blas_threads() == before
+    assert not errors
+    after = _blas_threads(by_file=True)  # a library loaded meanwhile (SciPy's) is not compared
+    assert {f: after[f] for f in before} == before
+
+
+_THREADS_AFTER_MAIN = """
+import threading, numpy as np, minilr
+from minilr.engines.cpu import kernels
+from threadpoolctl import threadpool_info
+
+def blas():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((50, 64)).astype(np.float32), rng.integers(0, 10, 50)
+m = minilr.MLP([64, 64, 10], seed=0)
+want = {e: minilr.estimate_gradient(m, x, y, estimator=e, copies=300, seed=1) for e in ("lr", "alr")}
+before = blas()  # after the first call: it may load a second BLAS (SciPy's)
+got, errors = {}, []
+
+def work(e):
+    try:
+        got[e] = minilr.estimate_gradient(m, x, y, estimator=e, copies=300, seed=1)
+    except Exception as exc:
+        errors.append(repr(exc))
+
+ts = [threading.Thread(target=work, args=(e,)) for e in ("lr", "alr")]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+assert not errors, errors
+assert kernels._BLAS["users"] == 0, kernels._BLAS["users"]
+assert blas() == before, (blas(), before)
+for e in want:
+    for k in want[e]:
+        assert np.array_equal(got[e][k], want[e][k]), (e, k)
+print("ok", before)
+"""
+
+
+@pytest.mark.parametrize("openblas_threads", [None, "1"])
+def test_threads_after_a_first_call_in_the_main_thread(openblas_threads):
+    """Issue 14: after one estimate in the main thread, every estimate in a worker thread raised
+    "could not hold the BLAS library at one thread" (threadpoolctl 3.8 let only the main thread
+    set OpenBLAS's limit), and the failed call left the user count at 1. Two threads at once, in
+    a fresh process (the first set is what matters), with and without OPENBLAS_NUM_THREADS:
+    no error, the count back at 0, BLAS as before, and each thread's numbers those of the main
+    thread's call."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    if openblas_threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = openblas_threads
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", _THREADS_AFTER_MAIN], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("ok")
+
+
+class _Lib:
+    """A BLAS library controller whose set fails for one value."""
+
+    internal_api, threading_layer = "fake", "pthreads"
+
+    def __init__(self, fail_at):
+        self.n, self.fail_at = 4, fail_at
+
+    def get_num_threads(self):
+        return self.n
+
+    def set_num_threads(self, n):
+        if n == self.fail_at:
+            raise OSError("set failed")
+        self.n = n
+
+
+class _Controller:
+    def __init__(self, libs):
+        self.lib_controllers = libs
+
+    def select(self, **_):
+        return self
+
+
+def test_failed_blas_set_leaves_count_and_limits_as_they_were(monkeypatch):
+    """Issue 14: the user count went up before the limit was set, outside the try, so a set that
+    raised left it up for good (and BLAS never restored). A failed set leaves the count at 0,
+    restores the libraries it had already set, and the next estimate works."""
+    good, bad = _Lib(fail_at=None), _Lib(fail_at=1)
+    monkeypatch.setitem(kernels._BLAS, "controller", _Controller([good, bad]))
+    with pytest.raises(OSError, match="set failed"):
+        with kernels.blas_one_thread():
+            pass
+    assert kernels._BLAS["users"] == 0 and (good.n, bad.n) == (4, 4)
+    bad.fail_at = None
+    with kernels.blas_one_thread() as held:
+        assert held and (good.n, bad.n) == (1, 1)
+    assert kernels._BLAS["users"] == 0 and (good.n, bad.n) == (4, 4)
 
 
 def test_split_covers_once():

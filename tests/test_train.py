@@ -9,6 +9,8 @@ half the smallest measured one, not a tuned number.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -107,14 +109,67 @@ def test_no_progress_prints_nothing(spirals, capsys):
     assert out.err == "" and out.out == ""
 
 
-def test_progress_shows_a_tqdm_bar_on_stderr(spirals, capsys):
-    (x, y), val = spirals
+def test_progress_off_a_terminal_is_one_plain_line_per_epoch(spirals, capsys):
+    """Issue 14: with stderr not a terminal (captured here) the tqdm bar went into logs as
+    carriage-return frames. Off a terminal: one plain line per epoch on stderr, nothing else."""
     quick(mlp(), spirals, epochs=2, progress=True, estimator="alr", copies=8)
     out = capsys.readouterr()
-    steps = 2 * int(np.ceil(len(x) / 40))
-    assert f"{steps}/{steps}" in out.err  # tqdm's n/total counter, finished
-    assert "alr K=8" in out.err and "val_acc" in out.err
+    lines = out.err.splitlines()
+    assert len(lines) == 2 and "\r" not in out.err and "|" not in out.err
+    for e, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"alr K=8 epoch {e}/2: loss \d+\.\d{{4}}  val_acc \d\.\d{{3}}  \(\d+\.\d s\)", line), line
     assert out.out == ""
+
+
+_PROGRESS = """
+import minilr
+(x, y), val = minilr.datasets.load("spirals", n=200, seed=0)
+minilr.train(minilr.MLP([2, 8, 2], seed=0), (x, y), val_data=val, estimator="lr", copies=4, epochs=2,
+             batch_size=40, progress={progress}, seed=0)
+"""
+
+
+def _env():
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(minilr.__file__)))
+    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_progress_on_a_terminal_is_a_bar():
+    """stderr a terminal (a pty): the tqdm bar, redrawn in place to its finished n/n, and no plain
+    epoch lines."""
+    import sys
+
+    from terminal import run_on_a_terminal
+
+    rc, term, out = run_on_a_terminal([sys.executable, "-c", _PROGRESS.format(progress=True)], _env(),
+                                      stdout_too=False)
+    text = term.decode()
+    assert rc == 0, text
+    assert "\r" in text and re.search(r"lr K=4: 100%.*\b(\d+)/\1 \[", text), text
+    assert "epoch" not in text and out == b""
+
+
+def test_progress_through_a_pipe_is_plain_lines():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _PROGRESS.format(progress=True)], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [line.split(":")[0] for line in r.stderr.splitlines()] == ["lr K=4 epoch 1/2", "lr K=4 epoch 2/2"]
+    assert "\r" not in r.stderr and r.stdout == ""
+
+
+def test_progress_false_prints_nothing_on_a_terminal_either():
+    import sys
+
+    from terminal import run_on_a_terminal, screen
+
+    rc, term, _ = run_on_a_terminal([sys.executable, "-c", _PROGRESS.format(progress=False)], _env())
+    # nothing to read; escape codes aside (colorama, if a dependency loads it, resets colours at exit)
+    assert rc == 0 and not "".join(screen(term)).strip(), term
 
 
 def test_callback_once_per_epoch_after_the_epoch(spirals):
@@ -260,3 +315,71 @@ def test_bp_on_a_step_network_fails_before_changing_it(spirals):
         quick(model, spirals, estimator="bp", epochs=1)
     for k, p in model.parameters().items():
         np.testing.assert_array_equal(p, before[k])
+
+
+# -- divergence: a loss many times its start stops training (issue 14) ----------------------------
+def _digits200():
+    (x, y), _ = minilr.datasets.load("digits")
+    return x[:200], y[:200]
+
+
+class _PlainSGD:
+    """An optimizer object of the user's: plain SGD, no state."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def step(self, params, grads):
+        for k, g in grads.items():
+            params[k] -= self.lr * g
+
+
+@pytest.mark.parametrize("estimator", ["lr", "bp"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "object"])
+def test_a_loss_1000_times_its_start_stops_training(estimator, optimizer):
+    """Issue 14: Adam with lr=1000 (the CLI's 1e6 alike) took the loss from 2.3 to 1e8, finite, and
+    returned that model silently (SGD and momentum went on 3 more steps to NaN). Measured at this
+    seed: the first step multiplies the noiseless loss by more than 7000 for every optimizer and
+    estimator here, so every one must stop at step 1, with the loss still finite, and the model
+    must keep its starting parameters."""
+    x, y = _digits200()
+    model = minilr.MLP([64, 32, 10], seed=0)
+    start = {k: p.copy() for k, p in model.parameters().items()}
+    opt = _PlainSGD(1e3) if optimizer == "object" else optimizer
+    with pytest.raises(minilr.TrainingDiverged, match=r"step 1 \(epoch 1\).*1000 times the run's starting loss") as info:
+        minilr.train(model, (x, y), estimator=estimator, copies=20, epochs=2, batch_size=50,
+                     optimizer=opt, lr=1e3, progress=False, seed=0)
+    assert info.value.history.train_loss == []
+    for k, p in model.parameters().items():
+        np.testing.assert_array_equal(p, start[k], err_msg=k)
+
+
+class _Shrink:
+    """An optimizer object that halves every weight each step: the loss of a fitted model rises."""
+
+    def step(self, params, grads):
+        for k in params:
+            params[k] *= 0.5
+
+
+def test_a_model_that_starts_near_zero_loss_is_not_stopped_by_a_small_rise(monkeypatch):
+    """The starting loss is at least that of an all-zero output (log 2 here): a model that already
+    fits (cross-entropy 4.5e-5) may get worse, to 0.25 and beyond, without being called diverged; measured
+    against its own starting loss alone it would have been stopped (0.08 > 1000 x 4.5e-5 at the
+    second step)."""
+    import sys
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    x = (np.eye(2)[y] * 2 - 1).astype(np.float32)  # +-1 by class: logits +-5, margin 10
+    fitted = {"0.weight": np.float32(5) * np.eye(2, dtype=np.float32), "0.bias": np.zeros(2, np.float32)}
+    kw = dict(estimator="bp", epochs=1, batch_size=50, optimizer=_Shrink(), progress=False, seed=0)
+    model = minilr.Sequential([minilr.Linear(2, 2)], sigma=0.1, seed=0)
+    model.set_parameters(fitted)
+    h = minilr.train(model, (x, y), **kw)
+    assert 0.05 < h.train_loss[-1] < 1.0  # it got worse (the mean of 4.5e-5 ... 0.25 over 4 steps)
+    tr = sys.modules["minilr.train"]  # the module (minilr.train is the function)
+    monkeypatch.setattr(tr, "_start_loss", tr._batch_loss)
+    model.set_parameters(fitted)
+    with pytest.raises(minilr.TrainingDiverged, match="step 2 .*1000 times"):
+        minilr.train(model, (x, y), **kw)

@@ -35,7 +35,6 @@ import ctypes
 import math
 import os
 import threading
-import time
 
 import numba
 import numpy as np
@@ -270,7 +269,7 @@ class Arena:
 # threaded sgemm splits its sums by thread). The limit is process-wide (BLAS has one), so it is
 # counted: the first estimate to start sets it, the last to finish restores what was there, and
 # an estimate running beside another never sees the limit change under it.
-_BLAS = {"users": 0, "limiter": None, "controller": None, "libs": []}
+_BLAS = {"users": 0, "saved": [], "held": False, "controller": None}
 _BLAS_LOCK = threading.Lock()
 
 
@@ -282,51 +281,72 @@ def _controller():
     return _BLAS["controller"]
 
 
-def _hold_at_one(libs):
-    """Set every library in ``libs`` to one thread and check that it took: measured here, a set
-    made while another thread was inside a threaded BLAS call sometimes did not (the library
-    still reported 2 threads afterwards), so it is made again until it reads back 1."""
-    for _ in range(1000):
-        busy = [lib for lib in libs if lib.get_num_threads() != 1]
-        if not busy:
-            return
-        for lib in busy:
-            lib.set_num_threads(1)
-        time.sleep(0)
-    raise RuntimeError("could not hold the BLAS library at one thread")
+def _set_threads(pairs):
+    """``lib.set_num_threads(n)`` for each ``(lib, n)``, from whichever thread calls.
+
+    threadpoolctl 3.8 lets only one Python thread, the first to set a pthreads OpenBLAS's limit,
+    change it until that thread lets go, and silently ignores every other thread's set. An
+    estimate in the main thread took that role and kept it (the main thread never ends), so every
+    later estimate in a worker thread set nothing, read back 2 threads and raised (issue 14).
+    This module already sets and restores the process-wide count under one lock, so each set
+    takes the role for itself and lets it go after. The set is not read back: OpenBLAS 0.3.31's
+    ``goto_set_num_threads`` stores the count unconditionally, and a library on OpenMP reports
+    the calling thread's count, not the process's."""
+    from threadpoolctl import OpenBLASController  # noqa: PLC0415 (imported by _controller)
+
+    release = getattr(OpenBLASController, "clear_controlling_thread", None)  # threadpoolctl >= 3.8
+    try:
+        for lib, n in pairs:
+            if release is not None:
+                release(force=True)
+            lib.set_num_threads(n)
+    finally:
+        if release is not None:
+            release()  # only if this thread holds it: never leave the role to this thread
+
+
+def _per_thread(lib):
+    """Whether ``lib``'s thread limit holds only for the thread that sets it (OpenBLAS built on
+    OpenMP sets ``omp_set_num_threads``): then the engine's worker threads would not see it."""
+    return getattr(lib, "internal_api", "") == "openblas" and getattr(lib, "threading_layer", "") == "openmp"
 
 
 @contextlib.contextmanager
 def blas_one_thread():
-    """Hold the BLAS libraries at one thread inside the block (counted; yields whether any BLAS
-    library could be limited)."""
+    """Hold the BLAS libraries at one thread inside the block (counted; yields whether the hold
+    covers every thread, so that blocks may run side by side)."""
     # Ctrl-C is held back in the two locked parts: an interrupt landing just after the lock is
     # taken would leave it held (and the next estimate waiting forever), or the count wrong
     with deferred_interrupt(), _BLAS_LOCK:
         if _BLAS["users"] == 0:
-            ctl = _controller().select(user_api="blas")
-            _BLAS["limiter"] = ctl.limit(limits=1) if ctl.lib_controllers else None
-            _BLAS["libs"] = ctl.lib_controllers
+            libs = _controller().select(user_api="blas").lib_controllers
+            saved = [(lib, lib.get_num_threads()) for lib in libs]
+            try:
+                _set_threads([(lib, 1) for lib in libs])
+            except BaseException:
+                _set_threads(saved)  # a set that failed half-way leaves nothing changed
+                raise
+            _BLAS["saved"] = saved
+            _BLAS["held"] = bool(libs) and not any(_per_thread(lib) for lib in libs)
+        # counted only once the limit is set: a failed set above leaves the count at 0
         _BLAS["users"] += 1
-        held = _BLAS["limiter"] is not None
-        if held:
-            _hold_at_one(_BLAS["libs"])
+        held = _BLAS["held"]
     try:
         yield held
     finally:
         with deferred_interrupt(), _BLAS_LOCK:
             _BLAS["users"] -= 1
-            if _BLAS["users"] == 0 and _BLAS["limiter"] is not None:
-                _BLAS["limiter"].restore_original_limits()
-                _BLAS["limiter"] = None
+            if _BLAS["users"] == 0:
+                saved, _BLAS["saved"] = _BLAS["saved"], []
+                _set_threads(saved)
 
 
 def _after_fork():
     global _BLAS_LOCK
     _BLAS_LOCK = threading.Lock()  # another thread may have held it at the fork
-    if _BLAS["limiter"] is not None:  # forked mid-estimate: the child's BLAS goes back as it was
-        _BLAS["limiter"].restore_original_limits()
-    _BLAS["users"], _BLAS["limiter"] = 0, None
+    if _BLAS["saved"]:  # forked mid-estimate: the child's BLAS goes back as it was
+        _set_threads(_BLAS["saved"])
+    _BLAS["users"], _BLAS["saved"] = 0, []
 
 
 os.register_at_fork(after_in_child=_after_fork)
