@@ -261,7 +261,8 @@ def test_every_page_in_headless_chromium(site, served):
             if bad:
                 problems.append(f"{rel}: " + "; ".join(bad))
             if rel in ("index.html", "paper.html"):
-                assert report["typeset"] > (0 if rel == "index.html" else 20), f"{rel}: too little math typeset"
+                if report["typeset"] <= (0 if rel == "index.html" else 20):
+                    problems.append(f"{rel}: too little math typeset ({report['typeset']})")
                 height = driver.execute_script("return document.documentElement.scrollHeight")
                 driver.set_window_size(1280, min(height, 12_000))
                 driver.save_screenshot(str(shots / f"{page.stem}.png"))
