@@ -295,7 +295,7 @@ class Flatten(Layer):
 
 
 class GlobalAvgPool(Layer):
-    """(N, C, *spatial) -> (N, C): the mean over all positions (the head of a ResNet)."""
+    """``(N, C, *spatial) -> (N, C)``: the mean over all positions (the head of a ResNet)."""
 
     def out_shape(self, in_shape):
         if len(in_shape) < 2:

@@ -17,9 +17,9 @@ def cross_entropy(logits, y, xp):
 
 
 def positional_cross_entropy(logits, y, xp):
-    """Cross-entropy with one label per position (graph nodes): ``y`` is (B, *positions) with
+    """Cross-entropy with one label per position (graph nodes): ``y`` is ``(B, *positions)`` with
     ``-1`` where a position has no label; the loss of a sample is the mean over its labelled
-    positions (0 if it has none). ``logits`` is (..., B, *positions, C)."""
+    positions (0 if it has none). ``logits`` is ``(..., B, *positions, C)``."""
     mask = y >= 0
     per = cross_entropy(logits, xp.where(mask, y, 0), xp) * mask
     axes = tuple(range(-(y.ndim - 1), 0))

@@ -1,4 +1,5 @@
-"""Every tutorial runs as a plain script in quick mode and draws the figures it promises.
+"""Every tutorial runs as a plain script in quick mode, draws the figures it promises, and is in the
+format the documentation gallery reads.
 
 Each tutorial is executed in a subprocess (``MINILR_QUICK=1``, ``MPLBACKEND=Agg``) from a temporary
 working folder, with ``MINILR_FIGURES`` pointing into it, so nothing is written to the checkout.
@@ -7,6 +8,7 @@ is a non-empty, decodable PNG.
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -51,12 +53,20 @@ def test_every_tutorial_is_listed_and_numbered_in_order():
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
-def test_tutorial_is_jupytext_percent_format(name):
+def test_tutorial_is_sphinx_gallery_percent_format(name):
+    """The format the documentation's gallery (sphinx-gallery) reads: a module docstring holding a
+    reST title and introduction, then ``# %%`` cells, prose ones being reST in comment lines."""
     text = (TUTORIALS / name).read_text()
-    assert "format_name: percent" in text.split("# %%", 1)[0], "missing the jupytext header"
-    cells = re.findall(r"^# %%( \[markdown\])?$", text, flags=re.M)
-    assert sum(1 for c in cells if c) >= 3, "too little prose: fewer than 3 markdown cells"
-    assert sum(1 for c in cells if not c) >= 3, "fewer than 3 code cells"
+    doc = ast.get_docstring(ast.parse(text))
+    assert doc, "no module docstring: sphinx-gallery takes the title and introduction from it"
+    title, underline = doc.strip().split("\n")[:2]
+    assert title.startswith(f"{int(name[:2])}. "), "the title starts with the tutorial's number"
+    assert set(underline) == {"="} and len(underline) >= len(title), "the title needs an ===== underline"
+    cells = re.split(r"^# %%\n", text, flags=re.M)[1:]
+    prose = [c for c in cells if c.startswith("#")]
+    assert len(prose) >= 2, "too little prose: fewer than 2 text cells after the introduction"
+    assert len(cells) - len(prose) >= 3, "fewer than 3 code cells"
+    assert "# %% [markdown]" not in text and "$$" not in text, "Markdown prose: the gallery reads reST"
     assert "plt.show(" not in text, "plt.show() would block a script run"
     assert "np.random.seed(" not in text, "no global seeding: pass seeds explicitly"
     for banned in ("import torch", "import jax", "import jupytext"):

@@ -1,31 +1,20 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+1. From random search to the likelihood ratio
+=============================================
 
-# %% [markdown]
-# # 1. From random search to the likelihood ratio
-#
-# Training a network means lowering a loss $\mathcal{L}(\theta)$. Backpropagation gets
-# $\nabla_\theta \mathcal{L}$ from the chain rule, which needs every layer's derivative and a
-# backward pass that waits for the forward pass to finish. Suppose instead that all we may do is
-# **run the network forward and read the loss**. How do we still learn?
-#
-# This tutorial goes from the crudest answer (random search) to the likelihood-ratio (LR) gradient
-# estimator of the paper (Eq. 1), on the smallest model where everything can be checked exactly:
-# one linear layer with a squared loss. At the end we train a real network on handwritten digits.
-#
-# Run it as a script (`python tutorials/01_random_search_to_likelihood_ratio.py`) or open it as a
-# notebook with jupytext. `MINILR_QUICK=1` makes it run in seconds with fewer copies and epochs.
-# Every number quoted below is printed by the code; the figures go to `tutorials/figures/`.
+Training a network means lowering a loss :math:`\mathcal{L}(\theta)`. Backpropagation gets
+:math:`\nabla_\theta \mathcal{L}` from the chain rule, which needs every layer's derivative and a
+backward pass that waits for the forward pass to finish. Suppose instead that all we may do is
+**run the network forward and read the loss**. How do we still learn?
+
+This tutorial goes from the crudest answer (random search) to the likelihood-ratio (LR) gradient
+estimator of the paper (Eq. 1), on the smallest model where everything can be checked exactly:
+one linear layer with a squared loss. At the end we train a real network on handwritten digits.
+
+Run it as a script (``python tutorials/01_random_search_to_likelihood_ratio.py``), or download it
+as a notebook from the documentation site's gallery. ``MINILR_QUICK=1`` makes it run in seconds with fewer copies and epochs.
+Every number quoted below is printed by the code; the figures go to ``tutorials/figures/``.
+"""
 
 # %%
 import os
@@ -40,14 +29,15 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## The problem: one noisy linear layer
+# %%
+# The problem: one noisy linear layer
+# -----------------------------------
 #
-# A layer computes $v = Wx + b$ for an input $x \in \mathbb{R}^d$; with a squared loss
-# $\mathcal{L} = \tfrac12 \lVert v - y\rVert^2$ averaged over a batch, this is linear regression.
+# A layer computes :math:`v = Wx + b` for an input :math:`x \in \mathbb{R}^d`; with a squared loss
+# :math:`\mathcal{L} = \tfrac12 \lVert v - y\rVert^2` averaged over a batch, this is linear regression.
 # We draw data from a known linear rule plus a little noise, and start from minilr's random
-# initialisation. `minilr.Sequential([minilr.Linear(d, m)])` is exactly this layer; `loss="mse"`
-# is $\tfrac12\lVert v-y\rVert^2$ per sample.
+# initialisation. ``minilr.Sequential([minilr.Linear(d, m)])`` is exactly this layer; ``loss="mse"``
+# is :math:`\tfrac12\lVert v-y\rVert^2` per sample.
 
 # %%
 d, m, n = 8, 3, 256
@@ -61,13 +51,14 @@ layer = minilr.Sequential([minilr.Linear(d, m)], sigma=SIGMA, seed=0)
 print("parameters:", {k: v.shape for k, v in layer.parameters().items()})
 print("initial loss:", round(minilr.reference.loss(layer, x, y, loss="mse"), 4))
 
-# %% [markdown]
-# ## Random search
+# %%
+# Random search
+# -------------
 #
-# The oldest forward-only method: perturb all parameters $\theta$ by $s\,u$ with
-# $u \sim \mathcal{N}(0, I)$, and keep the move if the loss went down. It needs one forward pass
+# The oldest forward-only method: perturb all parameters :math:`\theta` by :math:`s\,u` with
+# :math:`u \sim \mathcal{N}(0, I)`, and keep the move if the loss went down. It needs one forward pass
 # per step and no derivative at all. It is also wasteful: every trial that fails is thrown away,
-# and a trial that succeeds is used with weight one however much it helped. In $D$ dimensions a
+# and a trial that succeeds is used with weight one however much it helped. In :math:`D` dimensions a
 # random direction is nearly orthogonal to the gradient, so most of a step is wasted.
 
 # %%
@@ -91,39 +82,43 @@ for _ in range(STEPS):
     rs_curve.append(best)
 print(f"random search: loss {rs_curve[0]:.4f} -> {rs_curve[-1]:.4f} after {STEPS} forward passes")
 
-# %% [markdown]
-# ## Weigh every trial by its loss: the smoothed loss and its gradient
+# %%
+# Weigh every trial by its loss: the smoothed loss and its gradient
+# -----------------------------------------------------------------
 #
 # Rather than keep-or-reject, average the perturbations weighted by the loss they produced.
-# Why this works: define the **smoothed loss** $F(\mu) = \mathbb{E}_{z \sim \mathcal{N}(\mu,
-# \sigma^2)}[\mathcal{L}(z)] = \int \mathcal{L}(z)\, p_\mu(z)\, dz$. Only the density $p_\mu$
-# depends on $\mu$, and $\nabla_\mu p_\mu(z) = p_\mu(z)\,(z-\mu)/\sigma^2$, so
+# Why this works: define the **smoothed loss** :math:`F(\mu) = \mathbb{E}_{z \sim \mathcal{N}(\mu, \sigma^2)}[\mathcal{L}(z)] = \int \mathcal{L}(z)\, p_\mu(z)\, dz`. Only the density :math:`p_\mu`
+# depends on :math:`\mu`, and :math:`\nabla_\mu p_\mu(z) = p_\mu(z)\,(z-\mu)/\sigma^2`, so
 #
-# $$\nabla_\mu F = \mathbb{E}\Big[\mathcal{L}(z)\,\frac{z-\mu}{\sigma^2}\Big]
-#                = \mathbb{E}\Big[\mathcal{L}(\mu+\sigma\varepsilon)\,\frac{\varepsilon}{\sigma}\Big],
-# \qquad \varepsilon\sim\mathcal{N}(0, I).$$
+# .. math::
 #
-# $\mathcal{L}$ is never differentiated: this is the **likelihood ratio** (score function) trick.
+#    \nabla_\mu F = \mathbb{E}\Big[\mathcal{L}(z)\,\frac{z-\mu}{\sigma^2}\Big]
+#                   = \mathbb{E}\Big[\mathcal{L}(\mu+\sigma\varepsilon)\,\frac{\varepsilon}{\sigma}\Big],
+#    \qquad \varepsilon\sim\mathcal{N}(0, I).
+#
+# :math:`\mathcal{L}` is never differentiated: this is the **likelihood ratio** (score function) trick.
 # Putting the noise on the parameters gives evolution strategies (tutorial 4). The LR method of
-# the paper puts it on the layer's **output** instead, $v = Wx + b + \sigma\varepsilon$: then
-# $\mu = Wx + b$ and, since $\partial\mu_i/\partial W_{ij} = x_j$,
+# the paper puts it on the layer's **output** instead, :math:`v = Wx + b + \sigma\varepsilon`: then
+# :math:`\mu = Wx + b` and, since :math:`\partial\mu_i/\partial W_{ij} = x_j`,
 #
-# $$\frac{\partial\,\mathbb{E}[\mathcal{L}]}{\partial W_{ij}} = \mathbb{E}\Big[\mathcal{L}\, x_j\,
-# \frac{\varepsilon_i}{\sigma}\Big], \qquad
-# \frac{\partial\,\mathbb{E}[\mathcal{L}]}{\partial b_i} = \mathbb{E}\Big[\mathcal{L}\,
-# \frac{\varepsilon_i}{\sigma}\Big] \qquad \text{(paper Eq. 1)}.$$
+# .. math::
 #
-# The estimator replaces the expectation by an average over $K$ noisy **copies** of every sample.
-# The noise has only $m$ numbers per sample, not $m(d+1)$ as the weights do.
+#    \frac{\partial\,\mathbb{E}[\mathcal{L}]}{\partial W_{ij}} = \mathbb{E}\Big[\mathcal{L}\, x_j\,
+#    \frac{\varepsilon_i}{\sigma}\Big], \qquad
+#    \frac{\partial\,\mathbb{E}[\mathcal{L}]}{\partial b_i} = \mathbb{E}\Big[\mathcal{L}\,
+#    \frac{\varepsilon_i}{\sigma}\Big] \qquad \text{(paper Eq. 1)}.
 #
-# ## The exact answer to check against
+# The estimator replaces the expectation by an average over :math:`K` noisy **copies** of every sample.
+# The noise has only :math:`m` numbers per sample, not :math:`m(d+1)` as the weights do.
 #
-# For this layer the smoothed loss has a closed form. With $\mu = Wx+b$,
-# $\mathbb{E}\,\tfrac12\lVert\mu + \sigma\varepsilon - y\rVert^2 = \tfrac12\lVert\mu - y\rVert^2 +
-# \tfrac12 m\sigma^2$: the noise only adds a constant, so the gradient of the smoothed loss is the
-# ordinary gradient, $\nabla_W = \overline{(\mu - y)\,x^\top}$ and $\nabla_b = \overline{\mu - y}$
+# The exact answer to check against
+# ---------------------------------
+#
+# For this layer the smoothed loss has a closed form. With :math:`\mu = Wx+b`,
+# :math:`\mathbb{E}\,\tfrac12\lVert\mu + \sigma\varepsilon - y\rVert^2 = \tfrac12\lVert\mu - y\rVert^2 + \tfrac12 m\sigma^2`: the noise only adds a constant, so the gradient of the smoothed loss is the
+# ordinary gradient, :math:`\nabla_W = \overline{(\mu - y)\,x^\top}` and :math:`\nabla_b = \overline{\mu - y}`
 # (bars are batch means). The LR estimate must converge to it, with an error that shrinks like
-# $1/\sqrt{K}$.
+# :math:`1/\sqrt{K}`.
 
 # %%
 W0, b0 = layer.layers[0].weight.astype(np.float64), layer.layers[0].bias.astype(np.float64)
@@ -153,12 +148,12 @@ for label, e in errors.items():
     print(f"{label:28s} relative error at K={COPIES[-1]}: {e.mean(axis=0)[-1]:.4f}   "
           f"log-log slope {slope:.2f} (1/sqrt(K) is -0.5)")
 
-# %% [markdown]
-# The printed slopes sit near $-1/2$: the estimate is unbiased and its error falls like
-# $1/\sqrt{K}$. The *leave-one-out baseline* subtracts, from each copy's loss, the mean loss of the
+# %%
+# The printed slopes sit near :math:`-1/2`: the estimate is unbiased and its error falls like
+# :math:`1/\sqrt{K}`. The *leave-one-out baseline* subtracts, from each copy's loss, the mean loss of the
 # sample's other copies. That baseline does not depend on the copy's own noise and
-# $\mathbb{E}[\varepsilon]=0$, so the expectation is unchanged, but the large common part of the
-# loss no longer multiplies the noise: the error is far smaller at every $K$ (tutorial 2 looks
+# :math:`\mathbb{E}[\varepsilon]=0`, so the expectation is unchanged, but the large common part of the
+# loss no longer multiplies the noise: the error is far smaller at every :math:`K` (tutorial 2 looks
 # closer).
 
 # %%
@@ -172,13 +167,14 @@ ax.legend(fontsize=8)
 plots.save(fig, FIG / "01_lr_error_vs_copies.png")
 fig
 
-# %% [markdown]
-# ## Descent with the LR gradient versus random search
+# %%
+# Descent with the LR gradient versus random search
+# -------------------------------------------------
 #
-# Now use the estimate in stochastic gradient descent, $\theta \leftarrow \theta - \lambda g$.
-# `minilr.train` does exactly that (here with the whole data set as one batch, so an "epoch" is
+# Now use the estimate in stochastic gradient descent, :math:`\theta \leftarrow \theta - \lambda g`.
+# ``minilr.train`` does exactly that (here with the whole data set as one batch, so an "epoch" is
 # one step). To compare fairly with random search we count **forward passes of the batch**: one
-# LR step with $K$ copies costs $K$ of them, one random-search trial costs one.
+# LR step with :math:`K` copies costs :math:`K` of them, one random-search trial costs one.
 
 # %%
 K_TRAIN = 10
@@ -204,19 +200,20 @@ ax.legend()
 plots.save(fig, FIG / "01_random_search_vs_lr.png")
 fig
 
-# %% [markdown]
+# %%
 # For the same number of forward passes, LR descends much further: each copy's loss is used to
-# weigh its noise, nothing is thrown away, and the noise lives in the $m$-dimensional output
-# rather than in all $m(d+1)$ parameters.
+# weigh its noise, nothing is thrown away, and the noise lives in the :math:`m`-dimensional output
+# rather than in all :math:`m(d+1)` parameters.
 #
-# ## A real network on handwritten digits
+# A real network on handwritten digits
+# ------------------------------------
 #
-# The same estimator trains a multilayer perceptron. Each `Linear` layer adds its own noise
-# $\sigma\varepsilon$ to its output and gets its gradient from the *same* formula, using only the
-# final loss, its own input $x$ and its own noise $\varepsilon$: no chain rule, so no backward
+# The same estimator trains a multilayer perceptron. Each ``Linear`` layer adds its own noise
+# :math:`\sigma\varepsilon` to its output and gets its gradient from the *same* formula, using only the
+# final loss, its own input :math:`x` and its own noise :math:`\varepsilon`: no chain rule, so no backward
 # pass (tutorial 2 derives why this still works). We train a 64-64-10 MLP on scikit-learn's 8x8
-# digits with LR and, for reference, with the exact gradient (`estimator="bp"`, the hand-written
-# backward pass in `minilr.reference`).
+# digits with LR and, for reference, with the exact gradient (``estimator="bp"``, the hand-written
+# backward pass in ``minilr.reference``).
 
 # %%
 (x_train, y_train), (x_test, y_test) = minilr.datasets.load("digits")
@@ -233,8 +230,8 @@ for label, h in histories.items():
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"),
                       path=FIG / "01_digits_learning_curves.png", title="MLP 64-64-10 on digits")
 
-# %% [markdown]
-# LR gets to a useful accuracy with no derivative of anything, at the cost of $K$ forward passes
+# %%
+# LR gets to a useful accuracy with no derivative of anything, at the cost of :math:`K` forward passes
 # per step: the printed times show the price. The rest of the tutorials make LR cheaper and
 # better: baselines and learned noise (2), keeping only signs (3, the paper's ALR), noise on
 # weights and hybrids (4), networks that backprop cannot train (5), and convergence (6, 7).

@@ -1,27 +1,16 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+2. LR for a multilayer network
+==============================
 
-# %% [markdown]
-# # 2. LR for a multilayer network
-#
-# Tutorial 1 derived the likelihood-ratio (LR) gradient for one noisy layer. Here we put noise in
-# **every** layer of a multilayer perceptron and ask four questions:
-#
-# 1. Why may each layer use the same one-layer formula, with no chain rule?
-# 2. How close is the estimate to the exact gradient as the number of copies $K$ grows
-#    (the paper's Fig. 1, at small scale)?
-# 3. What do baselines and antithetic noise buy?
-# 4. How large should the noise $\sigma$ be, and can the network learn it (Eq. 1, second line)?
+Tutorial 1 derived the likelihood-ratio (LR) gradient for one noisy layer. Here we put noise in
+**every** layer of a multilayer perceptron and ask four questions:
+
+1. Why may each layer use the same one-layer formula, with no chain rule?
+2. How close is the estimate to the exact gradient as the number of copies :math:`K` grows
+   (the paper's Fig. 1, at small scale)?
+3. What do baselines and antithetic noise buy?
+4. How large should the noise :math:`\sigma` be, and can the network learn it (Eq. 1, second line)?
+"""
 
 # %%
 import os
@@ -36,28 +25,31 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## Noise at every layer, one formula per layer
+# %%
+# Noise at every layer, one formula per layer
+# -------------------------------------------
 #
-# Layer $l$ computes $v^{(l)} = \theta^{(l)} x^{(l-1)} + \sigma^{(l)}\varepsilon^{(l)}$ and
-# $x^{(l)} = \varphi(v^{(l)})$ (paper Sec. 2). Fix layer $l$ and condition on everything before
-# it: then $x^{(l-1)}$ is given, and $v^{(l)}$ is Gaussian with mean $\theta^{(l)}x^{(l-1)}$ and
-# covariance $\mathrm{diag}(\sigma^{(l)})^2$. Everything after layer $l$, the later layers and their
-# noise, only turns $v^{(l)}$ into a loss: a black box we never differentiate. The one-layer
+# Layer :math:`l` computes :math:`v^{(l)} = \theta^{(l)} x^{(l-1)} + \sigma^{(l)}\varepsilon^{(l)}` and
+# :math:`x^{(l)} = \varphi(v^{(l)})` (paper Sec. 2). Fix layer :math:`l` and condition on everything before
+# it: then :math:`x^{(l-1)}` is given, and :math:`v^{(l)}` is Gaussian with mean :math:`\theta^{(l)}x^{(l-1)}` and
+# covariance :math:`\mathrm{diag}(\sigma^{(l)})^2`. Everything after layer :math:`l`, the later layers and their
+# noise, only turns :math:`v^{(l)}` into a loss: a black box we never differentiate. The one-layer
 # argument of tutorial 1 applies unchanged, to every layer at once:
 #
-# $$\frac{\partial\,\mathbb{E}[\mathcal{L}_n]}{\partial\theta^{(l)}_{ij}}
-#   = \mathbb{E}\Big[\mathcal{L}_n\,x^{(l-1)}_j(n)\,\frac{\varepsilon^{(l)}_i(n)}{\sigma^{(l)}_i}\Big]
-#   \qquad\text{(Eq. 1)}.$$
+# .. math::
 #
-# Layer $l$'s gradient needs the loss, its own input and its own noise, nothing from the layers
+#    \frac{\partial\,\mathbb{E}[\mathcal{L}_n]}{\partial\theta^{(l)}_{ij}}
+#      = \mathbb{E}\Big[\mathcal{L}_n\,x^{(l-1)}_j(n)\,\frac{\varepsilon^{(l)}_i(n)}{\sigma^{(l)}_i}\Big]
+#      \qquad\text{(Eq. 1)}.
+#
+# Layer :math:`l`'s gradient needs the loss, its own input and its own noise, nothing from the layers
 # above it. That is the **layer-level parallelism** of the paper (Sec. 3.3): all layers can
-# compute their gradients at the same time, as soon as the loss is known. The $K$ copies of a
+# compute their gradients at the same time, as soon as the loss is known. The :math:`K` copies of a
 # sample are independent too (**data-level parallelism**).
 #
 # What "exact gradient" means: LR is unbiased for the gradient of the *smoothed* loss
-# $\mathbb{E}_\varepsilon[\mathcal{L}]$. We compare with the noiseless backprop gradient from
-# `minilr.reference.gradient`, which is close to it when $\sigma$ is small.
+# :math:`\mathbb{E}_\varepsilon[\mathcal{L}]`. We compare with the noiseless backprop gradient from
+# ``minilr.reference.gradient``, which is close to it when :math:`\sigma` is small.
 
 # %%
 (x_train, y_train), (x_test, y_test) = minilr.datasets.load("digits")
@@ -69,22 +61,23 @@ print("keys:", sorted(g))
 print("same shapes as the parameters:", all(g[k].shape == p.shape for k, p in model.parameters().items()))
 print("cosine to the exact gradient with K=100:", round(minilr.metrics.cosine_similarity(g, g_true), 3))
 
-# %% [markdown]
-# ## Cosine similarity as the copies grow (paper Fig. 1, small)
+# %%
+# Cosine similarity as the copies grow (paper Fig. 1, small)
+# ----------------------------------------------------------
 #
-# The estimate averages $K$ independent copies, so its variance falls like $1/K$ and its cosine
+# The estimate averages :math:`K` independent copies, so its variance falls like :math:`1/K` and its cosine
 # with the exact gradient climbs towards one. We repeat every measurement with several seeds and
 # draw their range as a band. Three variants:
 #
-# * **no baseline**: the plain estimator $\mathcal{L}_n\,x_j\,\varepsilon_i/\sigma_i$;
-# * **leave-one-out baseline** (minilr's default): subtract from copy $k$'s loss the mean loss of
-#   the same sample's *other* copies. That mean does not depend on copy $k$'s noise and
-#   $\mathbb{E}[\varepsilon]=0$, so the expectation is unchanged. The loss is a large number that
-#   barely changes between copies; after subtraction only the part caused by the noise is left to
-#   multiply the noise;
-# * **antithetic noise**: copies come in mirrored pairs $+\varepsilon, -\varepsilon$. For a pair,
-#   $(\mathcal{L}^+ - \mathcal{L}^-)\,\varepsilon/2$ cancels the constant and all even-order terms of
-#   the loss, but a pair carries one independent noise draw, not two.
+# -  **no baseline**: the plain estimator :math:`\mathcal{L}_n\,x_j\,\varepsilon_i/\sigma_i`;
+# -  **leave-one-out baseline** (minilr's default): subtract from copy :math:`k`'s loss the mean loss of
+#    the same sample's *other* copies. That mean does not depend on copy :math:`k`'s noise and
+#    :math:`\mathbb{E}[\varepsilon]=0`, so the expectation is unchanged. The loss is a large number that
+#    barely changes between copies; after subtraction only the part caused by the noise is left to
+#    multiply the noise;
+# -  **antithetic noise**: copies come in mirrored pairs :math:`+\varepsilon, -\varepsilon`. For a pair,
+#    :math:`(\mathcal{L}^+ - \mathcal{L}^-)\,\varepsilon/2` cancels the constant and all even-order terms of
+#    the loss, but a pair carries one independent noise draw, not two.
 
 # %%
 COPIES = [10, 100, 1000] if QUICK else [10, 30, 100, 300, 1000, 3000]
@@ -120,11 +113,11 @@ plots.cosine_vs_copies(COPIES, per_layer, ax=axes[1], title="per layer (baseline
 plots.save(fig, FIG / "02_cosine_vs_copies.png")
 fig
 
-# %% [markdown]
+# %%
 # Read the printed table with the figure. Without a baseline the estimate is nearly useless at
-# every $K$ shown: the raw loss multiplies the noise and the signal drowns. The baseline is what
+# every :math:`K` shown: the raw loss multiplies the noise and the signal drowns. The baseline is what
 # makes LR practical. Whether antithetic pairs add anything depends on how much curvature the
-# loss has at the scale of $\sigma$; with a good baseline, a mirrored pair costs two forward
+# loss has at the scale of :math:`\sigma`; with a good baseline, a mirrored pair costs two forward
 # passes for one independent draw, and the printed line says which effect won here.
 #
 # In the per-layer panel (and the printed per-layer cosines) the layer nearest the loss is
@@ -132,13 +125,13 @@ fig
 # (64 inputs times 64 neurons), and its gradient, like every layer's, is inferred from one scalar
 # loss per copy: more parameters per noise dimension means more variance per parameter.
 #
-# ## How large should $\sigma$ be?
+# How large should :math:`\sigma` be?
+# -----------------------------------
 #
-# Two forces pull against each other. The smoothed loss $\mathbb{E}[\mathcal{L}]$ drifts away
-# from the noiseless loss as $\sigma$ grows, so its gradient does too. As $\sigma$ shrinks,
-# the factor $1/\sigma$ in Eq. 1 blows up the variance, *unless* a baseline removes the part of
-# the loss that does not depend on the noise: with a baseline, $\mathcal{L}-b \approx
-# \sigma\,\nabla_v\mathcal{L}\cdot\varepsilon$, and the $\sigma$ cancels.
+# Two forces pull against each other. The smoothed loss :math:`\mathbb{E}[\mathcal{L}]` drifts away
+# from the noiseless loss as :math:`\sigma` grows, so its gradient does too. As :math:`\sigma` shrinks,
+# the factor :math:`1/\sigma` in Eq. 1 blows up the variance, *unless* a baseline removes the part of
+# the loss that does not depend on the noise: with a baseline, :math:`\mathcal{L}-b \approx \sigma\,\nabla_v\mathcal{L}\cdot\varepsilon`, and the :math:`\sigma` cancels.
 
 # %%
 SIGMAS = [0.01, 0.03, 0.1, 0.3, 1.0]
@@ -157,20 +150,23 @@ fig.axes[0].set_xlabel(r"noise scale $\sigma$ (every layer)")
 plots.save(fig, FIG / "02_cosine_vs_sigma.png")
 fig
 
-# %% [markdown]
-# ## Learning $\sigma$
+# %%
+# Learning :math:`\sigma`
+# -----------------------
 #
-# $\sigma$ is a parameter of the sampling density too, so the same trick gives its gradient. For
-# one neuron, $\log p(v) = -\log\sigma - (v-\mu)^2/(2\sigma^2) + \text{const}$, whose derivative in
-# $\sigma$ is $-1/\sigma + (v-\mu)^2/\sigma^3 = (\varepsilon^2 - 1)/\sigma$. Hence
+# :math:`\sigma` is a parameter of the sampling density too, so the same trick gives its gradient. For
+# one neuron, :math:`\log p(v) = -\log\sigma - (v-\mu)^2/(2\sigma^2) + \text{const}`, whose derivative in
+# :math:`\sigma` is :math:`-1/\sigma + (v-\mu)^2/\sigma^3 = (\varepsilon^2 - 1)/\sigma`. Hence
 #
-# $$\frac{\partial\,\mathbb{E}[\mathcal{L}_n]}{\partial\sigma^{(l)}_i}
-#   = \mathbb{E}\Big[\mathcal{L}_n\,\frac{\varepsilon^{(l)}_i(n)^2 - 1}{\sigma^{(l)}_i}\Big]
-#   \qquad\text{(Eq. 1, second line)}.$$
+# .. math::
 #
-# With `learn_sigma=True` every layer's $\sigma$ (one per neuron) joins the parameters as
-# `"<i>.sigma"` and is trained with the weights; the projection of Eq. 4 keeps it inside
-# `sigma_bounds` (tutorial 7). The gradient lowers $\sigma$ wherever noise raises the expected
+#    \frac{\partial\,\mathbb{E}[\mathcal{L}_n]}{\partial\sigma^{(l)}_i}
+#      = \mathbb{E}\Big[\mathcal{L}_n\,\frac{\varepsilon^{(l)}_i(n)^2 - 1}{\sigma^{(l)}_i}\Big]
+#      \qquad\text{(Eq. 1, second line)}.
+#
+# With ``learn_sigma=True`` every layer's :math:`\sigma` (one per neuron) joins the parameters as
+# ``"<i>.sigma"`` and is trained with the weights; the projection of Eq. 4 keeps it inside
+# ``sigma_bounds`` (tutorial 7). The gradient lowers :math:`\sigma` wherever noise raises the expected
 # loss: the network learns how much exploration it can afford, layer by layer.
 
 # %%
@@ -208,8 +204,8 @@ axes[1].grid(alpha=0.3)
 plots.save(fig, FIG / "02_learned_sigma.png")
 fig
 
-# %% [markdown]
-# The printed trace shows where each layer's $\sigma$ went. Whether the learned noise helps
+# %%
+# The printed trace shows where each layer's :math:`\sigma` went. Whether the learned noise helps
 # accuracy on a problem this small is secondary (compare the printed accuracies); what matters is
-# that $\sigma$ is trained by the same forward-only estimator as the weights, with the exact
-# $(\varepsilon^2-1)/\sigma$ score, which ALR (next tutorial) keeps unchanged.
+# that :math:`\sigma` is trained by the same forward-only estimator as the weights, with the exact
+# :math:`(\varepsilon^2-1)/\sigma` score, which ALR (next tutorial) keeps unchanged.

@@ -1,30 +1,21 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+3. ALR: keep only the signs
+===========================
 
-# %% [markdown]
-# # 3. ALR: keep only the signs
-#
-# LR's weight gradient for layer $l$ is an average of $\mathcal{L}_n Z_n$ with
-# $Z_{n,ij} = x_j(n)\,\varepsilon_i(n)/\sigma_i$ (Eq. 2). To form it, every copy's layer input $x$
-# and noise $\varepsilon$ must be kept from the forward pass until the loss is known: $K$ copies
-# times every activation, in 32-bit floats. That memory is what limits $K$, and $K$ is what limits
-# LR's accuracy (tutorial 2). The paper's **approximated LR** (ALR, Eq. 3) keeps only signs:
-#
-# $$\tilde g = \frac1b\sum_n \mathcal{L}_n\,\big(\operatorname{sign}(Z^\theta_n),\; Z^\sigma_n\big),
-# \qquad \operatorname{sign}(Z^\theta_{n,ij}) = \operatorname{sign}(x_j(n))\operatorname{sign}(\varepsilon_i(n)),$$
-#
-# and leaves the $\sigma$-gradient $Z^\sigma = (\varepsilon^2-1)/\sigma$ exact. This tutorial asks
-# why that still descends (Eq. 5), what it loses, and what it saves.
+LR's weight gradient for layer :math:`l` is an average of :math:`\mathcal{L}_n Z_n` with
+:math:`Z_{n,ij} = x_j(n)\,\varepsilon_i(n)/\sigma_i` (Eq. 2). To form it, every copy's layer input :math:`x`
+and noise :math:`\varepsilon` must be kept from the forward pass until the loss is known: :math:`K` copies
+times every activation, in 32-bit floats. That memory is what limits :math:`K`, and :math:`K` is what limits
+LR's accuracy (tutorial 2). The paper's **approximated LR** (ALR, Eq. 3) keeps only signs:
+
+.. math::
+
+   \tilde g = \frac1b\sum_n \mathcal{L}_n\,\big(\operatorname{sign}(Z^\theta_n),\; Z^\sigma_n\big),
+   \qquad \operatorname{sign}(Z^\theta_{n,ij}) = \operatorname{sign}(x_j(n))\operatorname{sign}(\varepsilon_i(n)),
+
+and leaves the :math:`\sigma`-gradient :math:`Z^\sigma = (\varepsilon^2-1)/\sigma` exact. This tutorial asks
+why that still descends (Eq. 5), what it loses, and what it saves.
+"""
 
 # %%
 import os
@@ -39,41 +30,42 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## What ALR estimates (Eq. 5), to first order in $\sigma$
+# %%
+# What ALR estimates (Eq. 5), to first order in :math:`\sigma`
+# ------------------------------------------------------------
 #
-# ALR is an unbiased estimator of *something*: of $\mathcal{J}$ in Eq. 5, whose weight
-# coordinates are $\partial_\omega\,\mathbb{E}[\mathcal{L}/|Z|]$ rather than
-# $\partial_\omega\,\mathbb{E}[\mathcal{L}]$. The convergence theorem (Thm. 2) is about
-# following $\mathcal{J}$. To see what $\mathcal{J}$ looks like, expand the loss for small noise.
-# Let $\delta_i(n) = \partial\mathcal{L}_n/\partial v_i$ be what backprop would deliver to neuron
-# $i$. With the baseline removing the noise-free part,
-# $\mathcal{L}_n - b \approx \sum_k \sigma_k\,\delta_k(n)\,\varepsilon_k(n)$, and since
-# $\mathbb{E}[\varepsilon_k\operatorname{sign}\varepsilon_i] = \mathbb{1}[k=i]\,\mathbb{E}|\varepsilon|
-# = \mathbb{1}[k=i]\sqrt{2/\pi}$:
+# ALR is an unbiased estimator of *something*: of :math:`\mathcal{J}` in Eq. 5, whose weight
+# coordinates are :math:`\partial_\omega\,\mathbb{E}[\mathcal{L}/|Z|]` rather than
+# :math:`\partial_\omega\,\mathbb{E}[\mathcal{L}]`. The convergence theorem (Thm. 2) is about
+# following :math:`\mathcal{J}`. To see what :math:`\mathcal{J}` looks like, expand the loss for small noise.
+# Let :math:`\delta_i(n) = \partial\mathcal{L}_n/\partial v_i` be what backprop would deliver to neuron
+# :math:`i`. With the baseline removing the noise-free part,
+# :math:`\mathcal{L}_n - b \approx \sum_k \sigma_k\,\delta_k(n)\,\varepsilon_k(n)`, and since
+# :math:`\mathbb{E}[\varepsilon_k\operatorname{sign}\varepsilon_i] = \mathbb{1}[k=i]\,\mathbb{E}|\varepsilon| = \mathbb{1}[k=i]\sqrt{2/\pi}`:
 #
-# $$\mathbb{E}\big[(\mathcal{L}_n-b)\,\varepsilon_i/\sigma_i\big] \approx \delta_i(n)
-# \quad\text{(LR)},\qquad
-# \mathbb{E}\big[(\mathcal{L}_n-b)\operatorname{sign}\varepsilon_i\big] \approx
-# \sqrt{2/\pi}\,\sigma_i\,\delta_i(n)\quad\text{(ALR)}.$$
+# .. math::
+#
+#    \mathbb{E}\big[(\mathcal{L}_n-b)\,\varepsilon_i/\sigma_i\big] \approx \delta_i(n)
+#    \quad\text{(LR)},\qquad
+#    \mathbb{E}\big[(\mathcal{L}_n-b)\operatorname{sign}\varepsilon_i\big] \approx
+#    \sqrt{2/\pi}\,\sigma_i\,\delta_i(n)\quad\text{(ALR)}.
 #
 # So the **expected ALR update** is
-# $\sqrt{2/\pi}\,\sigma_i\cdot\overline{\delta_i(n)\operatorname{sign}(x_j(n))}$ where backprop has
-# $\overline{\delta_i(n)\,x_j(n)}$. Two things change:
+# :math:`\sqrt{2/\pi}\,\sigma_i\cdot\overline{\delta_i(n)\operatorname{sign}(x_j(n))}` where backprop has
+# :math:`\overline{\delta_i(n)\,x_j(n)}`. Two things change:
 #
-# * each neuron's row is scaled by the positive number $\sqrt{2/\pi}\,\sigma_i$, which moves no
-#   update uphill (and Adam undoes the scale anyway);
-# * the input $x_j$ is replaced by its sign. After a ReLU, $\operatorname{sign}(x_j) =
-#   \mathbb{1}[x_j>0]$: the update keeps *which* inputs were active and forgets *how much*.
+# -  each neuron's row is scaled by the positive number :math:`\sqrt{2/\pi}\,\sigma_i`, which moves no
+#    update uphill (and Adam undoes the scale anyway);
+# -  the input :math:`x_j` is replaced by its sign. After a ReLU, :math:`\operatorname{sign}(x_j) = \mathbb{1}[x_j>0]`: the update keeps *which* inputs were active and forgets *how much*.
 #
-# The bias has input $1$, so its ALR gradient is exact up to the positive scale. For the weights
+# The bias has input :math:`1`, so its ALR gradient is exact up to the positive scale. For the weights
 # the surrogate direction is not the gradient, but wherever the inputs are positive (ReLU outputs,
-# pixels in $[0,1]$) the two agree in the sign of every term of the batch sum, so they are
+# pixels in :math:`[0,1]`) the two agree in the sign of every term of the batch sum, so they are
 # positively correlated: a **descent direction**, and the surrogate stops moving exactly where the
-# $\delta$'s vanish.
+# :math:`\delta`'s vanish.
 #
 # Let us check this on a digits MLP. We build the predicted surrogate from per-sample backprop
-# deltas (the bias gradient of a one-sample batch is $\delta(n)$) and compare ALR against both it
+# deltas (the bias gradient of a one-sample batch is :math:`\delta(n)`) and compare ALR against both it
 # and the true gradient.
 
 # %%
@@ -105,10 +97,10 @@ print("per layer:", {k: round(v, 3) for k, v in minilr.metrics.cosine_similarity
 print("inner product <J, grad> > 0 (a descent direction):",
       sum(float(np.sum(surrogate[k] * g_true[k])) for k in g_true) > 0)
 
-# %% [markdown]
-# Now the estimates. As $K$ grows, LR's cosine to the true gradient climbs towards one; ALR's
-# climbs towards the cosine between $\mathcal{J}$ and the gradient printed above, while its cosine
-# to $\mathcal{J}$ itself keeps climbing: ALR is a low-variance estimate of a slightly different,
+# %%
+# Now the estimates. As :math:`K` grows, LR's cosine to the true gradient climbs towards one; ALR's
+# climbs towards the cosine between :math:`\mathcal{J}` and the gradient printed above, while its cosine
+# to :math:`\mathcal{J}` itself keeps climbing: ALR is a low-variance estimate of a slightly different,
 # still downhill, direction.
 
 # %%
@@ -136,16 +128,17 @@ fig.axes[0].legend(fontsize=8)
 plots.save(fig, FIG / "03_alr_cosine.png")
 fig
 
-# %% [markdown]
-# ## What it saves: bits instead of floats
+# %%
+# What it saves: bits instead of floats
+# -------------------------------------
 #
 # Between the forward pass and the gradient, LR keeps per row (copy x sample) and per layer the
-# input $x$ (unless it is the network input, which all copies share) and the noise $\varepsilon$,
-# each a 32-bit float. ALR keeps $\operatorname{sign}(\varepsilon)$ in **1 bit** (the noise is
-# never exactly zero), $\operatorname{sign}(x)$ in **1 bit** after a ReLU (zero or positive) and
-# in 2 bits for a general sign. (A *learned* $\sigma$ also needs $\varepsilon^2 - 1$; regenerating
-# $\varepsilon$ from its seed avoids storing it.) Below, the count for this MLP and for a wider one,
-# at $K$ copies of a batch of 50, checked by really packing the arrays.
+# input :math:`x` (unless it is the network input, which all copies share) and the noise :math:`\varepsilon`,
+# each a 32-bit float. ALR keeps :math:`\operatorname{sign}(\varepsilon)` in **1 bit** (the noise is
+# never exactly zero), :math:`\operatorname{sign}(x)` in **1 bit** after a ReLU (zero or positive) and
+# in 2 bits for a general sign. (A *learned* :math:`\sigma` also needs :math:`\varepsilon^2 - 1`; regenerating
+# :math:`\varepsilon` from its seed avoids storing it.) Below, the count for this MLP and for a wider one,
+# at :math:`K` copies of a batch of 50, checked by really packing the arrays.
 
 # %%
 try:  # minilr.signbits packs along the rows, 8 rows per byte; np.packbits does the same here
@@ -204,12 +197,13 @@ for ax, (name, rows) in zip(axes, tables.items()):
 plots.save(fig, FIG / "03_alr_memory.png")
 fig
 
-# %% [markdown]
+# %%
 # The first layer's input is shared by all copies and is kept once, as floats, by both; every
 # other stored number shrinks from 32 bits to 1, so the ratio approaches 32 as the network grows
 # deeper and wider. (The paper stores signs as INT8 and reports 4x; bit packing gives the rest.)
 #
-# ## A picture of the packed bits
+# A picture of the packed bits
+# ----------------------------
 #
 # The noise signs of one layer, for the first rows (copy x sample) and a few neurons: each row of
 # 8 bits along the row axis becomes one byte. The unpacked bits are exactly the signs, which is
@@ -236,11 +230,12 @@ fig.colorbar(im, ax=axes[2], label="byte value")
 plots.save(fig, FIG / "03_packed_bits.png")
 fig
 
-# %% [markdown]
-# ## Training: same copies, or same memory
+# %%
+# Training: same copies, or same memory
+# -------------------------------------
 #
-# Finally, train the digits MLP three ways with Adam: LR and ALR with the same $K$, and ALR with
-# several times more copies, which fits in the memory LR needs for $K$ (the printed ratio above
+# Finally, train the digits MLP three ways with Adam: LR and ALR with the same :math:`K`, and ALR with
+# several times more copies, which fits in the memory LR needs for :math:`K` (the printed ratio above
 # says how many times over).
 
 # %%
@@ -261,11 +256,11 @@ print(f"ALR minus LR at K={K}: {same_k:+.3f};  ALR with K={K_MORE} minus ALR wit
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FIG / "03_alr_training.png",
                       title="LR vs ALR on digits")
 
-# %% [markdown]
+# %%
 # The two printed differences answer the two questions. ALR with the same copies follows a
 # direction that is less aligned with the gradient; the first difference is what that costs (or
 # not) on digits. The second is what extra copies buy ALR: on a problem this small the estimate at
-# $K$ copies may already be good enough that more copies change little, while on the paper's
-# CIFAR networks, where $K$ is memory-bound, the extra copies are the point. Note that ALR does
-# not descend the training loss exactly (it follows $\mathcal{J}$); the curves show how close
+# :math:`K` copies may already be good enough that more copies change little, while on the paper's
+# CIFAR networks, where :math:`K` is memory-bound, the extra copies are the point. Note that ALR does
+# not descend the training loss exactly (it follows :math:`\mathcal{J}`); the curves show how close
 # that comes here.

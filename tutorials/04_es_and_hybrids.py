@@ -1,25 +1,14 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+"""
+4. ES, AES, Hybrid and A-Hybrid side by side
+============================================
 
-# %% [markdown]
-# # 4. ES, AES, Hybrid and A-Hybrid side by side
-#
-# LR puts the noise on each neuron's output. **Evolution strategies** (ES) put it on the weights.
-# The paper's LR family has six members (Sec. 4.1): LR, ES and their **Hybrid** (ES on the first
-# layers, LR on the rest), each with or without the sign approximation (ALR, AES, A-Hybrid). Here
-# we derive ES, then measure all six on one small network: per-layer cosine similarity to the
-# exact gradient as copies grow (the paper's Fig. 5) and the accuracy/stability summary of Eq. 7-8
-# (its Table 4).
+LR puts the noise on each neuron's output. **Evolution strategies** (ES) put it on the weights.
+The paper's LR family has six members (Sec. 4.1): LR, ES and their **Hybrid** (ES on the first
+layers, LR on the rest), each with or without the sign approximation (ALR, AES, A-Hybrid). Here
+we derive ES, then measure all six on one small network: per-layer cosine similarity to the
+exact gradient as copies grow (the paper's Fig. 5) and the accuracy/stability summary of Eq. 7-8
+(its Table 4).
+"""
 
 # %%
 import os
@@ -34,22 +23,23 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## ES is LR on the weights
+# %%
+# ES is LR on the weights
+# -----------------------
 #
-# Perturb a layer's weights, $\theta + \sigma E$ with $E_{ij}\sim\mathcal{N}(0,1)$. The perturbed
-# weights have a Gaussian density with mean $\theta$, so the score-function argument of tutorial 1
+# Perturb a layer's weights, :math:`\theta + \sigma E` with :math:`E_{ij}\sim\mathcal{N}(0,1)`. The perturbed
+# weights have a Gaussian density with mean :math:`\theta`, so the score-function argument of tutorial 1
 # gives
 #
-# $$\nabla_\theta\,\mathbb{E}[\mathcal{L}(\theta+\sigma E)] = \mathbb{E}\Big[\mathcal{L}\,\frac{E}{\sigma}\Big].$$
+# .. math:: \nabla_\theta\,\mathbb{E}[\mathcal{L}(\theta+\sigma E)] = \mathbb{E}\Big[\mathcal{L}\,\frac{E}{\sigma}\Big].
 #
-# One $E_k$ per copy is shared by the whole batch, and the copy's loss is the batch's loss. Since
-# $(\theta + \sigma E)x = \theta x + \sigma E x$, ES is LR with output noise $\sigma E x$, which is
+# One :math:`E_k` per copy is shared by the whole batch, and the copy's loss is the batch's loss. Since
+# :math:`(\theta + \sigma E)x = \theta x + \sigma E x`, ES is LR with output noise :math:`\sigma E x`, which is
 # correlated across neurons and samples. The price is dimension: ES's noise has as many numbers
-# as the layer has weights, $m(d+1)$, all credited from one loss per copy, while LR's has $m$ per
-# sample and credits each sample separately. ES's advantage is memory: it stores one $E_k$ per
-# copy, not $x$ and $\varepsilon$ for every sample of every copy. **AES** keeps $\operatorname{sign}(E)$.
-# **Hybrid** uses ES for the first two layers and LR for the rest (minilr's `es_layers=2`; the
+# as the layer has weights, :math:`m(d+1)`, all credited from one loss per copy, while LR's has :math:`m` per
+# sample and credits each sample separately. ES's advantage is memory: it stores one :math:`E_k` per
+# copy, not :math:`x` and :math:`\varepsilon` for every sample of every copy. **AES** keeps :math:`\operatorname{sign}(E)`.
+# **Hybrid** uses ES for the first two layers and LR for the rest (minilr's ``es_layers=2``; the
 # last layer always gets LR); **A-Hybrid** applies signs to both parts.
 
 # %%
@@ -61,12 +51,13 @@ ESTIMATORS = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
 layers = model.linear_indices
 print("Linear layers at positions", layers, "- Hybrid uses ES on", layers[:2], "and LR on", layers[2:])
 
-# %% [markdown]
-# ## Per-layer cosine similarity as copies grow (Fig. 5)
+# %%
+# Per-layer cosine similarity as copies grow (Fig. 5)
+# ---------------------------------------------------
 #
-# For every estimator, every number of copies $K$ on an even grid $[n_1, n_2]$ and several seeds,
+# For every estimator, every number of copies :math:`K` on an even grid :math:`[n_1, n_2]` and several seeds,
 # we estimate the gradient of one batch and compare it with the exact one, layer by layer
-# (`minilr.metrics.cosine_similarity(g, g_true, per_layer=True)`).
+# (``minilr.metrics.cosine_similarity(g, g_true, per_layer=True)``).
 
 # %%
 COPIES = [50, 100, 200, 300, 400] if QUICK else list(range(100, 2001, 100))
@@ -97,23 +88,26 @@ for e in ("hybrid", "a-hybrid"):
 plots.save(fig, FIG / "04_hybrid_per_layer.png")
 fig
 
-# %% [markdown]
+# %%
 # In the printed table, compare the layer that Hybrid leaves to LR (the last one) with the two it
-# estimates by ES at the same $K$, and the same layer under A-Hybrid: the sign approximation lowers
+# estimates by ES at the same :math:`K`, and the same layer under A-Hybrid: the sign approximation lowers
 # the cosine of the LR part (tutorial 3 explained why: ALR targets a slightly different
 # direction). The paper also finds A-Hybrid's bands (spread over seeds) thinner than Hybrid's;
 # the spreads printed below say whether that holds on this network.
 #
-# ## Accuracy and stability (Eq. 7-8, Table 4)
+# Accuracy and stability (Eq. 7-8, Table 4)
+# -----------------------------------------
 #
-# Over the range of copies $[n_1, n_2]$, the paper summarises each estimator by
+# Over the range of copies :math:`[n_1, n_2]`, the paper summarises each estimator by
 #
-# $$\text{Acc.} = \frac{1}{n_2-n_1}\sum_{n=n_1}^{n_2}\cos(g_n, g),\qquad
-# \text{Sta.} = \sqrt{\frac{1}{n_2-n_1}\sum_{n=n_1}^{n_2}\big(\cos(g_n, g)-\hat y_n\big)^2},$$
+# .. math::
 #
-# where $\hat y_n$ is a straight line fitted to the cosines against $n$. Acc. is the mean cosine
+#    \text{Acc.} = \frac{1}{n_2-n_1}\sum_{n=n_1}^{n_2}\cos(g_n, g),\qquad
+#    \text{Sta.} = \sqrt{\frac{1}{n_2-n_1}\sum_{n=n_1}^{n_2}\big(\cos(g_n, g)-\hat y_n\big)^2},
+#
+# where :math:`\hat y_n` is a straight line fitted to the cosines against :math:`n`. Acc. is the mean cosine
 # (higher is better); Sta. is how far single estimates scatter around the trend (lower is better).
-# `minilr.metrics.acc_sta(copies, cosines)` computes both for one run over our grid; we report the
+# ``minilr.metrics.acc_sta(copies, cosines)`` computes both for one run over our grid; we report the
 # mean and spread over seeds.
 
 # %%
@@ -140,7 +134,7 @@ for ax, row, name in ((axes[1], 0, "Acc. (higher is better)"), (axes[2], 1, "Sta
 plots.save(fig, FIG / "04_acc_sta.png")
 fig
 
-# %% [markdown]
+# %%
 # Read the printed table against the paper's Table 4. On this small MLP the ordering of the
 # estimators need not match a ResNet-5 on CIFAR-10: with 64 inputs and 32 neurons the ES layers
 # have many weights per neuron, and with only three layers the hybrid leaves a single layer to LR.

@@ -1,24 +1,13 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+5. Training what backprop cannot: step activations
+==================================================
 
-# %% [markdown]
-# # 5. Training what backprop cannot: step activations
-#
-# A spiking neuron fires or it does not: $\varphi(v) = \mathbb{1}[v > 0]$, the Heaviside step.
-# Its derivative is zero everywhere except at $0$, where it does not exist. Backprop multiplies by
-# $\varphi'$ on the way down, so every layer below a step receives a zero gradient. The LR family
-# never differentiates $\varphi$: it only evaluates the network. This tutorial shows both facts
-# and trains a step network on digits.
+A spiking neuron fires or it does not: :math:`\varphi(v) = \mathbb{1}[v > 0]`, the Heaviside step.
+Its derivative is zero everywhere except at :math:`0`, where it does not exist. Backprop multiplies by
+:math:`\varphi'` on the way down, so every layer below a step receives a zero gradient. The LR family
+never differentiates :math:`\varphi`: it only evaluates the network. This tutorial shows both facts
+and trains a step network on digits.
+"""
 
 # %%
 import os
@@ -34,10 +23,11 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## Backprop has nothing to say
+# %%
+# Backprop has nothing to say
+# ---------------------------
 #
-# `minilr.MLP(..., activation="step")` builds the network; the exact reference, a hand-written
+# ``minilr.MLP(..., activation="step")`` builds the network; the exact reference, a hand-written
 # backward pass, refuses it rather than return a gradient that is zero almost everywhere:
 
 # %%
@@ -50,18 +40,21 @@ try:
 except ValueError as err:
     print("reference.gradient raised ValueError:", err)
 
-# %% [markdown]
-# ## Noise makes the step smooth
+# %%
+# Noise makes the step smooth
+# ---------------------------
 #
 # With noise on the pre-activation, the *expected* output of a step neuron is a smooth function:
 #
-# $$\mathbb{E}_\varepsilon\big[\mathbb{1}[v + \sigma\varepsilon > 0]\big] = P(\varepsilon > -v/\sigma)
-# = \Phi(v/\sigma),$$
+# .. math::
 #
-# the Gaussian distribution function, whose slope at $0$ is $1/(\sigma\sqrt{2\pi})$. The
+#    \mathbb{E}_\varepsilon\big[\mathbb{1}[v + \sigma\varepsilon > 0]\big] = P(\varepsilon > -v/\sigma)
+#    = \Phi(v/\sigma),
+#
+# the Gaussian distribution function, whose slope at :math:`0` is :math:`1/(\sigma\sqrt{2\pi})`. The
 # expected loss of the whole noisy network is therefore differentiable in the weights, even though
 # each sampled network is piecewise constant, and LR estimates exactly that derivative from loss
-# values alone (tutorial 2's argument never used $\varphi'$). We check the formula by averaging
+# values alone (tutorial 2's argument never used :math:`\varphi'`). We check the formula by averaging
 # noisy copies of a step neuron.
 
 # %%
@@ -86,8 +79,9 @@ ax.grid(alpha=0.3)
 plots.save(fig, FIG / "05_smoothed_step.png")
 fig
 
-# %% [markdown]
-# ## Training a step network on digits
+# %%
+# Training a step network on digits
+# ---------------------------------
 #
 # We train the 64-32-10 step network with LR and ALR. What could backprop do here? Only the last
 # layer has a non-zero gradient, so at best it fits a linear read-out on top of the *random* step
@@ -117,7 +111,7 @@ for label, h in histories.items():
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FIG / "05_step_training.png",
                       title=f"MLP 64-{HIDDEN}-10 with step activations on digits")
 
-# %% [markdown]
+# %%
 # The printed accuracies compare LR and ALR, which train both layers through the steps, with the
 # read-out that is all backprop can train. The network is evaluated without noise, as a true
 # step network: the noise is only a training device that turns a piecewise-constant loss into a

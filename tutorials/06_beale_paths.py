@@ -1,29 +1,18 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+6. Optimisation paths on Beale's function (paper Fig. 6)
+========================================================
 
-# %% [markdown]
-# # 6. Optimisation paths on Beale's function (paper Fig. 6)
-#
-# To *see* how BP, LR and ALR move, the paper minimises a function of two variables,
-#
-# $$f(x, y) = \big(\tfrac32 - x + xy\big)^2 + \big(\tfrac94 - x + xy^2\big)^2 + \big(\tfrac{21}{8} - x + xy^3\big)^2,$$
-#
-# Beale's function, from $(-3, 2)$. Its only minimum is $f(3, \tfrac12) = 0$, at the end of a
-# curved, flat valley; another flat valley runs off to the left. As in the paper, the two variables
-# are the outputs of a single-layer network with constant input $1$: `minilr.Linear(1, 2)`, whose
-# output is $(x, y) = W\cdot 1 + b$. LR and ALR then see $f$ only through a custom loss
-# `loss(out, y, xp)` that returns one value per row, and never differentiate it. For the BP path
-# we write the gradient of $f$ by hand.
+To *see* how BP, LR and ALR move, the paper minimises a function of two variables,
+
+.. math:: f(x, y) = \big(\tfrac32 - x + xy\big)^2 + \big(\tfrac94 - x + xy^2\big)^2 + \big(\tfrac{21}{8} - x + xy^3\big)^2,
+
+Beale's function, from :math:`(-3, 2)`. Its only minimum is :math:`f(3, \tfrac12) = 0`, at the end of a
+curved, flat valley; another flat valley runs off to the left. As in the paper, the two variables
+are the outputs of a single-layer network with constant input :math:`1`: ``minilr.Linear(1, 2)``, whose
+output is :math:`(x, y) = W\cdot 1 + b`. LR and ALR then see :math:`f` only through a custom loss
+``loss(out, y, xp)`` that returns one value per row, and never differentiate it. For the BP path
+we write the gradient of :math:`f` by hand.
+"""
 
 # %%
 import os
@@ -67,13 +56,14 @@ fd = np.array([(beale(*(START + h * e)) - beale(*(START - h * e))) / (2 * h) for
 print("f(-3, 2) =", beale(*START), "  f(3, 0.5) =", beale(3.0, 0.5))
 print("hand-written gradient at the start:", beale_grad(START), " central differences:", fd.round(4))
 
-# %% [markdown]
-# ## What LR and ALR converge to: the smoothed function
+# %%
+# What LR and ALR converge to: the smoothed function
+# --------------------------------------------------
 #
-# LR adds noise $\sigma\varepsilon$ to the layer's output, so it descends the smoothed function
-# $F(p) = \mathbb{E}[f(p + \sigma\varepsilon)]$ (tutorial 1), whose minimum is not exactly $f$'s.
-# Beale's function is a polynomial, so Gauss-Hermite quadrature computes $F$ exactly; we locate
-# its minimum on a grid. The LR and ALR paths should end near it, not at $(3, \tfrac12)$.
+# LR adds noise :math:`\sigma\varepsilon` to the layer's output, so it descends the smoothed function
+# :math:`F(p) = \mathbb{E}[f(p + \sigma\varepsilon)]` (tutorial 1), whose minimum is not exactly :math:`f`'s.
+# Beale's function is a polynomial, so Gauss-Hermite quadrature computes :math:`F` exactly; we locate
+# its minimum on a grid. The LR and ALR paths should end near it, not at :math:`(3, \tfrac12)`.
 
 # %%
 SIGMA = 0.1
@@ -93,17 +83,18 @@ SMOOTH_MIN = np.array([gx.flat[F.argmin()], gy.flat[F.argmin()]])
 print(f"minimum of the smoothed function (sigma={SIGMA}): {SMOOTH_MIN.round(3)}, F there {F.min():.4f}, "
       f"f there {beale(*SMOOTH_MIN):.4f}")
 
-# %% [markdown]
-# ## Three paths
+# %%
+# Three paths
+# -----------
 #
-# Every path starts from the same layer with $W = (-3, 2)^\top$, $b = 0$. Since the input is the
-# constant $1$, the gradients of $W$ and $b$ are equal and $(x, y)$ moves by their sum. Each step:
+# Every path starts from the same layer with :math:`W = (-3, 2)^\top`, :math:`b = 0`. Since the input is the
+# constant :math:`1`, the gradients of :math:`W` and :math:`b` are equal and :math:`(x, y)` moves by their sum. Each step:
 #
-# * **BP**: the hand-written gradient above, copied to $W$ and $b$;
-# * **LR** and **ALR**: `minilr.estimate_gradient(..., loss=beale_loss)` with $K$ copies.
+# -  **BP**: the hand-written gradient above, copied to :math:`W` and :math:`b`;
+# -  **LR** and **ALR**: ``minilr.estimate_gradient(..., loss=beale_loss)`` with :math:`K` copies.
 #
 # Two optimizers. First plain SGD, the recursion of Eq. 4. Tutorial 3 showed that ALR's expected
-# update is the LR one scaled by $\sqrt{2/\pi}\,\sigma$ for a constant input, so ALR gets its step
+# update is the LR one scaled by :math:`\sqrt{2/\pi}\,\sigma` for a constant input, so ALR gets its step
 # size divided by that factor: otherwise it would simply move slower. Then Adam, which divides out
 # the gradient's scale by itself.
 
@@ -156,12 +147,12 @@ for ax, (name, runs) in zip(axes, paths.items()):
 plots.save(fig, FIG / "06_beale_paths.png")
 fig
 
-# %% [markdown]
+# %%
 # Read the figure with the printed end points. Where the paths reach the global minimum's valley,
-# BP stops at $(3, \tfrac12)$ while LR and ALR stop near the smoothed minimum: they optimise
-# $\mathbb{E}[f(p+\sigma\varepsilon)]$, and with a fixed $\sigma$ that is a different function.
+# BP stops at :math:`(3, \tfrac12)` while LR and ALR stop near the smoothed minimum: they optimise
+# :math:`\mathbb{E}[f(p+\sigma\varepsilon)]`, and with a fixed :math:`\sigma` that is a different function.
 # Which valley each method enters depends on the step rule: the start lies on a ridge between the
-# flat valley to the left and the curved one leading to $(3, \tfrac12)$, and a noisy step can
+# flat valley to the left and the curved one leading to :math:`(3, \tfrac12)`, and a noisy step can
 # cross it where a deterministic one does not (or the other way round). The paper reports that
 # ALR takes the most direct route while BP and LR are caught at sub-optimal points; compare the
 # printed path lengths and end points: on this start and these settings, the printed numbers are

@@ -1,29 +1,18 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+7. Convergence in practice: step sizes, projection, sigma bounds
+================================================================
 
-# %% [markdown]
-# # 7. Convergence in practice: step sizes, projection, sigma bounds
-#
-# The paper proves (Thm. 2) that the projected recursion
-#
-# $$\omega_{k+1} = \Pi_\Omega\big(\omega_k - \lambda_k\,\tilde g_k\big)\qquad\text{(Eq. 4)}$$
-#
-# converges with probability one, given a compact convex set $\Omega$ (Assumption 1), a
-# coordinate-wise convex objective (2), steps with $\sum_k\lambda_k = \infty$ and
-# $\sum_k\lambda_k^2 < \infty$ (3), and a bounded loss (4). Each assumption is a knob in minilr:
-# `train(..., optimizer="sgd", schedule="robbins-monro")` for the steps,
-# `weight_bound=` and `sigma_bounds=` for $\Omega$ (`minilr.optim.Projection`). We turn each knob
-# on a problem where the answer is known: linear regression, convex with a unique minimiser.
+The paper proves (Thm. 2) that the projected recursion
+
+.. math:: \omega_{k+1} = \Pi_\Omega\big(\omega_k - \lambda_k\,\tilde g_k\big)\qquad\text{(Eq. 4)}
+
+converges with probability one, given a compact convex set :math:`\Omega` (Assumption 1), a
+coordinate-wise convex objective (2), steps with :math:`\sum_k\lambda_k = \infty` and
+:math:`\sum_k\lambda_k^2 < \infty` (3), and a bounded loss (4). Each assumption is a knob in minilr:
+``train(..., optimizer="sgd", schedule="robbins-monro")`` for the steps,
+``weight_bound=`` and ``sigma_bounds=`` for :math:`\Omega` (``minilr.optim.Projection``). We turn each knob
+on a problem where the answer is known: linear regression, convex with a unique minimiser.
+"""
 
 # %%
 import os
@@ -38,15 +27,16 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## Step sizes (Assumption 3)
+# %%
+# Step sizes (Assumption 3)
+# -------------------------
 #
-# A stochastic gradient is the true one plus zero-mean noise $\delta_k$. The steps must add up to
+# A stochastic gradient is the true one plus zero-mean noise :math:`\delta_k`. The steps must add up to
 # infinity so the iterate can travel any distance, and their squares must add up to something
-# finite so the accumulated noise $\sum_k\lambda_k\delta_k$ (a martingale, in the proof) stays
+# finite so the accumulated noise :math:`\sum_k\lambda_k\delta_k` (a martingale, in the proof) stays
 # bounded. A constant step fails the second condition: the iterate keeps jittering at a level set
-# by $\lambda$. `minilr.optim.robbins_monro(lr, decay_steps, power)` gives
-# $\lambda_k = \lambda_0/(1 + k/k_0)^p$, which meets both conditions for $\tfrac12 < p \le 1$.
+# by :math:`\lambda`. ``minilr.optim.robbins_monro(lr, decay_steps, power)`` gives
+# :math:`\lambda_k = \lambda_0/(1 + k/k_0)^p`, which meets both conditions for :math:`\tfrac12 < p \le 1`.
 
 # %%
 k = np.arange(1_000_000)
@@ -77,18 +67,19 @@ for ax, t in zip(axes, (r"$\sum_{j\leq k}\lambda_j$ (must diverge)", r"$\sum_{j\
 plots.save(fig, FIG / "07_step_sizes.png")
 fig
 
-# %% [markdown]
-# With power 1 the sum of steps grows only like $\log k$ (the printed sums double between
-# $10^4$ and $10^6$ steps): slowly, but without bound, while the sum of squares has settled.
+# %%
+# With power 1 the sum of steps grows only like :math:`\log k` (the printed sums double between
+# :math:`10^4` and :math:`10^6` steps): slowly, but without bound, while the sum of squares has settled.
 
-# %% [markdown]
-# ## Constant versus decaying steps with LR gradients
+# %%
+# Constant versus decaying steps with LR gradients
+# ------------------------------------------------
 #
-# Linear regression with a `minilr.Linear` layer and `loss="mse"`: the smoothed loss differs from
+# Linear regression with a ``minilr.Linear`` layer and ``loss="mse"``: the smoothed loss differs from
 # the noiseless one by a constant (tutorial 1), so both have the least-squares solution
-# $\omega^*$ as their unique minimiser. We run plain SGD on LR estimates, once with a constant step
-# and once with `schedule="robbins-monro"` (minilr sets $k_0$ to a tenth of all steps), and record
-# the distance $\lVert\omega_k - \omega^*\rVert$ after every epoch.
+# :math:`\omega^*` as their unique minimiser. We run plain SGD on LR estimates, once with a constant step
+# and once with ``schedule="robbins-monro"`` (minilr sets :math:`k_0` to a tenth of all steps), and record
+# the distance :math:`\lVert\omega_k - \omega^*\rVert` after every epoch.
 
 # %%
 d, m, n = 8, 3, 512
@@ -127,14 +118,15 @@ for name, dist in dists.items():
     print(f"{name:28s} distance to the minimiser: start {dist[0]:.3f}, after {EPOCHS // 3} epochs "
           f"{dist[EPOCHS // 3]:.4f}, at the end {dist[-1]:.4f}")
 
-# %% [markdown]
+# %%
 # The constant step gets close fast, then hovers at a distance set by the step and the gradient
 # noise. The decaying step keeps shrinking that noise; the printed end distances compare the two.
 #
-# ## The projection $\Pi_\Omega$ (Eq. 4, Assumption 1)
+# The projection :math:`\Pi_\Omega` (Eq. 4, Assumption 1)
+# -------------------------------------------------------
 #
-# A weight box $|\omega_i|\le B$ makes $\Omega$ compact. After every step minilr clips the
-# parameters back into the box (`minilr.optim.Projection`, via `train(..., weight_bound=B)`). With
+# A weight box :math:`|\omega_i|\le B` makes :math:`\Omega` compact. After every step minilr clips the
+# parameters back into the box (``minilr.optim.Projection``, via ``train(..., weight_bound=B)``). With
 # a box that cuts off the unconstrained optimum, the recursion must converge to the best point
 # *inside* the box. We compute that point independently, by projected gradient descent with the
 # exact gradient, and check where LR plus projection ends up.
@@ -164,15 +156,16 @@ ax.legend(fontsize=8)
 plots.save(fig, FIG / "07_step_size_and_projection.png")
 fig
 
-# %% [markdown]
-# ## Bounds on $\sigma$
+# %%
+# Bounds on :math:`\sigma`
+# ------------------------
 #
-# When $\sigma$ is learned (tutorial 2), $\Omega$ must also keep it in $[\sigma_{\min}, \sigma_{\max}]$
-# with $\sigma_{\min} > 0$: the LR score has $1/\sigma$ in it, and a $\sigma$ heading to zero makes
-# the estimate blow up. On this problem $\sigma$ *does* head to zero: the expected loss is
-# $\tfrac12\lVert\mu - y\rVert^2 + \tfrac12\sum_i\sigma_i^2$, whose gradient in $\sigma_i$ is
-# $\sigma_i > 0$. Noise only hurts a regression, so the optimum is on the lower bound. We start at
-# $\sigma = 0.5$ and train with `learn_sigma=True` under two lower bounds.
+# When :math:`\sigma` is learned (tutorial 2), :math:`\Omega` must also keep it in :math:`[\sigma_{\min}, \sigma_{\max}]`
+# with :math:`\sigma_{\min} > 0`: the LR score has :math:`1/\sigma` in it, and a :math:`\sigma` heading to zero makes
+# the estimate blow up. On this problem :math:`\sigma` *does* head to zero: the expected loss is
+# :math:`\tfrac12\lVert\mu - y\rVert^2 + \tfrac12\sum_i\sigma_i^2`, whose gradient in :math:`\sigma_i` is
+# :math:`\sigma_i > 0`. Noise only hurts a regression, so the optimum is on the lower bound. We start at
+# :math:`\sigma = 0.5` and train with ``learn_sigma=True`` under two lower bounds.
 
 # %%
 traces = {}
@@ -199,11 +192,11 @@ ax.legend(fontsize=8)
 plots.save(fig, FIG / "07_sigma_bounds.png")
 fig
 
-# %% [markdown]
-# The projection stops $\sigma$ at $\sigma_{\min}$; the printed final values show where each run
-# ended (a bound not reached yet means $\sigma$ was still falling when training stopped). In a
-# classifier, noise is not purely harmful (it smooths the loss and explores), so learned $\sigma$
+# %%
+# The projection stops :math:`\sigma` at :math:`\sigma_{\min}`; the printed final values show where each run
+# ended (a bound not reached yet means :math:`\sigma` was still falling when training stopped). In a
+# classifier, noise is not purely harmful (it smooths the loss and explores), so learned :math:`\sigma`
 # need not fall to the bound; the bounds are still what the convergence theorem needs, and
-# `sigma_bounds` defaults to $(10^{-3}, 10)$. Adam and momentum, which people use in practice
+# ``sigma_bounds`` defaults to :math:`(10^{-3}, 10)`. Adam and momentum, which people use in practice
 # (and the other tutorials use), fall outside Thm. 2's recursion; with a projection and a decaying
 # step they behave much the same on this problem.

@@ -1,26 +1,15 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+8. Same code on a GPU
+=====================
 
-# %% [markdown]
-# # 8. Same code on a GPU
-#
-# The LR family is embarrassingly parallel (paper Sec. 3.3): copies are independent, layers are
-# independent, and each layer's gradient is one matrix product $(\mathcal{L}\,\varepsilon)^\top x$.
-# That is what GPUs do best. minilr writes every estimator once, against an array module `xp`
-# that is NumPy on the CPU and CuPy on the GPU; `backend="cupy"` is the only change a user makes.
-#
-# This tutorial times the same gradient on both where a GPU is present. On a machine without one
-# it says so, times the CPU alone, and skips the GPU part (the script still exits normally).
+The LR family is embarrassingly parallel (paper Sec. 3.3): copies are independent, layers are
+independent, and each layer's gradient is one matrix product :math:`(\mathcal{L}\,\varepsilon)^\top x`.
+That is what GPUs do best. minilr writes every estimator once, against an array module ``xp``
+that is NumPy on the CPU and CuPy on the GPU; ``backend="cupy"`` is the only change a user makes.
+
+This tutorial times the same gradient on both where a GPU is present. On a machine without one
+it says so, times the CPU alone, and skips the GPU part (the script still exits normally).
+"""
 
 # %%
 import os
@@ -39,12 +28,13 @@ print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 GPU = minilr.cupy_available()
 print("CuPy with a usable GPU:", GPU)
 
-# %% [markdown]
-# ## Asking for the GPU
+# %%
+# Asking for the GPU
+# ------------------
 #
-# Every entry point takes `backend="numpy"` (the default) or `backend="cupy"`. Inputs stay NumPy
+# Every entry point takes ``backend="numpy"`` (the default) or ``backend="cupy"``. Inputs stay NumPy
 # arrays; minilr moves them to the device and returns NumPy arrays. Without CuPy or a GPU, asking
-# for `"cupy"` fails at once, before any work, with a message that names the fix:
+# for ``"cupy"`` fails at once, before any work, with a message that names the fix:
 
 # %%
 (x_train, y_train), (x_test, y_test) = minilr.datasets.load("digits")
@@ -56,8 +46,9 @@ if not GPU:
     except Exception as err:  # noqa: BLE001 - we show whatever minilr raises
         print(f"backend='cupy' raised {type(err).__name__}: {err}")
 
-# %% [markdown]
-# ## Same seed, same numbers, per backend
+# %%
+# Same seed, same numbers, per backend
+# ------------------------------------
 #
 # On one backend a seed fixes every random number, so two runs agree bit for bit. NumPy and CuPy
 # draw their noise from different generators, so across backends the *estimates* differ while
@@ -84,12 +75,13 @@ if GPU:
 else:
     print("no GPU: the CuPy half of this check is skipped")
 
-# %% [markdown]
-# ## Time per gradient as copies grow
+# %%
+# Time per gradient as copies grow
+# --------------------------------
 #
 # One gradient of a 64-256-256-10 MLP on a batch of 50, for LR and ALR, timed after a warm-up
 # call (the first CuPy call compiles kernels). Copies are processed in chunks of at most 1,000
-# (`chunk=`), so memory stays flat as $K$ grows.
+# (``chunk=``), so memory stays flat as :math:`K` grows.
 
 # %%
 COPIES = [10, 100, 300] if QUICK else [10, 100, 1000, 3000, 10000]
@@ -121,10 +113,11 @@ fig.axes[0].set_yscale("log")
 plots.save(fig, FIG / "08_time_per_gradient.png")
 fig
 
-# %% [markdown]
-# ## Training on the GPU
+# %%
+# Training on the GPU
+# -------------------
 #
-# `minilr.train(..., backend="cupy")` keeps the model on the device for the whole run and brings
+# ``minilr.train(..., backend="cupy")`` keeps the model on the device for the whole run and brings
 # it home at the end; the History is the same kind of object.
 
 # %%

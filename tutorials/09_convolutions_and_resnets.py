@@ -1,30 +1,19 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+9. Convolutions and residual networks without backprop
+======================================================
 
-# %% [markdown]
-# # 9. Convolutions and residual networks without backprop
-#
-# So far every noise site was a `Linear` layer: $v = xW^\top + b + \sigma\varepsilon$. The paper
-# trains ResNets. This tutorial shows that nothing new is needed: **a convolution is one linear
-# map applied at many positions**, so it is one noise site whose noise has one more index (the
-# position), and its LR gradient is still one matrix product.
-#
-# We will
-#
-# 1. unfold a convolution into a matrix product (*im2col*) and see where the noise goes;
-# 2. check that LR, ALR, ES and AES on a convolution estimate what the theory says they do;
-# 3. see why batch norm would break the estimators, and what minilr uses instead;
-# 4. train a small CNN and a ResNet-5 on MNIST-1D (generated offline) with BP, LR and ALR.
+So far every noise site was a ``Linear`` layer: :math:`v = xW^\top + b + \sigma\varepsilon`. The paper
+trains ResNets. This tutorial shows that nothing new is needed: **a convolution is one linear
+map applied at many positions**, so it is one noise site whose noise has one more index (the
+position), and its LR gradient is still one matrix product.
+
+We will
+
+1. unfold a convolution into a matrix product (*im2col*) and see where the noise goes;
+2. check that LR, ALR, ES and AES on a convolution estimate what the theory says they do;
+3. see why batch norm would break the estimators, and what minilr uses instead;
+4. train a small CNN and a ResNet-5 on MNIST-1D (generated offline) with BP, LR and ALR.
+"""
 
 # %%
 import os
@@ -43,26 +32,29 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## 1. A convolution is an affine map at every position
+# %%
+# 1. A convolution is an affine map at every position
+# ---------------------------------------------------
 #
-# A 1-D convolution with $C_{in}$ input channels, kernel $k$ and $m = C_{out}$ output channels
-# computes, at output position $p$, $v_{p} = W\,U_p + b$ where $U_p$ is the patch of $C_{in}\times k$
-# input numbers under the kernel and $W$ is the weight reshaped to $m \times (C_{in}k)$. Stacking the
+# A 1-D convolution with :math:`C_{in}` input channels, kernel :math:`k` and :math:`m = C_{out}` output channels
+# computes, at output position :math:`p`, :math:`v_{p} = W\,U_p + b` where :math:`U_p` is the patch of :math:`C_{in}\times k`
+# input numbers under the kernel and :math:`W` is the weight reshaped to :math:`m \times (C_{in}k)`. Stacking the
 # patches as rows ("im2col") turns the whole layer into one matrix product
-# $V = U W^\top + b$ with $U$ of shape (samples, positions $P$, $d = C_{in}k$).
+# :math:`V = U W^\top + b` with :math:`U` of shape (samples, positions :math:`P`, :math:`d = C_{in}k`).
 #
-# During training the layer is a **noise site**: $v_{p,i} = W_i U_p + b_i + \sigma_i\varepsilon_{p,i}$,
-# fresh noise per position and channel, one $\sigma_i$ per output channel. The LR estimate (Eq. 1)
-# is the Linear one summed over positions, since the loss $\mathcal{L}_n$ of copy $n$ is shared by all
+# During training the layer is a **noise site**: :math:`v_{p,i} = W_i U_p + b_i + \sigma_i\varepsilon_{p,i}`,
+# fresh noise per position and channel, one :math:`\sigma_i` per output channel. The LR estimate (Eq. 1)
+# is the Linear one summed over positions, since the loss :math:`\mathcal{L}_n` of copy :math:`n` is shared by all
 # its positions:
 #
-# $$g_W = \frac{1}{N}\sum_n \sum_p \mathcal{L}_n \frac{\varepsilon_{n,p}}{\sigma} U_{n,p}^\top
-#       = \frac1N\,(\mathcal{L}\odot\varepsilon/\sigma)^\top U \quad\text{(one product over rows × positions)}.$$
+# .. math::
+#
+#    g_W = \frac{1}{N}\sum_n \sum_p \mathcal{L}_n \frac{\varepsilon_{n,p}}{\sigma} U_{n,p}^\top
+#          = \frac1N\,(\mathcal{L}\odot\varepsilon/\sigma)^\top U \quad\text{(one product over rows × positions)}.
 #
 # In minilr every parameterised layer writes its noisy computation as calls of one primitive,
-# `ctx.affine(layer, U)` (`minilr/engines/reference.py`), the same for an MLP's `Linear` and a
-# ResNet's convolutions; `Conv1d.train_forward` is three lines.
+# ``ctx.affine(layer, U)`` (``minilr/engines/reference.py``), the same for an MLP's ``Linear`` and a
+# ResNet's convolutions; ``Conv1d.train_forward`` is three lines.
 # First check the unfolding against a plain loop:
 
 # %%
@@ -81,18 +73,19 @@ for p in range(P):
     loop[:, :, p] = np.einsum("nck,ock->no", patch, conv.weight) + conv.bias
 print("conv by im2col = conv by loop:", np.allclose(conv.forward(x, np), loop, atol=1e-5))
 
-# %% [markdown]
-# ## 2. What the estimators estimate on a convolution
+# %%
+# 2. What the estimators estimate on a convolution
+# ------------------------------------------------
 #
-# Take one `Conv1d` with the squared loss $\mathcal{L} = \tfrac12\sum_{i,p}(v_{p,i}-y_{p,i})^2$.
-# The noise enters additively and independently of $W$, so the smoothed loss is the noiseless one
+# Take one ``Conv1d`` with the squared loss :math:`\mathcal{L} = \tfrac12\sum_{i,p}(v_{p,i}-y_{p,i})^2`.
+# The noise enters additively and independently of :math:`W`, so the smoothed loss is the noiseless one
 # plus a constant: **LR and ES must be unbiased for the exact gradient** (which
-# `minilr.reference` computes by a hand-written backward pass, col2im included). ALR instead
-# estimates $\sqrt{2/\pi}\,\sigma_i\sum_p u_{p,i}\operatorname{sign}(U_p)$ (Eq. 3 summed over positions;
-# $u$ the residual) and AES $\sqrt{2/\pi}\,\sigma_i$ times the exact gradient
+# ``minilr.reference`` computes by a hand-written backward pass, col2im included). ALR instead
+# estimates :math:`\sqrt{2/\pi}\,\sigma_i\sum_p u_{p,i}\operatorname{sign}(U_p)` (Eq. 3 summed over positions;
+# :math:`u` the residual) and AES :math:`\sqrt{2/\pi}\,\sigma_i` times the exact gradient
 # (tests/test_conv.py derives both and tests them with a z-test).
 #
-# Averaging $R$ independent estimates, the distance to the target should shrink like $1/\sqrt R$:
+# Averaging :math:`R` independent estimates, the distance to the target should shrink like :math:`1/\sqrt R`:
 
 # %%
 model = minilr.Sequential([minilr.Conv1d(2, 3, 3, stride=2, padding=1), minilr.Flatten()],
@@ -124,16 +117,17 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(FIG / "09_conv_estimators_unbiased.png", dpi=100)
 
-# %% [markdown]
-# ## 3. Why not batch norm?
+# %%
+# 3. Why not batch norm?
+# ----------------------
 #
-# A training pass runs $K$ noisy **copies** of every sample as rows of one big batch. Batch norm
-# normalises each channel by the mean and variance over all rows, so the output of copy $k$
+# A training pass runs :math:`K` noisy **copies** of every sample as rows of one big batch. Batch norm
+# normalises each channel by the mean and variance over all rows, so the output of copy :math:`k`
 # would depend on the noise of every other copy. Then (i) the copies' losses are no longer
 # independent given the sample, so the leave-one-out baseline is no longer independent of copy
-# $k$'s noise, and (ii) copy $k$'s loss depends on $\varepsilon$ of other copies, which the LR score
-# $\varepsilon_k/\sigma$ does not account for. A per-sample normalisation sees one row only.
-# minilr's `GroupNorm` (no learned parameters; `groups=1` is layer norm) keeps copies independent.
+# :math:`k`'s noise, and (ii) copy :math:`k`'s loss depends on :math:`\varepsilon` of other copies, which the LR score
+# :math:`\varepsilon_k/\sigma` does not account for. A per-sample normalisation sees one row only.
+# minilr's ``GroupNorm`` (no learned parameters; ``groups=1`` is layer norm) keeps copies independent.
 # A direct check: change one copy's noise and see which other rows move.
 
 # %%
@@ -152,17 +146,18 @@ for name, f in (("batch norm", batch_norm), ("GroupNorm", lambda h: gn.forward(h
     moved = np.abs(f(bumped) - f(rows)).reshape(6, -1).max(axis=1)
     print(f"{name:10s}: rows 1-5 moved by up to {moved[1:].max():.2e} when only row 0's noise changed")
 
-# %% [markdown]
-# ## 4. Training on MNIST-1D
+# %%
+# 4. Training on MNIST-1D
+# -----------------------
 #
 # MNIST-1D (Greydanus, 2020) is a 40-point 1-D cousin of MNIST designed so that model choice
-# matters: an MLP reaches ~68 % with backprop, a CNN ~94 %. `minilr.datasets.load("mnist1d")`
+# matters: an MLP reaches ~68 % with backprop, a CNN ~94 %. ``minilr.datasets.load("mnist1d")``
 # generates it offline with the published recipe (4,000 / 1,000 samples). Conv nets take
-# `x[:, None, :]`, shape (N, 1, 40).
+# ``x[:, None, :]``, shape (N, 1, 40).
 #
-# `minilr.cnn()` is three stride-2 convolutions and a linear read-out; `minilr.resnet5()` has two
+# ``minilr.cnn()`` is three stride-2 convolutions and a linear read-out; ``minilr.resnet5()`` has two
 # convolutions in a residual block, GroupNorm after each convolution and a global mean before the
-# read-out. Every parameter key names its place: `"2.body.0.weight"` is the first convolution of the
+# read-out. Every parameter key names its place: ``"2.body.0.weight"`` is the first convolution of the
 # residual block at position 2.
 
 # %%
@@ -174,7 +169,7 @@ print("train", x_train.shape, "test", x_test.shape)
 print(minilr.resnet5())
 print(list(minilr.resnet5().parameters())[:6], "...")
 
-# %% [markdown]
+# %%
 # How good is each estimate of the CNN's gradient? Per layer, the cosine to the exact gradient on
 # one batch (tutorial 2 did this for an MLP). Convolutions have many positions, hence many noise
 # dimensions that all feed the same loss: their estimates are noisier than the read-out's.
@@ -199,10 +194,10 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(FIG / "09_cosine_per_layer.png", dpi=100)
 
-# %% [markdown]
+# %%
 # Now train. BP uses the exact gradient (the reference). LR and ALR use 20 copies per sample. In
 # quick mode everything is cut to a few epochs on a quarter of the data; run the script without
-# `MINILR_QUICK` for the full curves, and `benchmarks/table1.py` for the paper's Table 1 in
+# ``MINILR_QUICK`` for the full curves, and ``benchmarks/table1.py`` for the paper's Table 1 in
 # miniature with all estimators, feedback alignment, several seeds and the ResNet.
 
 # %%
@@ -233,13 +228,14 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(FIG / "09_mnist1d_training.png", dpi=100)
 
-# %% [markdown]
-# ## 5. What ALR saves on a CNN
+# %%
+# 5. What ALR saves on a CNN
+# --------------------------
 #
-# LR keeps, per site, the unfolded input $U$ and the noise $\varepsilon$ as floats until the loss is
-# known; ALR keeps their signs in 1 bit ($\operatorname{sign}\varepsilon$, and a ReLU output's sign)
+# LR keeps, per site, the unfolded input :math:`U` and the noise :math:`\varepsilon` as floats until the loss is
+# known; ALR keeps their signs in 1 bit (:math:`\operatorname{sign}\varepsilon`, and a ReLU output's sign)
 # or 2 bits. With sign records the engine runs the forward pass over small blocks of copies
-# (`minilr.engines.cpu.BLOCK_FLOATS_APPROX` floats), so its floats live for one block: the peak is one
+# (``minilr.engines.cpu.BLOCK_FLOATS_APPROX`` floats), so its floats live for one block: the peak is one
 # block's floats plus all the bits, against all copies' floats for LR (all copies in one chunk):
 
 # %%
@@ -262,14 +258,15 @@ fig.tight_layout()
 fig.savefig(FIG / "09_memory.png", dpi=100)
 print("peak MiB, LR:", np.round(peaks["lr"], 1), " ALR:", np.round(peaks["alr"], 1))
 
-# %% [markdown]
-# ## What to take away
+# %%
+# What to take away
+# -----------------
 #
-# * A convolution is one noise site: noise per output position and channel, one $\sigma$ per
-#   channel, and its LR gradient is a single product of the unfolded input with $\mathcal{L}\odot\varepsilon$.
-# * Every estimator keeps its expectation on a convolution (checked above and, with a stated
-#   false-failure probability, in `tests/test_conv.py`), as long as nothing mixes the copies:
-#   hence per-sample normalisation instead of batch norm.
-# * Many positions mean many noise dimensions feeding one loss: the convolutions' estimates are
-#   much noisier than the read-out's, which is what makes LR on CNNs slow to train and what the
-#   paper's hybrids and sign approximation try to buy back. `benchmarks/table1.py` measures how far.
+# -  A convolution is one noise site: noise per output position and channel, one :math:`\sigma` per
+#    channel, and its LR gradient is a single product of the unfolded input with :math:`\mathcal{L}\odot\varepsilon`.
+# -  Every estimator keeps its expectation on a convolution (checked above and, with a stated
+#    false-failure probability, in ``tests/test_conv.py``), as long as nothing mixes the copies:
+#    hence per-sample normalisation instead of batch norm.
+# -  Many positions mean many noise dimensions feeding one loss: the convolutions' estimates are
+#    much noisier than the read-out's, which is what makes LR on CNNs slow to train and what the
+#    paper's hybrids and sign approximation try to buy back. ``benchmarks/table1.py`` measures how far.

@@ -1,33 +1,24 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+10. Recurrent, graph and spiking networks
+=========================================
 
-# %% [markdown]
-# # 10. Recurrent, graph and spiking networks
-#
-# Tutorials 2-5 perturbed the output of every `Linear` layer. The networks people use are built
-# from the same brick: an affine map applied at many *positions*. A recurrent layer applies its
-# gate map at every time step, a graph layer its projection at every node, a spiking layer its
-# input current at every tick of the clock. Each of those maps is a noise site, and the LR
-# gradient of a site whose weights are shared over positions is one sum over rows *and*
-# positions (Eq. 1 with the positions as extra rows):
-#
-# $$\hat g_W = \frac{1}{n}\sum_{\text{rows } n}\ \sum_{\text{positions } p} L_n\,
-# \frac{\varepsilon_p(n)}{\sigma}\, u_p(n)^\top .$$
-#
-# No chain rule through time, no backward pass through the graph, no derivative of a spike.
-# This tutorial trains an LSTM, a graph attention network (GAT) and a layer of leaky
-# integrate-and-fire (LIF) neurons this way, each against backprop (or, for spikes, against the
-# best network backprop *can* train).
+Tutorials 2-5 perturbed the output of every ``Linear`` layer. The networks people use are built
+from the same brick: an affine map applied at many *positions*. A recurrent layer applies its
+gate map at every time step, a graph layer its projection at every node, a spiking layer its
+input current at every tick of the clock. Each of those maps is a noise site, and the LR
+gradient of a site whose weights are shared over positions is one sum over rows *and*
+positions (Eq. 1 with the positions as extra rows):
+
+.. math::
+
+   \hat g_W = \frac{1}{n}\sum_{\text{rows } n}\ \sum_{\text{positions } p} L_n\,
+   \frac{\varepsilon_p(n)}{\sigma}\, u_p(n)^\top .
+
+No chain rule through time, no backward pass through the graph, no derivative of a spike.
+This tutorial trains an LSTM, a graph attention network (GAT) and a layer of leaky
+integrate-and-fire (LIF) neurons this way, each against backprop (or, for spikes, against the
+best network backprop *can* train).
+"""
 
 # %%
 import os
@@ -42,18 +33,19 @@ QUICK = os.environ.get("MINILR_QUICK", "0") not in ("", "0")
 FIG = plots.figures_dir(Path(__file__).parent if "__file__" in globals() else ".")
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## An LSTM on the temporal-order task
+# %%
+# An LSTM on the temporal-order task
+# ----------------------------------
 #
-# `minilr.datasets.temporal_order` makes sequences of one-hot symbols, shape (N, T, F): random
+# ``minilr.datasets.temporal_order`` makes sequences of one-hot symbols, shape (N, T, F): random
 # distractors, except two relevant symbols (X or Y) at random times, one in each half. The
 # class is the ordered pair (XX, XY, YX, YY): the network must remember the first until it sees
-# the second. `minilr.LSTM(F, H)` takes (N, T, F) and returns its last hidden state (N, H);
-# every step's four gates come from one affine map of `[x_t, h_{t-1}]`, perturbed with fresh
+# the second. ``minilr.LSTM(F, H)`` takes (N, T, F) and returns its last hidden state (N, H);
+# every step's four gates come from one affine map of ``[x_t, h_{t-1}]``, perturbed with fresh
 # noise at every step.
 #
 # First, how good is one gradient estimate? The hand-written backprop-through-time in
-# `minilr.reference` is the truth; we measure the cosine between it and LR / ALR estimates as
+# ``minilr.reference`` is the truth; we measure the cosine between it and LR / ALR estimates as
 # the number of copies grows (as tutorial 2 did for an MLP).
 
 # %%
@@ -86,7 +78,7 @@ ax.grid(alpha=0.3)
 plots.save(fig, FIG / "10_lstm_cosine.png")
 fig
 
-# %% [markdown]
+# %%
 # Now train. Backprop through time ("bp") uses the exact gradient with the same optimizer; LR
 # and ALR see only loss values.
 
@@ -103,17 +95,18 @@ for label, h in histories.items():
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FIG / "10_lstm_training.png",
                       title=f"LSTM on temporal order (T={LENGTH})")
 
-# %% [markdown]
-# ## Graph attention on a stochastic block model
+# %%
+# Graph attention on a stochastic block model
+# -------------------------------------------
 #
-# `minilr.datasets.sbm` draws a graph whose nodes belong to 4 classes: edges are likelier inside a
+# ``minilr.datasets.sbm`` draws a graph whose nodes belong to 4 classes: edges are likelier inside a
 # class, and node features are a class mean buried in noise. A node's own features mislabel many
 # nodes; its neighbours' features, averaged, rarely do. Node classification on one graph is
-# *transductive*: the edge list belongs to the model (`GraphAttention(F, F', edges)`), the whole
+# *transductive*: the edge list belongs to the model (``GraphAttention(F, F', edges)``), the whole
 # graph is **one sample** of shape (1, n_nodes, F), and the labels are (1, n_nodes) with -1 on
 # nodes outside the training (or test) mask; the loss of the sample is the mean over its
-# labelled nodes. A GAT layer has two noise sites: the projected features `z = x W^T + b` (every
-# node a position) and the attention logits `[s, d] = z A^T`, so the attention vector `A` is
+# labelled nodes. A GAT layer has two noise sites: the projected features ``z = x W^T + b`` (every
+# node a position) and the attention logits ``[s, d] = z A^T``, so the attention vector ``A`` is
 # trained too.
 
 # %%
@@ -134,17 +127,18 @@ for label, h in histories.items():
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FIG / "10_gat_training.png",
                       title="2-layer GAT on a stochastic block model (one step per epoch)")
 
-# %% [markdown]
+# %%
 # With only 80 labelled nodes, backprop fits them quickly and then overfits; the estimators,
 # whose gradients are noisy, move slower. Both are far above the 25 % of chance, and above what a
 # node's own features give (about 65 % by nearest class mean, see tests/test_datasets_graph_sequence.py).
 #
-# ## Spiking neurons: what backprop cannot train
+# Spiking neurons: what backprop cannot train
+# -------------------------------------------
 #
 # A LIF neuron integrates its input current into a leaky potential and fires when the potential
-# crosses a threshold, then drops by the threshold. `minilr.LIF(64, 128, steps=8)` repeats a
+# crosses a threshold, then drops by the threshold. ``minilr.LIF(64, 128, steps=8)`` repeats a
 # static input for 8 steps and returns each neuron's firing rate. A spike is a step function of
-# the potential, so the reference refuses it, exactly as it refuses `Step` (tutorial 5):
+# the potential, so the reference refuses it, exactly as it refuses ``Step`` (tutorial 5):
 
 # %%
 (xd, yd), (xd_test, yd_test) = minilr.datasets.load("digits")
@@ -158,7 +152,7 @@ spikes.weight, spikes.bias = snn.layers[0].weight, snn.layers[0].bias
 train_of_spikes = spikes.forward(xd[:1].astype(np.float32), np)[0]  # (8 steps, 128 neurons)
 print(f"one digit: {int(train_of_spikes.sum())} spikes from {train_of_spikes.shape[1]} neurons in 8 steps")
 
-# %% [markdown]
+# %%
 # LR puts fresh noise on the input current at every step (every step is a position of the noise
 # site) and needs no surrogate gradient. We compare with the best non-spiking network of the same
 # sizes that backprop can train: the same 64-128-10 net with ReLU.
@@ -177,9 +171,9 @@ for label, est, make in (
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FIG / "10_lif_training.png",
                       title="LIF spiking network on digits (8 steps) vs a ReLU MLP by backprop")
 
-# %% [markdown]
+# %%
 # The spiking network is evaluated without noise: deterministic spikes. The noise is only a
 # training device that makes the expected loss smooth; the estimators are unbiased for the
 # gradient of that smoothed loss, which tests/test_lif_statistics.py checks against an exact
-# quadrature. `python benchmarks/beyond_mlp.py` runs all three tasks (and a GRU on MNIST-1D)
+# quadrature. ``python benchmarks/beyond_mlp.py`` runs all three tasks (and a GRU on MNIST-1D)
 # with every estimator over three seeds; its table is in benchmarks/BEYOND_MLP.md.

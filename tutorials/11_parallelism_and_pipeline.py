@@ -1,30 +1,18 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+r"""
+11. Two levels of parallelism, and the pipeline of Fig. 2
+=========================================================
 
-# %% [markdown]
-# # 11. Two levels of parallelism, and the pipeline of Fig. 2
-#
-# Backprop is a chain: layer $l$'s gradient waits for layer $l+1$'s. The LR estimator has no
-# chain. Paper Sec. 3.3 names the two kinds of independence this leaves:
-#
-# * **data level**: the $K$ noisy copies of a sample are independent, so they can run on
-#   different processes or machines (here: MPI ranks);
-# * **layer level**: given the losses, layer $l$'s gradient $\frac{1}{n}\sum_n L_n\, x^{(l-1)}(n)\,
-#   \varepsilon^{(l)}(n)^\top / \sigma$ needs only its own input and noise (Eq. 1-2), so all layers'
-#   gradients can be formed at once.
-#
-# Sec. 3.4 turns the second into a pipeline (Fig. 2). This tutorial runs all three, checks that
-# each gives the same numbers as the plain computation, and times what each buys on this machine.
+Backprop is a chain: layer :math:`l`'s gradient waits for layer :math:`l+1`'s. The LR estimator has no
+chain. Paper Sec. 3.3 names the two kinds of independence this leaves:
+
+-  **data level**: the :math:`K` noisy copies of a sample are independent, so they can run on
+   different processes or machines (here: MPI ranks);
+-  **layer level**: given the losses, layer :math:`l`'s gradient :math:`\frac{1}{n}\sum_n L_n\, x^{(l-1)}(n)\, \varepsilon^{(l)}(n)^\top / \sigma` needs only its own input and noise (Eq. 1-2), so all layers'
+   gradients can be formed at once.
+
+Sec. 3.4 turns the second into a pipeline (Fig. 2). This tutorial runs all three, checks that
+each gives the same numbers as the plain computation, and times what each buys on this machine.
+"""
 
 # %%
 import os
@@ -49,27 +37,28 @@ HERE = Path(__file__).parent if "__file__" in globals() else Path(".")
 FIG = plots.figures_dir(HERE)
 print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 
-# %% [markdown]
-# ## Data level: copies across MPI ranks
+# %%
+# Data level: copies across MPI ranks
+# -----------------------------------
 #
-# Copy $k$'s noise is a pure function of the seed, the layer and $k$ (counter-based noise), so
-# rank $r$ can draw exactly the copies it owns: a contiguous range, whole antithetic pairs kept
+# Copy :math:`k`'s noise is a pure function of the seed, the layer and :math:`k` (counter-based noise), so
+# rank :math:`r` can draw exactly the copies it owns: a contiguous range, whole antithetic pairs kept
 # together. Copies need not divide evenly:
 
 # %%
 for size in (2, 3, 4):
     print(f"10 copies on {size} ranks:", mpi.copy_ranges(10, size), "  antithetic pairs:", mpi.copy_ranges(10, size, pair=2))
 
-# %% [markdown]
+# %%
 # A step then needs two exchanges: the losses of all copies (every rank centres them exactly as
-# one process would: the leave-one-out baseline spans all copies), and ONE `Allreduce` of one flat
+# one process would: the leave-one-out baseline spans all copies), and ONE ``Allreduce`` of one flat
 # buffer that adds every layer's partial sums. For ES the second is not needed at all: every rank
-# regenerates all the perturbations $E_k$ from the seed and forms $\sum_k L_k E_k$ itself
+# regenerates all the perturbations :math:`E_k` from the seed and forms :math:`\sum_k L_k E_k` itself
 # (Salimans et al., 2017), so ES sends only losses, however many weights the model has.
 #
-# Below, a small script runs under `mpiexec -n 2` and compares the two-rank gradient with the
+# Below, a small script runs under ``mpiexec -n 2`` and compares the two-rank gradient with the
 # one-process gradient of the same seed, for every estimator. (Where MPI is not installed,
-# `pip install -e ".[mpi]"`, this part is skipped.)
+# ``pip install -e ".[mpi]"``, this part is skipped.)
 
 # %%
 SCRIPT = textwrap.dedent("""
@@ -111,8 +100,9 @@ for sizes in ([64, 256, 256, 10], [64, 1024, 1024, 10]):
     print(f"MLP {sizes}: {n_w:,} parameters; bytes one of 2 ranks sends per step at K={K}: "
           f"LR {lr_bytes:,}, ES {es_bytes:,}")
 
-# %% [markdown]
-# ## Layer level: every layer's gradient at once
+# %%
+# Layer level: every layer's gradient at once
+# -------------------------------------------
 #
 # Given the centred losses, the layers' gradients are independent: below, the same records turn
 # into gradients one layer after another, then one thread per layer (NumPy's BLAS and minilr's
@@ -147,12 +137,13 @@ for est in ("lr", "alr"):
     print(f"{est}: layers' gradients, one after another {1e3 * t1:.1f} ms, one thread per layer "
           f"{1e3 * t3:.1f} ms ({t1 / t3:.2f}x), same bits: {same}")
 
-# %% [markdown]
+# %%
 # On this 2-core machine the block-parallel kernels already keep both cores busy inside each
 # layer's gradient, so one thread per layer has little left to win; the layer level pays off
 # where there are more cores than one layer can use, or on a GPU (one stream per layer).
 #
-# ## The pipeline of Fig. 2
+# The pipeline of Fig. 2
+# ----------------------
 #
 # Split the batch into buckets. A *unit* holds one layer (and one more holds the loss); a unit
 # runs one task per time step. Backprop must finish the loss, then its own backward pass, then
@@ -170,10 +161,10 @@ print(f"LR pipeline: {s['lr_steps']:.0f} time steps ({s['speedup']:.1f}x faster)
       f"({100 * s['lr_idle']:.0f} % of its own {lr.units * lr.makespan:.0f})")
 pipeline.draw([bp, lr], FIG / "11_fig2_pipeline.png")
 
-# %% [markdown]
-# `11_fig2_pipeline.png` is the picture: colours are buckets, hatched boxes gradients, grey the
+# %%
+# ``11_fig2_pipeline.png`` is the picture: colours are buckets, hatched boxes gradients, grey the
 # update. Now the same simulator with the times measured on this machine for one bucket of
-# 64-256-256-10 (forward GEMM plus noise, loss, LR gradient $(L\varepsilon/\sigma)^\top x$,
+# 64-256-256-10 (forward GEMM plus noise, loss, LR gradient :math:`(L\varepsilon/\sigma)^\top x`,
 # backprop's two products per layer):
 
 # %%
@@ -182,11 +173,12 @@ bpm, lrm, sm = pipeline.compare(**t, buckets=3)
 print({k: (f"{1e3 * v:.2f} ms" if "steps" in k else f"{v:.2f}") for k, v in sm.items()})
 pipeline.draw([bpm, lrm], FIG / "11_pipeline_measured.png", unit_time=False)
 
-# %% [markdown]
-# ## A real pipelined step
+# %%
+# A real pipelined step
+# ---------------------
 #
-# `overlap.pipelined_estimate` splits the copies into buckets: while a worker thread forms the
-# gradients of bucket $i$, the main thread runs the forward pass of bucket $i+1$. The gradients
+# ``overlap.pipelined_estimate`` splits the copies into buckets: while a worker thread forms the
+# gradients of bucket :math:`i`, the main thread runs the forward pass of bucket :math:`i+1`. The gradients
 # are added in bucket order, so the result is bit for bit the plain step over the same buckets
 # (each bucket with its own leave-one-out baseline, as any chunk of copies has).
 
@@ -223,13 +215,12 @@ ax.set_title(f"64-256-256-10, batch 50, K={K} in {BUCKETS} buckets, {os.cpu_coun
 ax.legend(fontsize=8)
 plots.save(fig, FIG / "11_step_times.png")
 
-# %% [markdown]
+# %%
 # The paper measured 2.04x for ALR-P over LR on a GPU, where the pipeline fills units that would
 # otherwise idle. On a 2-core CPU whose kernels already use both cores, overlapping can only fill
-# the gaps between them: a modest gain, or none. `benchmarks/distributed.py` measures all of this
+# the gaps between them: a modest gain, or none. ``benchmarks/distributed.py`` measures all of this
 # side by side, with 1, 2 and 4 MPI ranks at K = 1,000 and 10,000 copies.
 #
 # **Run it on many machines.** With MPI installed on every machine and the same checkout on each,
-# `mpiexec -f hosts -n 8 python -m minilr train --data digits --estimator alr --copies 8000
-# --distributed` runs 8 ranks (the README shows the hostfile). Same seed, same result as one
+# ``mpiexec -f hosts -n 8 python -m minilr train --data digits --estimator alr --copies 8000 --distributed`` runs 8 ranks (the README shows the hostfile). Same seed, same result as one
 # process.
