@@ -8,23 +8,23 @@ say *what* is computed; the backend owns one engine (``Backend("numpy").engine``
 * ``"cuda"`` (:mod:`.cuda`): CuPy, blocks sized by GPU memory (one per chunk when it fits); the
   default on CuPy.
 
-The interface (every engine subclasses :class:`~.reference.ReferenceEngine`)::
+The interface (every engine subclasses :class:`~.reference.ReferenceEngine`), what the one estimate
+loop (:func:`minilr.estimators.base.estimate`) calls, for every model::
 
-    engine.xp                                   # numpy or cupy
-    engine.session()                            # context around one estimate (BLAS limits, ...)
-    engine.forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic) -> (L, sites)
-        # L: (copies, B) losses; sites: one record per Linear layer, built from engine.sites[mode]
-    site.gradient(Lc) -> {"weight", "bias"[, "sigma"]}  # the paper's sums over the chunk's rows
-    engine.done(sites)                          # the chunk's records are dead (reuse their blocks)
-    engine.release()                            # free what the engine keeps between calls
-    # hooks a subclass overrides: sites (record classes by "lr"/"es"), plan(model, B, copies,
-    # modes, approx) -> [(c0, c1)], run_blocks(fn, blocks), prepare(model, lin, sites)
+    engine.session()                          # context around one estimate (BLAS limits, ...)
+    engine.forward(plan, x, y, span) -> (L, sites)
+        # the noisy pass of the copies in `span` (a range): L (copies, B); one record per noise
+        # site of `plan` (a minilr.estimators.Plan), made from engine.sites[mode]
+    site.gradient(Lc) -> {"weight", "bias"?, "sigma"?}   # the paper's sums over the span's rows
+    engine.done(sites)                        # the span's records are dead (reuse their blocks)
+    engine.release()                          # free what the engine keeps between calls
 
-A site class is constructed as ``Site(W, b, sigma, learn_sigma, copies, B, k0, key, antithetic,
-approx, nonneg, first, engine)`` and has ``forward_block(h, c0, c1, act=None)`` (returns the
-layer's output for copies ``c0 .. c1 - 1``; ``act`` given only when ``fuses(act)`` is True),
-``fuses(act)``, ``buffers()`` and ``gradient(Lc)``. The shared suite ``tests/test_engines.py``
-checks every engine against the reference.
+and the primitives a subclass replaces: ``sites`` (record classes by ``"lr"`` / ``"es"``, each with
+``affine(U, P, blk, call, act, bits)`` for a layer's ``ctx.affine`` and ``gradient``), ``normal`` /
+``noise`` (the counter-based draws), ``pack`` / ``unpack`` (sign bits), ``fuses(act)`` (activations
+applied inside ``affine``), ``plan_blocks`` and ``run_blocks`` (blocks of copies and how they run),
+``new_pass`` (what one pass's blocks share). The shared suite ``tests/test_engines.py`` checks every
+engine against the reference on every layer type.
 """
 from __future__ import annotations
 
