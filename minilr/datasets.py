@@ -1,8 +1,9 @@
 """Data that needs no network: scikit-learn's bundled digits, synthetic sets, and loaders for
-MNIST-format (IDX) and CIFAR-10 (python batches) files already on disk.
+MNIST-format (IDX) and CIFAR-10 (binary or python batches) files already on disk.
 
 Every loader returns ``((x_train, y_train), (x_test, y_test))`` with float32 features of shape
-(n, d) and int64 class indices (``digits(images=True)``: (n, 1, 8, 8) images for conv nets).
+(n, d) and int64 class indices (``images=True``: digits (n, 1, 8, 8), CIFAR-10 (n, 3, 32, 32) images
+for conv nets).
 """
 from __future__ import annotations
 
@@ -250,33 +251,73 @@ def _read_cifar_batch(path: Path):
 
 
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_RECORD = 1 + 3072  # the binary format: one label byte, then the 3,072 pixel bytes
 
 
-def cifar10(root=None):
-    """CIFAR-10 from the python-pickle batches in a local folder (no download is attempted).
+def _read_cifar_bin(path: Path):
+    """One CIFAR-10 binary batch: records of one label byte and 3,072 pixel bytes (no pickle)."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise ValueError(f"{path} is truncated or not a CIFAR-10 binary batch: {raw.size} bytes is not a "
+                         f"positive multiple of {_CIFAR_RECORD} (one label byte + 3,072 pixel bytes per image)")
+    rec = raw.reshape(-1, _CIFAR_RECORD)
+    labels = rec[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{path}: labels must lie in [0, 9], found {int(labels.max())}")
+    return rec[:, 1:], labels
 
-    ``root`` is the folder holding ``data_batch_1`` ... ``data_batch_5`` and ``test_batch`` (or
-    its parent, holding ``cifar-10-batches-py/``); it defaults to ``$MINILR_DATA/cifar10`` or
-    ``~/.minilr/data/cifar10``. Features are the 3,072 bytes of each image (1,024 red, then green,
-    then blue, row-major 32x32) scaled to [0, 1]; 50,000 training and 10,000 test images.
+
+def _cifar_folder(root: Path):
+    """``(folder, format)``: the binary batches are preferred (they need no unpickling)."""
+    for folder in (root, root / "cifar-10-batches-bin"):
+        if (folder / "data_batch_1.bin").exists() or (folder / "test_batch.bin").exists():
+            return folder, "bin"
+    for folder in (root, root / "cifar-10-batches-py"):
+        if (folder / "data_batch_1").exists() or (folder / "test_batch").exists():
+            return folder, "py"
+    raise FileNotFoundError(
+        f"cifar10: no CIFAR-10 batches in folder {root} (nor in its cifar-10-batches-bin/ or "
+        f"cifar-10-batches-py/). minilr does not download data: put the binary batches "
+        f"(data_batch_1.bin ... data_batch_5.bin, test_batch.bin; from cifar-10-binary.tar.gz) or the "
+        f"python batches (data_batch_1 ... test_batch; from cifar-10-python.tar.gz) there, or pass "
+        f"root=... (or set MINILR_DATA)")
+
+
+def cifar10(root=None, images: bool = False):
+    """CIFAR-10 from the batches in a local folder (no download is attempted).
+
+    ``root`` is the folder holding the batches, or its parent holding ``cifar-10-batches-bin/`` or
+    ``cifar-10-batches-py/``; it defaults to ``$MINILR_DATA/cifar10`` or ``~/.minilr/data/cifar10``.
+    Two formats are read: the **binary** batches (``data_batch_1.bin`` ... ``data_batch_5.bin``,
+    ``test_batch.bin``: per image one label byte, then 3,072 pixel bytes), preferred where both
+    are present as they need no unpickling; and the **python** batches (``data_batch_1`` ...
+    ``test_batch``), read by an unpickler that refuses every global but NumPy's array rebuilders.
+
+    Pixels are scaled to [0, 1], float32: 50,000 training and 10,000 test images. Each image's
+    3,072 bytes are 1,024 red, then green, then blue, each plane row-major 32x32; flat (n, 3072)
+    by default, ``images=True`` gives (n, 3, 32, 32) for ``Conv2d`` models (``resnet5((3, 32, 32))``).
     """
+    if not isinstance(images, (bool, np.bool_)):
+        raise TypeError(f"images must be True or False, got {images!r}")
     if root is None:
         root = Path(os.environ.get("MINILR_DATA") or Path.home() / ".minilr" / "data") / "cifar10"
-    root = Path(root)
-    if not (root / "test_batch").exists() and (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
+    folder, fmt = _cifar_folder(Path(root))
+    ext, read = (".bin", _read_cifar_bin) if fmt == "bin" else ("", _read_cifar_batch)
     for stem in _CIFAR_TRAIN + ("test_batch",):
-        if not (root / stem).exists():
+        if not (folder / (stem + ext)).exists():
+            what = ("binary batches (data_batch_1.bin ... data_batch_5.bin, test_batch.bin; from "
+                    "cifar-10-binary.tar.gz)" if fmt == "bin" else "python batches (data_batch_1 ... "
+                    "data_batch_5, test_batch; from cifar-10-python.tar.gz)")
             raise FileNotFoundError(
-                f"cifar10: no file {stem} in folder {root}. minilr does not download data: put the "
-                f"python batches (data_batch_1 ... data_batch_5, test_batch; from cifar-10-python.tar.gz) "
-                f"there, or pass root=... (or set MINILR_DATA)")
+                f"cifar10: no file {stem}{ext} in folder {folder}. minilr does not download data: put "
+                f"the {what} there, or pass root=... (or set MINILR_DATA)")
     out = []
     for stems in (_CIFAR_TRAIN, ("test_batch",)):
-        parts = [_read_cifar_batch(root / stem) for stem in stems]
+        parts = [read(folder / (stem + ext)) for stem in stems]
         data = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        out.append(((data / 255.0).astype(np.float32), labels))
+        x = (data / 255.0).astype(np.float32)
+        out.append((x.reshape(-1, 3, 32, 32) if images else x, labels))
     return tuple(out)
 
 
