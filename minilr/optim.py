@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy as _copy
 import math
 
+import numpy as np
+
 from . import validation as _v
 
-__all__ = ["SGD", "Adam", "constant", "robbins_monro", "Projection", "make_optimizer", "OPTIMIZERS",
+__all__ = ["SGD", "SignSGD", "Adam", "constant", "robbins_monro", "Projection", "make_optimizer", "OPTIMIZERS",
            "trial_step"]
 
 
@@ -85,6 +87,26 @@ class SGD(_State):
         self.k += 1
 
 
+class SignSGD(_State):
+    """signSGD (Bernstein et al., 2018): ``omega -= lambda_k * sign(g)``, elementwise.
+
+    The second reading of the paper's "w A" row (Sec. 4.2: "takes the sign of the update"), as
+    opposed to Eq. 3's sign of the stored intermediates. It is an optimizer, so it composes with
+    every estimator, BP and FA alike. ``sign(0) = 0``: a parameter with no gradient stays put.
+    """
+
+    def __init__(self, lr=1e-3, schedule=None):
+        self.schedule = schedule or constant(lr)
+        self.k = 0
+
+    def step(self, params: dict, grads: dict) -> None:
+        lr = self.schedule(self.k)
+        for key, g in grads.items():
+            # np.sign dispatches to CuPy for device arrays (__array_ufunc__)
+            params[key] -= (lr * np.sign(g)).astype(params[key].dtype, copy=False)
+        self.k += 1
+
+
 class Adam(_State):
     """Adam (Kingma & Ba, 2015) with bias correction."""
 
@@ -132,11 +154,12 @@ class Projection:
                 xp.clip(p, -self.weight_bound, self.weight_bound, out=p)
 
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "signsgd")
 
 
 def make_optimizer(name, lr, schedule="constant", momentum=0.9, decay_steps=1000.0):
-    """An optimizer from its name: ``"sgd"``, ``"momentum"`` (SGD, momentum 0.9) or ``"adam"``.
+    """An optimizer from its name: ``"sgd"``, ``"momentum"`` (SGD, momentum 0.9), ``"adam"`` or
+    ``"signsgd"`` (:class:`SignSGD`: the step is ``lr * sign(g)``).
 
     ``schedule`` is ``"constant"`` or ``"robbins-monro"`` (:func:`robbins_monro`).
     """
@@ -154,6 +177,8 @@ def make_optimizer(name, lr, schedule="constant", momentum=0.9, decay_steps=1000
     sched = constant(lr) if schedule == "constant" else robbins_monro(lr, decay_steps)
     if name == "adam":
         return Adam(schedule=sched)
+    if name == "signsgd":
+        return SignSGD(schedule=sched)
     return SGD(momentum=momentum if name == "momentum" else 0.0, schedule=sched)
 
 
