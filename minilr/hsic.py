@@ -139,7 +139,7 @@ def block_gradients(model, x, y, beta: float = 0.01, width_factor: float = 5.0, 
 
 def train(model, data, val_data=None, *, epochs: int = 10, readout_epochs: int = 2, batch_size: int = 50,
           beta: float = 0.01, width_factor: float = 5.0, optimizer: str = "adam", lr: float = 1e-2,
-          seed: int = 0, callback=None):
+          seed: int = 0, callback=None, stop=None):
     """Train ``model`` in place by the HSIC bottleneck; return a :class:`minilr.History`.
 
     ``epochs`` epochs train every block at once, each on its own ``J_i`` and the read-out on
@@ -147,7 +147,8 @@ def train(model, data, val_data=None, *, epochs: int = 10, readout_epochs: int =
     ``optimizer`` is any of :data:`minilr.optim.OPTIMIZERS` (``"signsgd"``: the "w A" reading of
     the sign of the update). The history has one entry per epoch of both phases; ``train_loss``
     is the read-out's mean cross-entropy over the epoch's batches. ``callback(epoch, history)``
-    runs after each epoch.
+    runs after each epoch; ``stop(history)``, if given, after each epoch of the HSIC phase: True
+    ends that phase early (e.g. a flat validation curve) and the read-out phase follows.
     """
     from .train import History, _check_data, _evaluate  # noqa: PLC0415 (train imports models, not us)
 
@@ -168,14 +169,15 @@ def train(model, data, val_data=None, *, epochs: int = 10, readout_epochs: int =
     rng = np.random.default_rng(_v.seed_arg(seed))
     bk = get_backend("numpy")
     history = History(estimator="hsic", copies=0)
-    for epoch in range(epochs + readout_epochs):
+    hsic_epochs, epoch = epochs, 0
+    while epoch < hsic_epochs + readout_epochs:
         t0 = time.perf_counter()
         order, total = rng.permutation(len(x)), 0.0
         for s in range(0, len(x), batch_size):
             idx = order[s:s + batch_size]
             if len(idx) < 2:  # HSIC needs two samples to compare
                 continue
-            g, _, ce = block_gradients(model, x[idx], y[idx], beta, width_factor, hidden=epoch < epochs)
+            g, _, ce = block_gradients(model, x[idx], y[idx], beta, width_factor, hidden=epoch < hsic_epochs)
             params = model.parameters()
             opt.step(params, {k: v.astype(model.dtype) for k, v in g.items()})
             model.set_parameters(params)
@@ -194,4 +196,7 @@ def train(model, data, val_data=None, *, epochs: int = 10, readout_epochs: int =
             history.val_accuracy.append(va)
         if callback is not None:
             callback(epoch, history)
+        if epoch < hsic_epochs and stop is not None and stop(history):
+            hsic_epochs = epoch + 1
+        epoch += 1
     return history

@@ -100,3 +100,25 @@ def test_hsic_signsgd_and_bad_input():
         hsic.train(minilr.MLP([64, 10]), (x, y))
     with pytest.raises(ValueError, match="batch_size"):
         hsic.train(model, (x, y), batch_size=1)
+
+
+def test_hsic_stop_ends_the_hsic_phase_then_the_readout_trains_alone():
+    (x, y), (xt, yt) = minilr.datasets.load("digits")
+    model = minilr.MLP([64, 16, 10], seed=0)
+    seen = []
+
+    def stop(history):
+        seen.append(len(history.val_accuracy))
+        return len(history.val_accuracy) == 2
+
+    frozen = {}
+
+    def cb(epoch, history):
+        if epoch == 1:  # the HSIC phase ends here: from now on only the read-out moves
+            frozen.update({k: v.copy() for k, v in model.parameters().items()})
+
+    h = hsic.train(model, (x[:200], y[:200]), (xt, yt), epochs=10, readout_epochs=2, stop=stop, callback=cb)
+    assert seen == [1, 2] and len(h.val_accuracy) == 4
+    after = model.parameters()
+    np.testing.assert_array_equal(after["0.weight"], frozen["0.weight"])
+    assert not np.array_equal(after["2.weight"], frozen["2.weight"])
