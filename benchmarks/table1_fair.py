@@ -30,7 +30,8 @@ How each cell is made:
 * **Seeds**: ``--seeds`` seeds (the tuning run is seed 0 and counts as one); cells are mean ± the
   95 % t-interval half-width ``t_{0.975, n-1} s / sqrt(n)`` of the test accuracy (1,000 samples,
   after the last epoch, never used for any choice).
-* **Equal memory**: each sign variant (AES, ALR, A-Hybrid) gets the copies whose peak memory of one
+* **Equal memory**: each sign variant (AES, ALR, A-Hybrid; with Adam, and with signSGD too under
+  ``--memory-signsgd``) gets the copies whose peak memory of one
   gradient estimate (tracemalloc, all copies in one chunk) equals its float variant's at ``--copies``:
   both peaks are measured at two small copy counts and fitted as ``a + b K``; the fit ratio and
   ``minilr.memory.record_bytes``'s per-copy ratio are both reported.
@@ -317,8 +318,9 @@ def record_ratio(a, estimator):
         return f"unavailable ({type(exc).__name__}: {exc})"
 
 
-def step_seconds(a, estimator, copies, repeats=3):
-    """Median seconds of one training step (after a warm-up step) on one thread."""
+def step_seconds(a, estimator, copies, repeats=5):
+    """Seconds of one training step on one thread: the fastest of ``repeats`` after a warm-up step
+    (the minimum, as other processes on a shared machine only ever add time)."""
     import minilr
 
     train, _, _ = get_data(a["n"], a["val_fraction"], a["model"])
@@ -332,7 +334,7 @@ def step_seconds(a, estimator, copies, repeats=3):
         t0 = time.perf_counter()
         minilr.train(model, (x, y), **kw)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.min(times))
 
 
 def measure(a):
@@ -383,9 +385,9 @@ def cells(a, meas):
     """``{column: [(spec, copies)]}``: what each column of the table runs."""
     cols = {"copies": [(s, a["copies"]) for s in specs(a)], "memory": [], "time": []}
     for s in specs(a):
-        if s["base"] in meas["memory"]:
+        if s["base"] in meas["memory"] and (s["optimizer"] == "adam" or a["memory_signsgd"]):
             cols["memory"].append((s, meas["memory"][s["base"]]["copies"]))
-        elif s["base"] in SIGN_OF or s["base"] in ("bp", "fa", "hsic"):
+        else:  # the float variants' budget, and the rows with no copies, as at equal copies
             cols["memory"].append((s, a["copies"]))
         if s["base"] in ESTIMATORS:
             cols["time"].append((s, meas["time"][s["base"]]["copies"]))
@@ -527,19 +529,20 @@ def figure(table, path):
 
     fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.5), squeeze=False)
     for ax, (col, rows) in zip(axes[0], table.items()):
-        for r in rows:
+        for i, r in enumerate(rows):
             curves = [c for c in r["curves"] if c]
             if not curves:
                 continue
-            n = max(map(len, curves))
+            n = max(map(len, curves))  # seeds stop at different epochs: mean over those still running
             mean = [np.mean([c[i] for c in curves if len(c) > i]) for i in range(n)]
-            ax.plot(range(1, n + 1), mean, label=r["method"], lw=1,
+            ax.plot(range(1, n + 1), mean, label=r["method"], lw=1, color=plt.cm.tab20(i // 2 % 20 * 2 % 20),
                     ls="--" if r["spec"]["optimizer"] == "signsgd" else "-")
         ax.set_title(f"equal {col}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (mean over seeds)")
-    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -586,10 +589,13 @@ def parse(argv):
     p.add_argument("--grid-step", type=float, default=3.0)
     p.add_argument("--max-extend", type=int, default=2)
     p.add_argument("--methods", default=",".join(BASES), help="the rows (each also with signSGD)")
+    p.add_argument("--memory-signsgd", action="store_true",
+                   help="also run the signSGD rows of the sign variants at equal memory (else they "
+                        "appear at K; the equal-memory runs at ~10-30x copies dominate the time)")
     p.add_argument("--learned-sigma", action="store_true")
     p.add_argument("--hybrid-es-sigma", type=float, default=None)
     p.add_argument("--hsic-readout-epochs", type=int, default=5)
-    p.add_argument("--fit-copies", default="8,32", help="two copy counts for the memory and time fits")
+    p.add_argument("--fit-copies", default="8,64", help="two copy counts for the memory and time fits")
     p.add_argument("--diag-copies", default="10,20,40,80")
     p.add_argument("--diag-batch", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2)
