@@ -207,6 +207,7 @@ def run_job(job):
         if base == "hsic":
             h = hsic.train(model, train, val, epochs=a["epochs"], readout_epochs=a["hsic_readout_epochs"],
                            batch_size=a["batch"], optimizer=opt_name, lr=job["lr"], seed=job["seed"],
+                           beta=a["hsic_beta"], width_factor=a["hsic_width"],
                            stop=lambda hist: flattened(hist.val_accuracy, a["patience"], a["min_delta"]))
             val_acc[:] = h.val_accuracy
         elif base == "fa":
@@ -595,6 +596,8 @@ def parse(argv):
     p.add_argument("--learned-sigma", action="store_true")
     p.add_argument("--hybrid-es-sigma", type=float, default=None)
     p.add_argument("--hsic-readout-epochs", type=int, default=5)
+    p.add_argument("--hsic-beta", type=float, default=0.01, help="J = HSIC(Z, Y) - beta HSIC(Z, X)")
+    p.add_argument("--hsic-width", type=float, default=5.0, help="kernel width = this x sqrt(dimension)")
     p.add_argument("--fit-copies", default="8,64", help="two copy counts for the memory and time fits")
     p.add_argument("--diag-copies", default="10,20,40,80")
     p.add_argument("--diag-batch", type=int, default=100)
