@@ -344,28 +344,40 @@ def measure(a):
 
     k1, k2 = a["fit_copies"]
     out = {"memory": {}, "time": {}}
-    with threadpool_limits(1):
-        os.environ["MINILR_NOISE_THREADS"] = "1"
-        for f, s in SIGN_OF.items():
-            if s not in a["methods"]:
-                continue
-            pf = [peak_bytes(a, f, k) for k in (k1, k2)]
-            ps = [peak_bytes(a, s, k) for k in (k1, k2)]
-            (af, bf), (as_, bs) = linear_fit((k1, k2), pf), linear_fit((k1, k2), ps)
-            budget = af + bf * a["copies"]
-            k_mem = int(max(1, (budget - as_) // max(bs, 1.0)))
-            out["memory"][s] = dict(float_peaks=pf, sign_peaks=ps, float_fit=(af, bf), sign_fit=(as_, bs),
-                                    budget_bytes=budget, copies=k_mem, copies_ratio=k_mem / a["copies"],
-                                    per_copy_ratio=bf / max(bs, 1.0), record_bytes_ratio=record_ratio(a, f))
-        timed = [e for e in ESTIMATORS if e in a["methods"] or e == "lr"] + ["bp"]
-        for e in timed:
-            ts = [step_seconds(a, e, k) for k in (k1, k2)]
-            out["time"][e] = dict(points=list(zip((k1, k2), ts)), fit=linear_fit((k1, k2), ts))
-        target = sum(c * a["copies"] ** i for i, c in enumerate(out["time"]["lr"]["fit"]))
-        for e in timed[:-1]:
-            ae, be = out["time"][e]["fit"]
-            k = (target - ae) / be if be > 0 else a["copies"]
-            out["time"][e]["copies"] = int(min(max(2, round(k)), 64 * a["copies"]))
+    saved = os.environ.get("MINILR_NOISE_THREADS")
+    os.environ["MINILR_NOISE_THREADS"] = "1"  # as in the workers; put back below (main() may be a test's call)
+    try:
+        with threadpool_limits(1):
+            return _measure(a, k1, k2, out)
+    finally:
+        if saved is None:
+            del os.environ["MINILR_NOISE_THREADS"]
+        else:
+            os.environ["MINILR_NOISE_THREADS"] = saved
+
+
+def _measure(a, k1, k2, out):
+    """The measurements of :func:`measure`, on one thread."""
+    for f, s in SIGN_OF.items():
+        if s not in a["methods"]:
+            continue
+        pf = [peak_bytes(a, f, k) for k in (k1, k2)]
+        ps = [peak_bytes(a, s, k) for k in (k1, k2)]
+        (af, bf), (as_, bs) = linear_fit((k1, k2), pf), linear_fit((k1, k2), ps)
+        budget = af + bf * a["copies"]
+        k_mem = int(max(1, (budget - as_) // max(bs, 1.0)))
+        out["memory"][s] = dict(float_peaks=pf, sign_peaks=ps, float_fit=(af, bf), sign_fit=(as_, bs),
+                                budget_bytes=budget, copies=k_mem, copies_ratio=k_mem / a["copies"],
+                                per_copy_ratio=bf / max(bs, 1.0), record_bytes_ratio=record_ratio(a, f))
+    timed = [e for e in ESTIMATORS if e in a["methods"] or e == "lr"] + ["bp"]
+    for e in timed:
+        ts = [step_seconds(a, e, k) for k in (k1, k2)]
+        out["time"][e] = dict(points=list(zip((k1, k2), ts)), fit=linear_fit((k1, k2), ts))
+    target = sum(c * a["copies"] ** i for i, c in enumerate(out["time"]["lr"]["fit"]))
+    for e in timed[:-1]:
+        ae, be = out["time"][e]["fit"]
+        k = (target - ae) / be if be > 0 else a["copies"]
+        out["time"][e]["copies"] = int(min(max(2, round(k)), 64 * a["copies"]))
     return out
 
 

@@ -83,8 +83,11 @@ def _argv(tmp_path, *extra):
 def test_smoke_pipeline_small(t1, tmp_path):
     """The whole pipeline (measure, tune with bracketing, seeds, diagnostics, report) on three
     methods: about 10 s."""
+    before = os.environ.get("MINILR_NOISE_THREADS")
     r = t1.main(_argv(tmp_path, "--methods", "lr,alr,hsic"))
     _check_result(r, r["args"], tmp_path)
+    # the one-thread setting of the measurements does not leak into the calling process
+    assert os.environ.get("MINILR_NOISE_THREADS") == before
 
 
 @pytest.mark.slow
