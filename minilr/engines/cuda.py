@@ -144,16 +144,14 @@ class CUDALRSite(_Device, LRSite):
         """Eq. 1 (LR) or Eq. 3 (ALR) over the span's records, and the sigma score; ``Lc``
         (copies, B): the span's centred losses."""
         gs = self.sigma_sums(Lc) if self.learn_sigma else None  # first: LR scales its eps in place
-        amax = None
-        if self.approx and self.engine.precision == "fp16":  # fp16's scale: the largest |L|
-            lnch = self.engine.lnch
-            amax = lnch.reduce("max", self.xp.max, self._op("abs", self.xp.abs, Lc)).reshape(1)
-        gW, gb = 0, 0
+        gW, gb, amax = 0, 0, None
         for (call, c0), (K, P, shared, *rec) in sorted(self.records.items()):
             L = self._losses(Lc[c0:c0 + K], P)
             if shared:
                 dW, db = self._shared_sums(K, P, rec, L, call)
             elif self.approx:
+                if amax is None and self.engine.precision == "fp16":  # fp16's scale: the largest |L|
+                    amax = self.engine.lnch.reduce("max", self.xp.max, self._op("abs", self.xp.abs, Lc)).reshape(1)
                 dW, db = self._sign_sums(K * self.B * P, rec, L, amax)
             else:
                 dW, db = self._lr_sums(K * self.B * P, rec, L)
