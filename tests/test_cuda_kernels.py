@@ -42,10 +42,8 @@ from minilr import noise, signbits
 from minilr.engines import cuda_kernels as ck
 from minilr.engines.cuda import CUDAEngine
 from minilr.engines.reference import CALL_STRIDE, ReferenceEngine
-from minilr.estimators.base import centred_losses
 
 draw_noise = lambda key, k0, k1, per, anti, xp: ReferenceEngine(xp).noise(key, k0, k1, per, anti)  # noqa: E731
-from minilr.losses import per_sample
 from strategies import model_zoo
 
 ESTIMATORS = ["lr", "alr", "es", "aes", "hybrid", "a-hybrid"]
@@ -153,30 +151,6 @@ def test_pack_and_unpack_twins_match_signbits(kind):
     assert np.array_equal(vals, signbits.unpack_reference(ref, kind, 21)[8:])
 
 
-def test_centre_twin_equals_centred_losses():
-    rng = np.random.default_rng(3)
-    L = rng.standard_normal((8, 5)).astype(np.float32)
-    for anti in (False, True):
-        for base in (False, True):
-            out = np.empty_like(L)
-            ck.CENTRE.twin(L, L.sum(axis=0), out, 8, 5, anti, base, 1.0)
-            assert np.array_equal(out, centred_losses(L, anti, base, np))
-
-
-@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
-def test_loss_twins_match_losses(loss):
-    """Classes summed in order (the kernel's order) against NumPy's own sums: float rounding only,
-    |difference| <= 4 ulp of the loss's scale (10 terms of size <= 1e2, each rounded once)."""
-    rng = np.random.default_rng(4)
-    K, B, C = 3, 4, 10
-    z = (3 * rng.standard_normal((K * B, C))).astype(np.float32)
-    y = rng.integers(0, C, B) if loss == "cross_entropy" else rng.standard_normal((B, C)).astype(np.float32)
-    L = np.empty(K * B, np.float32)
-    (ck.CE_LOSS if loss == "cross_entropy" else ck.MSE_LOSS).twin(z, y, L, K * B, B, C)
-    ref = per_sample(loss, z.reshape(K, B, C), y, np).reshape(-1)
-    np.testing.assert_allclose(L, ref, rtol=4 * 2**-23 * C, atol=1e-6)
-
-
 def test_sum_kernels_twins_equal_plain_sums():
     """LR's first-layer sum, ALR's sum from bits, ES's regenerated sum against the plain formulas
     of the reference sites in float64: relative 1e-5 (float32 sums of <= 16 terms)."""
@@ -260,14 +234,14 @@ def test_device_kernel_contracts_on_numpy_match_noise_and_signbits(dtype):
 
 
 def test_launcher_refuses_arrays_a_raw_pointer_would_misread():
-    L = np.zeros((8, 5), np.float32)
+    w, L, sigma = np.zeros((8, 5), np.float32), np.zeros(8, np.float32), np.ones(5, np.float32)
     lnch = ck.Launcher(np)
     with pytest.raises(ValueError, match="C-contiguous"):
-        lnch.kernel(ck.CENTRE, 40, L.T.copy().T, L[0], L.copy(), 8, 5, 0, 0, 1.0)
+        lnch.kernel(ck.LR_SCALE, 40, w.T.copy().T, L, sigma, 8, 5)
     with pytest.raises(ValueError, match="float32"):
-        lnch.kernel(ck.CENTRE, 40, L.astype(np.float64), L[0], L.copy(), 8, 5, 0, 0, 1.0)
+        lnch.kernel(ck.LR_SCALE, 40, w.astype(np.float64), L, sigma, 8, 5)
     with pytest.raises(ValueError, match="arguments expected"):
-        lnch.kernel(ck.CENTRE, 40, L)
+        lnch.kernel(ck.LR_SCALE, 40, w)
 
 
 # -- 2. the CUDA C itself, on the host ----------------------------------------------------------------
@@ -377,15 +351,6 @@ def _cases():
                 np.zeros((3 * B, m), np.float32), 3, B, m, 1], True))
     out.append((ck.ES_COMBINE, 3 * B * m, [f(3 * B, m), 0, f(3, B, m), B * m, m, f(3, m), f(m), f(m),
                 np.zeros((3 * B, m), np.float32), 3, B, m, 0], True))
-    z = 3 * f(12, 10)
-    out.append((ck.CE_LOSS, 12, [z, rng.integers(0, 10, 4).astype(np.int64), np.zeros(12, np.float32),
-                12, 4, 10], False))
-    out.append((ck.MSE_LOSS, 12, [z, f(4, 10), np.zeros(12, np.float32), 12, 4, 10], True))
-    L = f(8, 5)
-    for anti in (0, 1):
-        for base in (0, 1):
-            out.append((ck.CENTRE, 40, [L, L.sum(axis=0), np.zeros((8, 5), np.float32), 8, 5, anti, base,
-                        0.25], True))
     out.append((ck.LR_SCALE, 40 * 6, [f(40, 6), f(40), np.abs(f(6)) + 0.1, 40, 6], True))
     K = 16
     out.append((ck.SUM_COPIES, 3 * 3 * 5, [f(K * 3, 5), f(K * 3), np.abs(f(5)) + 0.1,
@@ -498,65 +463,6 @@ def test_half_conversions_in_c_equal_numpys_float16(host_kernels):
     assert np.isnan(out[isn].view(np.float16)).all()
 
 
-# CUDA's documented error bounds (CUDA C++ Programming Guide, Mathematical Functions appendix,
-# "Single-Precision Mathematical Standard Library Functions with Maximum ULP Error"): expf 2 ulp,
-# logf 1 ulp, over the full range; -ftz=true leaves them as they are for normal results.
-EXPF_ULP, LOGF_ULP = 2, 1
-
-
-def _ce_bound(z, y, rows, B, C, exp_ulp=EXPF_ULP, log_ulp=LOGF_ULP):
-    """The largest |L - L_exact| of the ce_loss kernel's float32 evaluation, per row, from the
-    error bounds of its exp and log (in ulp) and the loss formula, to first order in eps = 2^-23
-    (ulp(x) <= eps |x| for a normal x; a rounded + or - errs by at most eps/2 of its result):
-
-    * mx = max_c z_c and d_c = z_c - mx are exact/identically rounded on both sides (IEEE ops, same
-      order), so exp's argument is the same; the exact loss is log(sum_c e^d_c) + mx - z_y;
-    * each exp(d_c) errs by <= exp_ulp eps e^d_c (a term flushed by -ftz is < 2^-126 <= eps/2 of
-      s >= 1, so it cannot change the rounded sum); the C - 1 adds of positive terms by
-      <= (C - 1) eps/2 of the sum: rho = (exp_ulp + (C - 1)/2) eps, relative, on s;
-    * log turns that relative error into an absolute one, <= rho (1 + rho) ~ rho, and adds its own
-      <= log_ulp ulp(log s) <= log_ulp eps log C (1 <= s <= C);
-    * the two roundings of (log s + mx) and of (... - z_y): <= eps/2 |log s + mx| + eps/2 |L|.
-
-    A factor 1.01 covers the second-order terms (each below 100 eps^2 relative)."""
-    eps = 2.0**-23
-    z = z.reshape(rows, C).astype(np.float64)
-    mx = z.max(axis=1)
-    s = np.exp(z - mx[:, None]).sum(axis=1)
-    exact = np.log(s) + mx - z[np.arange(rows), y[np.arange(rows) % B]]
-    rho = (exp_ulp + (C - 1) / 2) * eps
-    bound = rho + log_ulp * eps * np.log(C) + eps / 2 * (np.abs(np.log(s) + mx) + np.abs(exact))
-    return exact, 1.01 * bound
-
-
-def _ce_error_and_bound(z, y, L, rows, B, C, **ulps):
-    exact, bound = _ce_bound(z, y, rows, B, C, **ulps)
-    return np.abs(np.asarray(L, np.float64) - exact), bound
-
-
-def test_ce_loss_error_bound_holds_on_the_host_and_is_tight_enough(host_kernels):
-    """The bound of :func:`_ce_bound` (derived for CUDA's expf 2 ulp / logf 1 ulp) holds for the
-    kernel's C on the host (glibc's expf/logf are within 1 ulp, so it must), over 4,000 rows of
-    logits of scale 0.1 to 30; and it is not loose beyond use."""
-    rng = np.random.default_rng(11)
-    rows, B, C = 4000, 8, 10
-    z = (rng.standard_normal((rows, C)) * np.exp(rng.uniform(np.log(0.1), np.log(30), (rows, 1)))).astype(np.float32)
-    y = rng.integers(0, C, B).astype(np.int64)
-    L = np.zeros(rows, np.float32)
-    _host_run(host_kernels, ck.CE_LOSS, rows, [z, y, L, rows, B, C])
-    err, bound = _ce_error_and_bound(z, y, L, rows, B, C)
-    assert (err <= bound).all(), (err / bound).max()
-    # the twin (NumPy's exp/log) meets it as well on these rows
-    Lt = np.zeros(rows, np.float32)
-    ck.CE_LOSS.twin(z, y, Lt, rows, B, C)
-    assert (_ce_error_and_bound(z, y, Lt, rows, B, C)[0] <= bound).all()
-    # not slack: a result 8 ulp off (of the loss, at least of 1) is caught on some row
-    L_off = np.zeros(rows, np.float32)
-    _host_run(host_kernels, ck.CE_LOSS, rows, [z, y, L_off, rows, B, C])
-    L_off = L_off + np.float32(8) * np.spacing(np.maximum(np.abs(L_off), np.float32(1)))
-    assert not (_ce_error_and_bound(z, y, L_off, rows, B, C)[0] <= bound).all()
-
-
 def test_host_c_noise_equals_noise_normal(host_kernels):
     """The generated C recipe through ES_NOISE (all counters of its copies) = noise.normal, bits."""
     key = _key(9)
@@ -579,7 +485,7 @@ def test_the_cuda_source_compiles_with_nvcc(tmp_path):
         assert r.returncode == 0, (k.name, r.stderr)
         ptx = (tmp_path / "k.ptx").read_text()
         assert f".entry {k.name}(" in ptx
-        if k.name not in ("lr_forward", "alr_forward", "es_combine", "ce_loss"):
+        if k.name not in ("lr_forward", "alr_forward", "es_combine"):
             assert "fma.rn.f32" not in ptx, k.name
 
 
@@ -1058,8 +964,7 @@ gpu = pytest.mark.skipif(not minilr.cupy_available(), reason="CuPy with a CUDA G
 @pytest.mark.parametrize("i", range(len(_cases())))
 def test_gpu_kernel_equals_its_twin(i):
     """On the device: bit for bit away from subnormals (``-ftz=true``; the cases hold none), except
-    tanh (CUDA's tanhf within 2 ulp of correctly rounded, NumPy's within 1: 4 ulp) and the
-    cross-entropy (exp/log: against the exact loss, within the bound :func:`_ce_bound` derives)."""
+    tanh (CUDA's tanhf within 2 ulp of correctly rounded, NumPy's within 1: 4 ulp)."""
     import cupy
 
     k, n, args, exact = _cases()[i]
@@ -1067,12 +972,6 @@ def test_gpu_kernel_equals_its_twin(i):
     a_gpu = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
     k.twin(*a_twin)
     ck.Launcher(cupy).kernel(k, n, *a_gpu)
-    if k is ck.CE_LOSS:
-        z, yk, L, rows, B, C = args
-        got = cupy.asnumpy(a_gpu[2])
-        err, bound = _ce_error_and_bound(z, yk, got, rows, B, C)
-        assert (err <= bound).all(), (err / bound).max()
-        return
     for (ctype, name), x, y in zip(k.params, a_twin, a_gpu):
         if isinstance(x, np.ndarray) and not ctype.startswith("const"):
             y = cupy.asnumpy(y)

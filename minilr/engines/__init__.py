@@ -5,26 +5,29 @@ say *what* is computed; the backend owns one engine (``Backend("numpy").engine``
   what a student reads, and the oracle of the tests (``Backend("numpy", engine="reference")``).
 * ``"cpu"`` (:mod:`.cpu`): fused Numba kernels + OpenBLAS, blocks side by side on every core; the
   default on NumPy.
-* ``"cuda"`` (:mod:`.cuda`): CuPy, blocks sized by GPU memory (one per chunk when it fits); the
-  default on CuPy.
+* ``"cuda"`` (:mod:`.cuda`): CuPy, the sites as a few large kernel launches (one product and one
+  fused kernel per site call), blocks sized by GPU memory (one per chunk when it fits); the
+  default on CuPy. On NumPy arrays its kernels' twins run (the tests).
 
-The interface (every engine subclasses :class:`~.reference.ReferenceEngine`)::
+The interface (every engine subclasses :class:`~.reference.ReferenceEngine`), used by the one
+estimate loop :func:`minilr.estimators.base.estimate`::
 
     engine.xp                                   # numpy or cupy
-    engine.session()                            # context around one estimate (BLAS limits, ...)
-    engine.forward(model, x, y, k0, copies, modes, approx, keys, loss, antithetic) -> (L, sites)
-        # L: (copies, B) losses; sites: one record per Linear layer, built from engine.sites[mode]
-    site.gradient(Lc) -> {"weight", "bias"[, "sigma"]}  # the paper's sums over the chunk's rows
-    engine.done(sites)                          # the chunk's records are dead (reuse their blocks)
+    engine.session()                            # context around one estimate (BLAS limits, launcher)
+    engine.forward(plan, x, y, span) -> (L, sites)
+        # L: (len(span), B) losses; sites: one record per noise site of plan.entries, built by
+        # engine.make_sites from engine.sites[mode] ("lr" or "es")
+    site.gradient(Lc) -> {"weight"[, "bias"][, "sigma"]}  # the paper's sums over the span's rows
+    engine.done(sites)                          # the span's records are dead (reuse their blocks)
     engine.release()                            # free what the engine keeps between calls
-    # hooks a subclass overrides: sites (record classes by "lr"/"es"), plan(model, B, copies,
-    # modes, approx) -> [(c0, c1)], run_blocks(fn, blocks), prepare(model, lin, sites)
+    # primitives a subclass may replace: sites, normal, noise, pack, unpack, fuses(act),
+    # plan_blocks(plan, B, copies) -> [(c0, c1)], run_blocks(fn, blocks), new_pass, make_sites
 
-A site class is constructed as ``Site(W, b, sigma, learn_sigma, copies, B, k0, key, antithetic,
-approx, nonneg, first, engine)`` and has ``forward_block(h, c0, c1, act=None)`` (returns the
-layer's output for copies ``c0 .. c1 - 1``; ``act`` given only when ``fuses(act)`` is True),
-``fuses(act)``, ``buffers()`` and ``gradient(Lc)``. The shared suite ``tests/test_engines.py``
-checks every engine against the reference.
+A layer reaches its site through ``ctx.affine(layer, U, name, act=None)`` (:class:`~.reference.Block`),
+which calls ``site.affine(U, P, blk, call, act, bits) -> (v, hbits)``: ``U`` (rows P, d), ``v``
+(K B P, m); ``act`` is given only when ``engine.fuses(act)``; ``hbits``, the output's packed
+"01" signs where the site packed them, reach the next site as ``bits``. The shared suite
+``tests/test_engines.py`` checks every engine against the reference for every layer type.
 """
 from __future__ import annotations
 

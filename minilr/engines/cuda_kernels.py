@@ -582,77 +582,6 @@ ES_COMBINE = Kernel("es_combine", [
     _es_combine_twin)
 
 
-# Losses per row n = k * B + b (losses.py): cross-entropy (y: class index per sample) and MSE
-# (y: (B, C) targets), one thread per row, classes summed in order.
-def _ce_twin(z, y, L, rows, B, C):
-    z = z.reshape(rows, C)
-    mx = z.max(axis=1)
-    s = np.zeros(rows, _F32)
-    for c in range(C):
-        s = s + np.exp(z[:, c] - mx)
-    L[...] = (np.log(s) + mx) - z[np.arange(rows), y[np.arange(rows) % B]]
-
-
-CE_LOSS = Kernel("ce_loss", [
-    ("const float*", "z"), ("const long long*", "y"), ("float*", "L"), ("long long", "rows"),
-    ("int", "B"), ("int", "C")],
-    """    if (t >= rows) return;
-    const float* zr = z + t * C;
-    float mx = zr[0];
-    for (int c = 1; c < C; c++) mx = fmaxf(mx, zr[c]);
-    float s = 0.0f;
-    for (int c = 0; c < C; c++) s = __fadd_rn(s, expf(__fsub_rn(zr[c], mx)));
-    L[t] = __fsub_rn(__fadd_rn(logf(s), mx), zr[y[t % B]]);""",
-    _ce_twin)
-
-
-def _mse_twin(z, y, L, rows, B, C):
-    d = z.reshape(rows, C) - y[np.arange(rows) % B]
-    s = np.zeros(rows, _F32)
-    for c in range(C):
-        s = s + d[:, c] * d[:, c]
-    L[...] = _F32(0.5) * s
-
-
-MSE_LOSS = Kernel("mse_loss", [
-    ("const float*", "z"), ("const float*", "y"), ("float*", "L"), ("long long", "rows"),
-    ("int", "B"), ("int", "C")],
-    """    if (t >= rows) return;
-    const float* zr = z + t * C;
-    const float* yr = y + (t % B) * C;
-    float s = 0.0f;
-    for (int c = 0; c < C; c++) { const float d = __fsub_rn(zr[c], yr[c]); s = __fadd_rn(s, __fmul_rn(d, d)); }
-    L[t] = __fmul_rn(0.5f, s);""",
-    _mse_twin)
-
-
-# Eq. 2's leave-one-out baseline (estimators.base.centred_losses): Lc = L - (S_b - own) / (K - group),
-# S_b the column sums over copies (one reduction before), own = L or its antithetic pair's sum; then
-# times `scale` (1, or 1 / rows so that the sums that follow are already means: no pass to divide).
-def _centre_twin(L, S, Lc, K, B, anti, baseline, scale):
-    L2 = L.reshape(K, B)
-    if baseline:
-        own = np.repeat(L2[0::2] + L2[1::2], 2, axis=0) if anti else L2
-        L2 = L2 - (S.reshape(1, B) - own) / _F32(K - (2 if anti else 1))
-    Lc.reshape(K, B)[...] = L2 * _F32(scale)
-
-
-CENTRE = Kernel("centre", [
-    ("const float*", "L"), ("const float*", "S"), ("float*", "Lc"), ("long long", "K"), ("int", "B"),
-    ("int", "anti"), ("int", "baseline"), ("float", "scale")],
-    """    if (t >= K * B) return;
-    float l = L[t];
-    if (baseline) {
-        const long long k = t / B;
-        const int b = (int)(t - k * B);
-        const float own = anti ? __fadd_rn(L[(k & ~1LL) * B + b], L[((k & ~1LL) + 1) * B + b]) : l;
-        const float den = (float)(K - (anti ? 2 : 1));
-        l = __fsub_rn(l, __fdiv_rn(__fsub_rn(S[b], own), den));
-    }
-    Lc[t] = __fmul_rn(l, scale);""",
-    _centre_twin)
-
-
 # LR gradient pass (Eq. 1), one thread per value: w = L_n * eps / sigma_i in place over the kept eps;
 # then sum_n w (bias) is one reduction and w^T x (weights) one cuBLAS product.
 def _lr_scale_twin(w, L, sigma, rows, m):
@@ -931,9 +860,8 @@ SPLIT_FINISH = Kernel("split_finish", [
 
 
 KERNELS = {k.name: k for k in (FILL_NORMAL, PACK_F64, UNPACK_ROWS, UNPACK_ROWS_F64,
-                               LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, CE_LOSS, MSE_LOSS,
-                               CENTRE, LR_SCALE, SUM_COPIES, SIGN_SUM_COPIES, UNPACK_PAIR, ES_GRAD,
-                               SPLIT_FINISH, SIGMA_SUMS, ES_SIGMA)}
+                               LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, LR_SCALE, SUM_COPIES,
+                               SIGN_SUM_COPIES, UNPACK_PAIR, ES_GRAD, SPLIT_FINISH, SIGMA_SUMS, ES_SIGMA)}
 
 
 def full_source() -> str:
