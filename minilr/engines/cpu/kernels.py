@@ -117,7 +117,7 @@ def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, off, hb
                     hrow[i] |= bit if hr[i] > 0 else zero8
 
 
-def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, *, bits=None, hbits=None, offset=0):
+def lr_forward(v, b, sigma, act, *, eps, h, key, k0, antithetic, bits=None, hbits=None, offset=0):
     """Draw the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
 
     ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or (B, m)
