@@ -143,7 +143,8 @@ def test_packed_alr_sums_equal_alr_sums(t_kind):
     L = rng.integers(-500, 501, K * B).astype(np.float32)
     s, t = signbits.pack(eps, "pm1"), signbits.pack(h, t_kind)
     G, g = np.zeros((m, d), np.float32), np.zeros(m, np.float32)
-    signs.packed_gradient_block(L, s, "pm1", t, t_kind, G, g, 0, K * B, 0, m, 0, d, gemm=kernels.gemm_acc)
+    signs.packed_gradient_block(L, s, "pm1", t, t_kind, G=G, g=g, rows=(0, K * B), cols=(0, m, 0, d),
+                                gemm=kernels.gemm_acc)
     want = alr_sums(L.reshape(K, B), np.sign(h).reshape(K, B, d), np.sign(eps).reshape(K, B, m))
     np.testing.assert_array_equal(G, want[0])
     np.testing.assert_array_equal(g, want[1])
