@@ -321,11 +321,9 @@ class CUDAEngine(ReferenceEngine):
     def fuses(self, act) -> bool:
         return getattr(act, "name", None) in ck.ACTS
 
-    def make_sites(self, plan, span, B):
+    def site_classes(self, plan):
         """This module's sites; the reference sites for a model that is not float32 (the kernels')."""
-        kinds = self.sites if np.dtype(plan.model.dtype) == _F32 else ReferenceEngine.sites
-        return [kinds[mode](layer, name, key, plan.approx, span, B, plan.settings.antithetic, self)
-                for (_, layer, name), mode, key in zip(plan.entries, plan.modes, plan.keys)]
+        return self.sites if np.dtype(plan.model.dtype) == _F32 else ReferenceEngine.sites
 
     def free_memory(self):
         """Bytes of device memory free now, counting the blocks CuPy's pool holds unused (a step's

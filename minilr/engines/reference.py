@@ -387,10 +387,15 @@ class ReferenceEngine:
         """What the blocks of one forward pass may share (an engine's per-thread arrays); None here."""
         return None
 
+    def site_classes(self, plan):
+        """The record classes by mode for ``plan``'s sites."""
+        return self.sites
+
     def make_sites(self, plan, span, B):
         """One record per noise site of ``plan`` for the copies ``span`` (a ``range``)."""
-        return [self.sites[mode](layer, name, key, approx=plan.approx, span=span, B=B,
-                                 antithetic=plan.settings.antithetic, engine=self)
+        kinds = self.site_classes(plan)
+        return [kinds[mode](layer, name, key, approx=plan.approx, span=span, B=B,
+                            antithetic=plan.settings.antithetic, engine=self)
                 for (_, layer, name), mode, key in zip(plan.entries, plan.modes, plan.keys)]
 
     def forward(self, plan, x, y, span):
