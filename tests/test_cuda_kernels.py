@@ -65,7 +65,7 @@ def test_noise_twin_equals_noise_normal_bit_for_bit(seed, start):
     key = _key(seed)
     n = 1 << 18
     ref = noise.normal(key, n, start=start)
-    twin = ck.normal_twin(key.k1, key.gamma, np.arange(start, start + n, dtype=np.uint64))
+    twin = ck.normal_twin(key.origin, key.gamma, np.arange(start, start + n, dtype=np.uint64))
     assert np.array_equal(_bits(ref), _bits(twin))
 
 
@@ -105,7 +105,7 @@ def test_lr_forward_twin_draws_the_estimators_noise_and_activation(offset):
         bias, sigma = rng.standard_normal(m).astype(np.float32), (rng.random(m) + 0.1).astype(np.float32)
         eps = np.empty((nb * B, m), np.float32)
         h = np.empty_like(eps)
-        ck.LR_FORWARD.twin(pre, 1, bias, sigma, eps, h, key.k1, key.gamma, k0, B, m, nb * B, anti, 1, offset)
+        ck.LR_FORWARD.twin(pre, 1, bias, sigma, eps, h, key.origin, key.gamma, k0, B, m, nb * B, anti, 1, offset)
         ref = ReferenceEngine(np).noise(key, k0, k0 + nb, B * m, anti, offset).reshape(nb * B, m)
         assert np.array_equal(_bits(eps), _bits(ref))
         v = np.broadcast_to(pre + bias, (nb, B, m)) + sigma * ref.reshape(nb, B, m)
@@ -123,7 +123,7 @@ def test_alr_forward_twin_packs_like_signbits(hcode):
     sbits = np.zeros((nball, m), np.uint8)
     hbits = np.zeros((2, nball, m), np.uint8)
     act = 2 if hcode == 2 else 1
-    ck.ALR_FORWARD.twin(pre, 0, bias, sigma, h, sbits, hbits, hcode, key.k1, key.gamma, 8, B, m,
+    ck.ALR_FORWARD.twin(pre, 0, bias, sigma, h, sbits, hbits, hcode, key.origin, key.gamma, 8, B, m,
                         nb * B, 0, act, byte0, nball, 2 * CALL_STRIDE)
     eps = ReferenceEngine(np).noise(key, 8, 8 + nb, B * m, False, 2 * CALL_STRIDE).reshape(-1, m)
     assert np.array_equal(sbits[byte0:byte0 + 2], signbits.pack_reference(eps, "pm1"))
@@ -173,7 +173,7 @@ def test_sum_kernels_twins_equal_plain_sums():
         Eb = draw_noise(key, 2, 2 + K, m * (d + wb), anti, np).reshape(K, m, d + wb).astype(np.float64)
         for approx in (False, True):
             P = np.empty((2, m, d + wb), np.float32)
-            ck.ES_GRAD.twin(Lk, sigma, P, key.k1, key.gamma, 2, K, m, d, anti, approx, 8, 0, wb)
+            ck.ES_GRAD.twin(Lk, sigma, P, key.origin, key.gamma, 2, K, m, d, anti, approx, 8, 0, wb)
             ref = np.tensordot(Lk.astype(np.float64), np.sign(Eb) if approx else Eb, axes=1)
             np.testing.assert_allclose(P.sum(axis=0), ref, rtol=1e-5, atol=1e-5)
 
@@ -217,7 +217,7 @@ def test_device_kernel_contracts_on_numpy_match_noise_and_signbits(dtype):
     their twins: the CPU modules' results, bit for bit."""
     key = _key(11)
     out = np.empty((7, 9), np.float32)
-    ck.fill_normal(out, key.k1, key.gamma, np.uint64(5))
+    ck.fill_normal(out, key.origin, key.gamma, np.uint64(5))
     assert np.array_equal(_bits(out), _bits(noise.normal(key, (7, 9), start=5)))
     rng = np.random.default_rng(12)
     a = rng.standard_normal((37, 5)).astype(dtype)
@@ -330,14 +330,14 @@ def _cases():
             for shared in (1, 0):
                 pre = f(B, m) if shared else f(rows, m)
                 out.append((ck.LR_FORWARD, rows * m, [pre, shared, f(m), np.abs(f(m)) + 0.1,
-                            np.zeros((rows, m), np.float32), np.zeros((rows, m), np.float32), key.k1,
+                            np.zeros((rows, m), np.float32), np.zeros((rows, m), np.float32), key.origin,
                             key.gamma, 5 + anti, B, m, rows, anti, act, shared * CALL_STRIDE],
                             act not in (2, 3)))
     for hcode in (0, 1, 2):
         nball = 4
         out.append((ck.ALR_FORWARD, 2 * m, [f(rows, m), 0, f(m), np.full(m, 0.3, np.float32),
                     np.zeros((rows, m), np.float32), np.zeros((nball, m), np.uint8),
-                    np.zeros((2, nball, m), np.uint8), hcode, key.k1, key.gamma, 8, B, m, rows, 1,
+                    np.zeros((2, nball, m), np.uint8), hcode, key.origin, key.gamma, 8, B, m, rows, 1,
                     2 if hcode == 2 else 1, 1, nball, hcode * CALL_STRIDE], hcode != 2))
     for code in (0, 1, 2):
         a = f(21, 6)
@@ -346,7 +346,7 @@ def _cases():
         out.append((ck.PACK, 3 * 6, [a, np.zeros((2, 4, 6), np.uint8), code, 21, 6, 1, 4], True))
     for anti, wb in ((0, 1), (1, 1), (1, 0)):
         out.append((ck.ES_NOISE, 3 * 4 * (5 + wb), [np.zeros((3, 4, 5), np.float32),
-                    np.zeros((3, 4), np.float32), key.k1, key.gamma, 3, 3, 4, 5, anti, wb], True))
+                    np.zeros((3, 4), np.float32), key.origin, key.gamma, 3, 3, 4, 5, anti, wb], True))
     out.append((ck.ES_COMBINE, 3 * B * m, [f(B, m), 1, f(B, 3 * m), m, 3 * m, f(3, m), f(m), f(m),
                 np.zeros((3 * B, m), np.float32), 3, B, m, 1], True))
     out.append((ck.ES_COMBINE, 3 * B * m, [f(3 * B, m), 0, f(3, B, m), B * m, m, f(3, m), f(m), f(m),
@@ -373,9 +373,9 @@ def _cases():
             for per, divide, wb in ((16, 1, 1), (6, 0, 1), (6, 1, 0)):
                 parts = -(-K // per)
                 out.append((ck.ES_GRAD, parts * 4 * (5 + wb), [f(K), np.abs(f(4)) + 0.1,
-                            np.zeros((parts, 4, 5 + wb), np.float32), key.k1, key.gamma, 3, K, 4, 5, anti,
+                            np.zeros((parts, 4, 5 + wb), np.float32), key.origin, key.gamma, 3, K, 4, 5, anti,
                             approx, per, divide, wb], True))
-    out.append((ck.FILL_NORMAL, 1000, [np.zeros(1001, np.float32), 1000, key.k1, key.gamma, 2**33 + 1], True))
+    out.append((ck.FILL_NORMAL, 1000, [np.zeros(1001, np.float32), 1000, key.origin, key.gamma, 2**33 + 1], True))
     for k, dt in ((ck.PACK_F64, np.float64),):
         a = rng.standard_normal((13, 4))
         a[0, 0], a[1, 1] = 0.0, -0.0
@@ -393,10 +393,10 @@ def _cases():
         for anti in (0, 1):
             rows_, m_ = 30, 6
             out.append((ck.SIGMA_SUMS, 4 * m_, [f(rows_, m_), f(rows_), np.abs(f(m_)) + 0.1,
-                        np.zeros((4, m_), np.float32), rows_, m_, 8, regen, key.k1, key.gamma, 2, 5, anti,
+                        np.zeros((4, m_), np.float32), rows_, m_, 8, regen, key.origin, key.gamma, 2, 5, anti,
                         regen * 5 * CALL_STRIDE], True))
     for anti, wb in ((0, 1), (1, 1), (1, 0)):
-        out.append((ck.ES_SIGMA, 3 * 4, [f(10), np.abs(f(4)) + 0.1, np.zeros((3, 4), np.float32), key.k1,
+        out.append((ck.ES_SIGMA, 3 * 4, [f(10), np.abs(f(4)) + 0.1, np.zeros((3, 4), np.float32), key.origin,
                     key.gamma, 4, 10, 4, 5, anti, 4, wb], True))
     out.append((ck.SPLIT_FINISH, 4 * 6, [f(8, 8), np.zeros((4, 5), np.float32), np.zeros(4, np.float32),
                 np.array([3e-3], np.float32), 4, 5, 8], True))
@@ -468,7 +468,7 @@ def test_host_c_noise_equals_noise_normal(host_kernels):
     key = _key(9)
     m, d, kb = 16, 63, 40
     E, e = np.zeros((kb, m, d), np.float32), np.zeros((kb, m), np.float32)
-    _host_run(host_kernels, ck.ES_NOISE, kb * m * (d + 1), [E, e, key.k1, key.gamma, 11, kb, m, d, 0, 1])
+    _host_run(host_kernels, ck.ES_NOISE, kb * m * (d + 1), [E, e, key.origin, key.gamma, 11, kb, m, d, 0, 1])
     ref = noise.normal(key, (kb, m, d + 1), start=11 * m * (d + 1))
     assert np.array_equal(_bits(E), _bits(np.ascontiguousarray(ref[..., :d])))
     assert np.array_equal(_bits(e), _bits(np.ascontiguousarray(ref[..., d])))
@@ -990,7 +990,7 @@ def test_gpu_noise_equals_noise_normal_bit_for_bit():
     key = _key(10)
     m, d, kb = 256, 784, 64
     E, e = cupy.empty((kb, m, d), np.float32), cupy.empty((kb, m), np.float32)
-    ck.Launcher(cupy).kernel(ck.ES_NOISE, kb * m * (d + 1), E, e, key.k1, key.gamma, 5, kb, m, d, 0, 1)
+    ck.Launcher(cupy).kernel(ck.ES_NOISE, kb * m * (d + 1), E, e, key.origin, key.gamma, 5, kb, m, d, 0, 1)
     ref = noise.normal(key, (kb, m, d + 1), start=5 * m * (d + 1))
     assert np.array_equal(_bits(cupy.asnumpy(E)), _bits(np.ascontiguousarray(ref[..., :d])))
 

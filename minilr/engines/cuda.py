@@ -114,7 +114,7 @@ class CUDALRSite(_Device, LRSite):
             out = xp.empty((rows, m), self.dtype)
         else:  # the kernel overwrites the product with the output
             pre = out = lnch.matmul(U, self.W.T)
-        noise = (self.key.k1, self.key.gamma, self.k0 + blk.c0, BP, m, rows, int(self.antithetic), code)
+        noise = (self.key.origin, self.key.gamma, self.k0 + blk.c0, BP, m, rows, int(self.antithetic), code)
         offset = call * CALL_STRIDE
         if not self.approx:
             eps = xp.empty((rows, m), self.dtype)
@@ -222,7 +222,7 @@ class CUDALRSite(_Device, LRSite):
             out = self.xp.empty((parts, m), _F32)
             eps = L if self.approx else rec[1]  # ALR: a placeholder, the kernel draws eps again
             lnch.kernel(ck.SIGMA_SUMS, parts * m, eps, L, self.sigma, out, rows, m, per, int(self.approx),
-                        self.key.k1, self.key.gamma, self.k0 + c0, self.B * P, int(self.antithetic),
+                        self.key.origin, self.key.gamma, self.k0 + c0, self.B * P, int(self.antithetic),
                         call * CALL_STRIDE)
             total = self._add(total, self._total(out))
         return total
@@ -242,7 +242,7 @@ class CUDAESSite(_Device, ESSite):
         self.ran = True
         if id(self) not in blk.store:  # the block's first call draws its copies' perturbations
             E, e = xp.empty((K, m, d), _F32), xp.zeros((K, m), _F32)  # no bias: e stays 0
-            lnch.kernel(ck.ES_NOISE, K * m * (d + wb), E, e, self.key.k1, self.key.gamma, self.k0 + blk.c0,
+            lnch.kernel(ck.ES_NOISE, K * m * (d + wb), E, e, self.key.origin, self.key.gamma, self.k0 + blk.c0,
                         K, m, d, int(self.antithetic), wb)
             blk.store[id(self)] = E, e
         E, e = blk.store[id(self)]
@@ -268,7 +268,7 @@ class CUDAESSite(_Device, ESSite):
             return self.finish(0, 0, 0 if self.learn_sigma else None)
         wb = int(self.b is not None)
         Lk = lnch.reduce("sum", xp.sum, Lc, axis=1).astype(_F32, copy=False)  # shared by the batch
-        key = (self.key.k1, self.key.gamma, self.k0, K, m, d, int(self.antithetic))
+        key = (self.key.origin, self.key.gamma, self.k0, K, m, d, int(self.antithetic))
         parts, per = _parts(K, m * (d + wb))
         P = xp.empty((parts, m, d + wb), _F32)
         lnch.kernel(ck.ES_GRAD, parts * m * (d + wb), Lk, self.sigma, P, *key, int(self.approx), per,
@@ -351,7 +351,7 @@ class CUDAEngine(ReferenceEngine):
         if self.xp.__name__ != "cupy":
             return super().normal(key, shape, start)
         out = self.xp.empty(shape, dtype="float32")
-        ck.fill_normal(out, key.k1, key.gamma, start)
+        ck.fill_normal(out, key.origin, key.gamma, start)
         return out
 
     def pack(self, a, kind):

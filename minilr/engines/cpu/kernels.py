@@ -130,12 +130,12 @@ def lr_forward(v, b, sigma, act, *, eps, h, key, k0, antithetic, bits=None, hbit
     """
     v3 = v.reshape((-1,) + h.shape[1:])
     if bits is None:
-        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic,
+        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.origin, key.gamma, k0, antithetic,
                          _U64(offset), 0, h.shape[0])
     else:
         e = np.empty(h.shape[1:], dtype=h.dtype)
         pack_h = hbits is not None
-        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.k1, key.gamma, k0, antithetic,
+        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.origin, key.gamma, k0, antithetic,
                           _U64(offset), hbits if pack_h else bits, pack_h)
     return h
 
