@@ -142,7 +142,7 @@ def in_process(K, buckets, rounds):
                 return estimate(model, x, y, Settings(est, K, chunk=chunk), seed_sequence(1), bk)
 
         def piped(threads=1):
-            return overlap.pipelined_estimate(model, x, y, Settings(est, K), seed_sequence(1), bk, buckets,
+            return overlap.pipelined_estimate(model, x, y, Settings(est, K), seed_sequence(1), bk, buckets=buckets,
                                               layer_threads=threads)
         ts = {"plain": [], "pipelined": [], "pipelined + layer threads": []}
         res = {}

@@ -1,5 +1,6 @@
-"""GPU benchmark: minilr's CUDA step (LR, ALR fp32 / fp16-split, ES, A-Hybrid) against the same LR
-step written in PyTorch-CUDA, side by side on one GPU, and the digits training job on CuPy vs NumPy.
+"""GPU benchmark: minilr's CUDA engine (LR, ALR fp32 / fp16-split, ES, A-Hybrid, through
+``minilr.estimate_gradient`` on a held ``Backend("cupy")``) against the same LR step written in
+PyTorch-CUDA, side by side on one GPU, and the digits training job on CuPy vs NumPy.
 
     PYTHONPATH=. python benchmarks/gpu_bench.py [--quick] [--out benchmarks/RESULTS_GPU.md] [--rows FILE]
 
@@ -37,7 +38,7 @@ B = 50
 CHUNK_BIG = 10_000
 KS = [200, 2000, 10_000, 100_000]
 QUICK_KS = [200, 2000]
-RESNET_KS = [200, 2000]  # ResNet-5 steps (the sites path: slower per copy than the fused MLP step)
+RESNET_KS = [200, 2000]  # ResNet-5 steps (more work per copy than the MLP)
 QUICK_RESNET_KS = [200]
 RESNET_INPUT = (1, 40)
 
@@ -104,31 +105,24 @@ def _event_median(cupy, f, reps=10, warm=2):
 
 
 def minilr_case(cupy, est, K, precision="fp32"):
-    """(ms, peak MB, launches per step) of minilr's CUDA step."""
+    """(ms, peak MB, launches per estimate) of ``minilr.estimate_gradient(..., backend=bk)`` on a held
+    ``minilr.Backend("cupy")``: the CUDA engine's sites, ALR's product in ``precision``."""
     import minilr
-    from minilr.engines import cuda_step
+    from minilr.engines.cuda import CUDAEngine
 
     model = minilr.MLP(SIZES, seed=0)
-    for i in model.linear_indices:  # the model lives on the GPU, as during training
-        layer = model.layers[i]
-        layer.weight, layer.bias, layer.sigma = (cupy.asarray(a) for a in (layer.weight, layer.bias, layer.sigma))
-    xh, yh = _data()
-    x, y = cupy.asarray(xh), cupy.asarray(yh)
+    x, y = _data()
+    bk = minilr.Backend("cupy")
+    bk.engine = CUDAEngine(cupy, precision=precision)
     chunk = CHUNK_BIG if K > CHUNK_BIG else None
     seeds = itertools.count()
-    state = {}
 
     def step():
-        state["out"] = cuda_step.estimate(model, x, y, est, K, seed=next(seeds), chunk=chunk, xp=cupy,
-                                          precision=precision)
+        minilr.estimate_gradient(model, x, y, estimator=est, copies=K, seed=next(seeds), chunk=chunk, backend=bk)
 
     ms = _event_median(cupy, step)
-    step()
-    launches = state["out"][2].count
-    del state["out"]
     mb = _Peak(cupy).measure(step) / 2**20
-    state.clear()
-    return ms, mb, launches
+    return ms, mb, bk.engine.launches
 
 
 def library_case(cupy, est, K):
@@ -283,7 +277,8 @@ def _table(head, cases, rows, resnet, digits, done):
               "784-256-256-10, B=50, one gradient estimate; median of 10 steps (3 where a step takes "
               "over 0.5 s), CUDA-event timed; K = 100,000 in chunks of 10,000 on both sides. Memory: "
               "peak GPU bytes allocated during one step beyond what was allocated before it. "
-              "Launches: kernels + cuBLAS calls + reductions of minilr's step, counted by its launcher.",
+              "Launches: kernels + cuBLAS calls + reductions of the CUDA engine's sites in one estimate, "
+              "counted by its launcher (the loss runs beside them as CuPy code).",
               "", "| K | " + " | ".join(f"{c[0]} ms" for c in cases) + " | PyTorch LR ms | LR / PyTorch | "
               "ALR / LR (fp32, fp16) |", "|---" * (len(cases) + 4) + "|"]
     for K, res in rows:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for minilr: the GPU tests, then benchmarks/gpu_bench.py (minilr's CUDA step for LR, ALR,
+# GPU check for minilr: the GPU tests, then benchmarks/gpu_bench.py (minilr's CUDA engine for LR, ALR,
 # ES, A-Hybrid vs the same LR step in PyTorch-CUDA; a ResNet-5 step through
 # estimate_gradient(backend="cupy"); the digits job on CuPy vs NumPy), first with --quick, then in
 # full. Installs nothing: needs CuPy (and PyTorch for its column) already there; numba.cuda is not
@@ -66,8 +66,8 @@ fi
 
 step "GPU tests (pytest -m gpu)" 120 \
     "$py" -m pytest -q -m gpu -p no:cacheprovider --junit-xml="$out_dir/gpu_tests.xml" tests
-step "quick: minilr CUDA step vs PyTorch-CUDA, ResNet-5 (gpu_bench.py --quick)" 90 \
+step "quick: minilr CUDA engine vs PyTorch-CUDA, ResNet-5 (gpu_bench.py --quick)" 90 \
     "$py" benchmarks/gpu_bench.py --quick --out "$out_dir/RESULTS_GPU_quick.md" "${bench_args[@]}"
-step "full: minilr CUDA step vs PyTorch-CUDA, ResNet-5, digits (gpu_bench.py)" 170 \
+step "full: minilr CUDA engine vs PyTorch-CUDA, ResNet-5, digits (gpu_bench.py)" 170 \
     "$py" benchmarks/gpu_bench.py --out "$out_dir/RESULTS_GPU.md" "${bench_args[@]}"
 exit $status

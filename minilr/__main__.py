@@ -253,7 +253,7 @@ def _say_resuming(path, epochs, say):
     if epoch >= epochs:
         return  # nothing left to do: said after train returns
     step = f", step {batch + 1}" if batch else ""
-    say(f"resuming from {path} at epoch {epoch + 1}{step}", flush=True)
+    say(f"resuming from {path} at epoch {epoch + 1}{step}")
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ class GraphAttention(Layer):
 
     def forward(self, x, xp):
         """Noiseless pass on node features ``x`` (N, n_nodes, F)."""
-        from .recurrent import NoiselessContext
+        from .layers import NoiselessContext
 
         return self.train_forward(x, NoiselessContext(xp))
 

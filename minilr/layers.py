@@ -16,7 +16,7 @@ import numpy as np
 from . import validation as _v
 
 __all__ = ["Layer", "REGISTRY", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Step", "Activation", "activation",
-           "run_layers"]
+           "run_layers", "NoiselessContext"]
 
 
 REGISTRY: dict = {}
@@ -403,3 +403,32 @@ def run_layers(layers, h, ctx):
             h = layer.train_forward(h, ctx)
             i += 1
     return h
+
+
+class NoiselessContext:
+    """The noiseless pass, written with the training pass's code: ``affine`` is the exact map.
+
+    A layer's training forward (``train_forward(h, ctx)``) asks ``ctx.affine(layer, U, name)`` for
+    every noisy affine map and ``ctx.expand`` for a batch shared by all copies; with this context
+    the same code computes the plain forward pass, so the two can never drift apart.
+    """
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def affine(self, layer, U, name="", act=None):
+        """``act(U W^T + b)`` for ``U`` (rows, [P,] d) -> (rows, [P,] m)."""
+        W = getattr(layer, name + "weight")
+        b = getattr(layer, name + "bias", None)
+        v = self.xp.matmul(U, W.reshape(W.shape[0], -1).T)
+        v = v if b is None else v + b
+        return v if act is None else act.forward(v, self.xp)
+
+    def fuses(self, act):
+        return False
+
+    def expand(self, h):
+        return h
+
+    def add(self, a, b):
+        return a + b

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import validation as _v
 from .backend import get_backend, seed_sequence
-from .layers import Activation, Layer, Linear, _check_sigma
+from .layers import Activation, Layer, Linear, _check_sigma, children_of
 from .layers import activation as make_activation
 
 __all__ = ["Sequential", "MLP", "cnn", "resnet5", "resnet9"]
@@ -220,28 +220,14 @@ def _init_layer(layer, rng, dtype, sigma, learn_sigma, index):
         setattr(layer, name + "sigma", _sigma_in_dtype(np.asarray(s, dtype=np.float64), dtype, f"{index}{'.' + name[:-1] if name else ''}"))
     if layer.sites and layer.learn_sigma is None:
         layer.learn_sigma = bool(learn_sigma)
-    for j, child in enumerate(_children(layer)):
+    for j, child in enumerate(children_of(layer)):
         _init_layer(child[1], np.random.default_rng(rng.integers(2**63) + j), dtype, sigma, learn_sigma,
                     f"{index}.{child[0]}")
 
 
-def _children(layer):
-    """``(key part, sub-layer)`` of a container layer: ``("body.0", l)``, ``("skip", l)``..."""
-    out = []
-    for attr in layer.children:
-        value = getattr(layer, attr)
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            out.extend((f"{attr}.{j}", l) for j, l in enumerate(value) if not isinstance(l, Activation))
-        else:
-            out.append((attr, value))
-    return out
-
-
 def _sites(layer, prefix):
     out = [(prefix, layer, name) for name in layer.sites]
-    for part, child in _children(layer):
+    for part, child in children_of(layer):
         out.extend(_sites(child, f"{prefix}{part}."))
     return out
 

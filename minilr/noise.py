@@ -56,16 +56,17 @@ _T0 = np.float32(3.16131566292015)
 
 
 class NoiseKey:
-    """The two 64-bit words that select one noise stream: ``k1`` (offset) and ``gamma`` (odd step)."""
+    """The two 64-bit words that select one noise stream: ``origin`` (the SplitMix state
+    before the first step, ``k1`` in the recipe above; a key word, not a copy index) and ``gamma`` (the odd step)."""
 
-    __slots__ = ("k1", "gamma")
+    __slots__ = ("origin", "gamma")
 
-    def __init__(self, k1: int, gamma: int):
-        self.k1 = _U64(k1)
+    def __init__(self, origin: int, gamma: int):
+        self.origin = _U64(origin)
         self.gamma = _U64(gamma | 1)
 
     def __repr__(self):
-        return f"NoiseKey(0x{int(self.k1):016x}, 0x{int(self.gamma):016x})"
+        return f"NoiseKey(0x{int(self.origin):016x}, 0x{int(self.gamma):016x})"
 
 
 def _mix64_py(z: int) -> int:
@@ -213,7 +214,7 @@ def fill_normal(out, key: NoiseKey, start: int = 0, xp=np, run=None):
     """
     if xp is np:
         flat = out.reshape(-1)
-        args = (flat, key.k1, key.gamma, _U64(start))
+        args = (flat, key.origin, key.gamma, _U64(start))
         if run is None:
             _fill_slice(*args, 0, flat.size)
         else:  # even slice bounds keep whole pairs in one slice
@@ -237,4 +238,4 @@ def normal(key: NoiseKey, shape, start: int = 0, dtype=np.float32, xp=np, run=No
 def normal_reference(key: NoiseKey, counters) -> np.ndarray:
     """The same values by the uncompiled scalar recipe, one Python call per counter (for tests)."""
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps on purpose
-        return np.array([_normal_at_py(key.k1, key.gamma, _U64(c)) for c in counters], dtype=np.float32)
+        return np.array([_normal_at_py(key.origin, key.gamma, _U64(c)) for c in counters], dtype=np.float32)

@@ -21,43 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation as _v
-from .layers import Layer, _check_sigma
+from .layers import Layer, NoiselessContext, _check_sigma
 
-__all__ = ["LSTM", "GRU", "sigmoid", "NoiselessContext"]
+__all__ = ["LSTM", "GRU", "sigmoid", "NoiselessContext"]  # NoiselessContext: from layers
 
 
 def sigmoid(v, xp=np):
     """``1 / (1 + exp(-v))`` written as ``0.5 (1 + tanh(v / 2))``: it never overflows."""
     return 0.5 * (1 + xp.tanh(0.5 * v))
-
-
-class NoiselessContext:
-    """The noiseless pass, written with the training pass's code: ``affine`` is the exact map.
-
-    A layer's training forward (``train_forward(h, ctx)``) asks ``ctx.affine(layer, U, name)`` for
-    every noisy affine map and ``ctx.expand`` for a batch shared by all copies; with this context
-    the same code computes the plain forward pass, so the two can never drift apart.
-    """
-
-    def __init__(self, xp):
-        self.xp = xp
-
-    def affine(self, layer, U, name="", act=None):
-        """``act(U W^T + b)`` for ``U`` (rows, [P,] d) -> (rows, [P,] m)."""
-        W = getattr(layer, name + "weight")
-        b = getattr(layer, name + "bias", None)
-        v = self.xp.matmul(U, W.reshape(W.shape[0], -1).T)
-        v = v if b is None else v + b
-        return v if act is None else act.forward(v, self.xp)
-
-    def fuses(self, act):
-        return False
-
-    def expand(self, h):
-        return h
-
-    def add(self, a, b):
-        return a + b
 
 
 class _Recurrent(Layer, register=False):

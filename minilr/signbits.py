@@ -192,7 +192,7 @@ def pack(a, kind: str, out=None, row0: int = 0, xp=np):
     return out
 
 
-def unpack(p, kind: str, r0: int, r1: int, scale=None, out=None, dtype=np.float32, xp=np):
+def unpack(p, kind: str, r0: int, r1: int, *, scale=None, out=None, dtype=np.float32, xp=np):
     """Rows ``r0 .. r1 - 1`` of the packed ``p`` as ``(r1 - r0, width)`` of ``dtype``, times ``scale``.
 
     ``scale`` (float32, one per row) folds the loss ``L_n`` into the unpacking, so the gradient
@@ -219,7 +219,7 @@ def unpack(p, kind: str, r0: int, r1: int, scale=None, out=None, dtype=np.float3
 # 256, 1024 and 4096 rows timed the same here.
 BLOCK_ROWS = 256
 
-def packed_gradient(L, s, s_kind, t, t_kind, rows, block_rows=None, dtype=np.float32, xp=np, start=0):
+def packed_gradient(L, s, s_kind, t, t_kind, rows, *, block_rows=None, dtype=np.float32, xp=np, start=0):
     """``G = sum_n L_n s(n)^T t(n)`` and ``g = sum_n L_n s(n)`` from packed ``s`` (m) and ``t`` (d).
 
     The sums run over rows ``start .. rows - 1`` (``start`` a multiple of 8).

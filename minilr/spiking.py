@@ -96,7 +96,7 @@ class LIF(Layer):
 
     def forward(self, x, xp):
         """Noiseless spikes or rates for ``x`` (N, F) or (N, T, F)."""
-        from .recurrent import NoiselessContext
+        from .layers import NoiselessContext
 
         return self.train_forward(x, NoiselessContext(xp))
 

@@ -158,7 +158,7 @@ def _estimate(model, x, y, s, ss, bk, comm):
         return estimate(model, x, y, s, ss, bk)
     from .parallel import distributed  # noqa: PLC0415
 
-    return distributed.estimate(model, x, y, s, ss, bk, comm)
+    return distributed.estimate(model, x, y, s, ss, bk, comm=comm)
 
 
 def _out_width(model, x):

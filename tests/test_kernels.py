@@ -73,7 +73,7 @@ def test_lr_forward_matches_numpy():
     for v in (rng.standard_normal((K, B, m)).astype(np.float32), rng.standard_normal((B, m)).astype(np.float32)):
         for k0, anti in ((0, False), (5, False), (4, True)):
             eps, h = np.empty((K, B, m), np.float32), np.empty((K, B, m), np.float32)
-            kernels.lr_forward(v, b, sigma, "relu", eps, h, key, k0, anti)
+            kernels.lr_forward(v, b, sigma, "relu", eps=eps, h=h, key=key, k0=k0, antithetic=anti)
             if anti:
                 half = noise.normal(key, (K // 2, B * m), start=(k0 // 2) * B * m)
                 want = np.repeat(half, 2, axis=0) * np.array([1, -1] * (K // 2), np.float32)[:, None]
@@ -246,6 +246,10 @@ def test_failed_blas_set_leaves_count_and_limits_as_they_were(monkeypatch):
     restores the libraries it had already set, and the next estimate works."""
     good, bad = _Lib(fail_at=None), _Lib(fail_at=1)
     monkeypatch.setitem(kernels._BLAS, "controller", _Controller([good, bad]))
+    # from no hold, whatever ran before (a Ctrl-C landing in the hold's own bookkeeping, as
+    # test_checkpoint's SIGINT-at-every-line does, can leave one counted: ~5 of 3,200 points)
+    monkeypatch.setitem(kernels._BLAS, "users", 0)
+    monkeypatch.setitem(kernels._BLAS, "saved", [])
     with pytest.raises(OSError, match="set failed"):
         with kernels.blas_one_thread():
             pass
@@ -276,11 +280,12 @@ def test_lr_forward_packs_signs_of_eps_and_h():
     b = rng.standard_normal(m).astype(np.float32)
     sigma = rng.uniform(0.1, 1, m).astype(np.float32)
     eps, h = np.empty((K, B, m), np.float32), np.empty((K, B, m), np.float32)
-    kernels.lr_forward(v, b, sigma, "relu", eps, h, key, 0, False)
+    kernels.lr_forward(v, b, sigma, "relu", eps=eps, h=h, key=key, k0=0, antithetic=False)
     bits = np.full(((K * B + 7) // 8, m), 255, np.uint8)
     hbits = bits.copy()
     h2 = np.empty_like(h)
-    kernels.lr_forward(v, b, sigma, "relu", None, h2, key, 0, False, bits=bits, hbits=hbits)
+    kernels.lr_forward(v, b, sigma, "relu", eps=None, h=h2, key=key, k0=0, antithetic=False, bits=bits,
+                       hbits=hbits)
     np.testing.assert_array_equal(h2, h)
     np.testing.assert_array_equal(bits, signbits.pack_reference(eps.reshape(-1, m), "pm1"))
     np.testing.assert_array_equal(hbits, signbits.pack_reference(h.reshape(-1, m), "01"))
@@ -297,23 +302,22 @@ def test_gemm_acc_adds_into_a_view():
     np.testing.assert_array_equal(C, want)
 
 
-@pytest.mark.parametrize("copies,kb,B,threads", [(200, 8, 50, 2), (2000, 24, 10, 2), (7, 8, 3, 3),
-                                                 (101, 16, 1, 3), (16, 8, 8, 4)])
-def test_balanced_starts(copies, kb, B, threads):
-    """ALR's forward blocks: whole bytes of rows, even starts, at most kb copies (or one unit),
-    a multiple of the threads where there are enough units, each thread's share even."""
+@pytest.mark.parametrize("copies,kb,unit,threads", [(200, 8, 1, 2), (2000, 24, 2, 2), (7, 8, 1, 3),
+                                                    (101, 16, 1, 3), (16, 8, 2, 4)])
+def test_balanced_starts(copies, kb, unit, threads):
+    """ALR's forward blocks: starts on whole units (2: antithetic pairs), at most kb copies (or one
+    unit), a multiple of the threads where there are enough units, each thread's share even. (Each
+    block keeps its own bit records, so no block needs to start on a whole byte of rows.)"""
     from minilr.engines.cpu import balanced_starts
 
-    starts = balanced_starts(copies, kb, B, threads)
+    starts = balanced_starts(copies, kb, unit, threads)
     ends = starts[1:] + [copies]
     assert starts[0] == 0 and all(c0 < c1 for c0, c1 in zip(starts, ends))
-    assert all(c0 * B % 8 == 0 and c0 % 2 == 0 for c0 in starts)
-    unit = 8 // np.gcd(B, 8)
-    unit = unit if unit % 2 == 0 else 2 * unit
+    assert all(c0 % unit == 0 for c0 in starts)
     assert all(c1 - c0 <= max(kb, unit) for c0, c1 in zip(starts, ends))
     n = len(starts)
     if n >= threads:
         assert n % threads == 0
         shares = [sum(e - s for s, e in list(zip(starts, ends))[n * g // threads:n * (g + 1) // threads])
                   for g in range(threads)]
-        assert max(shares) - min(shares) <= max(kb, 8)
+        assert max(shares) - min(shares) <= max(kb, unit)

@@ -37,7 +37,7 @@ def test_pipelined_step_equals_plain_chunked_step(problem, estimator, copies, bu
     with bk.engine.session():
         g1, l1 = estimate(model, x, y, s, seed_sequence(7), bk)
     for threads in (1, 3):
-        g2, l2 = overlap.pipelined_estimate(model, x, y, s, seed_sequence(7), bk, buckets, layer_threads=threads)
+        g2, l2 = overlap.pipelined_estimate(model, x, y, s, seed_sequence(7), bk, buckets=buckets, layer_threads=threads)
         assert l1 == l2
         for k in g1:
             np.testing.assert_array_equal(g1[k], g2[k], err_msg=f"{estimator} {k} threads={threads}")
@@ -47,8 +47,8 @@ def test_pipelined_differs_with_another_seed(problem):
     # the equality above is not vacuous: another seed gives another gradient
     model, x, y, bk = problem
     s = Settings("lr", 20)
-    g1, _ = overlap.pipelined_estimate(model, x, y, s, seed_sequence(1), bk, 2)
-    g2, _ = overlap.pipelined_estimate(model, x, y, s, seed_sequence(2), bk, 2)
+    g1, _ = overlap.pipelined_estimate(model, x, y, s, seed_sequence(1), bk, buckets=2)
+    g2, _ = overlap.pipelined_estimate(model, x, y, s, seed_sequence(2), bk, buckets=2)
     assert not np.array_equal(g1["0.weight"], g2["0.weight"])
 
 
@@ -71,7 +71,7 @@ def test_layer_gradients_in_threads_equal_sequential(problem, estimator):
 def test_bp_cannot_be_pipelined(problem):
     model, x, y, bk = problem
     with pytest.raises(ValueError, match="bp"):
-        overlap.pipelined_estimate(model, x, y, Settings("bp"), seed_sequence(1), bk, 2)
+        overlap.pipelined_estimate(model, x, y, Settings("bp"), seed_sequence(1), bk, buckets=2)
 
 
 def test_bucket_size():
@@ -90,7 +90,7 @@ def test_pipelined_step_equals_plain_for_every_model(name, estimator):
     s = Settings(estimator, 12, chunk=overlap.bucket_size(12, 3))
     with bk.engine.session():
         g1, l1 = estimate(model, x, y, s, seed_sequence(7), bk)
-    g2, l2 = overlap.pipelined_estimate(model, x, y, s, seed_sequence(7), bk, 3, layer_threads=2)
+    g2, l2 = overlap.pipelined_estimate(model, x, y, s, seed_sequence(7), bk, buckets=3, layer_threads=2)
     assert l1 == l2 and g1.keys() == g2.keys()
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k], err_msg=f"{name} {estimator} {k}")

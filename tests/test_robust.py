@@ -98,20 +98,30 @@ def test_arrays_set_by_hand_fail_at_predict_naming_layer_and_parameter(case):
 
 # -- item 8: memory checked before allocating ----------------------------------------------------------
 def test_huge_copies_name_copies_and_suggest_chunk():
-    model = minilr.MLP([784, 256, 256, 10], seed=0)
+    plan = _plan(minilr.MLP([784, 256, 256, 10], seed=0), 50, "lr")
     with pytest.raises(ValueError, match=r"copies=10000000 .*chunk=\d+"):
-        memory.check_copies(model, 50, 10**7, None, ["lr"] * 3, False)
-    memory.check_copies(model, 50, 10**7, 100, ["lr"] * 3, False)  # chunked: fits
+        memory.check_copies(plan, 50, 10**7, None)
+    memory.check_copies(plan, 50, 10**7, 100)  # chunked: fits
     with pytest.raises(ValueError, match=r"copies=10{30} is too many.*counters"):
-        memory.check_copies(model, 50, 10**30, 10, ["lr"] * 3, False)
+        memory.check_copies(plan, 50, 10**30, 10)
+    cnn = _plan(minilr.resnet5(input_shape=(3, 32, 32), seed=0), 10, "lr")  # conv nets are checked too
+    with pytest.raises(ValueError, match=r"copies=100000 .*chunk=\d+"):
+        memory.check_copies(cnn, 10, 100_000, None)
+
+
+def _plan(model, B, estimator):
+    from minilr.estimators import ESTIMATORS, Plan, Settings
+
+    x = np.zeros((B,) + model.input_shape, model.dtype)
+    return Plan.make(model, x, Settings(estimator, 2), np.random.SeedSequence(0), ESTIMATORS[estimator])
 
 
 def test_record_estimate_is_the_recorded_arrays():
     """LR on 4-5-3, B=6, K=10, float32: losses 2*60 + site 0 noise 60*5 + site 1 noise and input
     60*(3+5), times 4 bytes; ALR keeps 60*(5 + 3 + 2*5) bits instead of the sites' floats."""
     model = minilr.MLP([4, 5, 3], seed=0)
-    assert memory.record_bytes(model, 6, 10, ["lr", "lr"], False) == 4 * (120 + 300 + 480)
-    assert memory.record_bytes(model, 6, 10, ["lr", "lr"], True) == 4 * 120 + 38 + 98  # bytes rounded up
+    assert memory.record_bytes(_plan(model, 6, "lr"), 6, 10) == 4 * (120 + 300 + 480)
+    assert memory.record_bytes(_plan(model, 6, "alr"), 6, 10) == 4 * 120 + 38 + 98  # bytes rounded up
 
 
 def test_memory_limit_env_is_read_and_checked(monkeypatch):
@@ -119,7 +129,7 @@ def test_memory_limit_env_is_read_and_checked(monkeypatch):
     assert memory.budget_bytes() == 1 << 20
     model = minilr.MLP([4, 5, 3], seed=0)
     with pytest.raises(ValueError, match="copies=100000 .*chunk="):
-        memory.check_copies(model, 6, 100_000, None, ["lr", "lr"], False)
+        memory.check_copies(_plan(model, 6, "lr"), 6, 100_000, None)
     monkeypatch.setenv("MINILR_MEMORY_LIMIT", "lots")
     with pytest.raises(ValueError, match="MINILR_MEMORY_LIMIT"):
         memory.budget_bytes()

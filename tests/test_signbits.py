@@ -103,21 +103,31 @@ def test_misaligned_rows_and_unknown_kind_raise():
 
 
 def test_alr_records_keep_only_bits():
-    """After an ALR forward pass no site keeps a float array that grows with the copies."""
+    """After an ALR forward pass no record keeps a float array that grows with the copies: only
+    bits (and the shared batch's signs, B rows); a ReLU input is kept in 1 bit per row."""
     from minilr.backend import Backend, seed_sequence
-    from minilr.estimators.base import noise_keys
+    from minilr.estimators import ESTIMATORS, Plan, Settings
 
     model = minilr.MLP([6, 9, 7, 3], seed=0)
     x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1])
-    for engine, modes in [(e, m) for e in ("cpu", "reference") for m in (["lr"] * 3, ["es", "lr", "lr"])]:
-        L, sites = Backend("numpy", engine).engine.forward(
-            model, x, y, 0, 40, modes, True, noise_keys(seed_sequence(0), 3), "cross_entropy", False)
-        for site in sites:
-            for name, v in vars(site).items():
-                if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-                    assert 40 not in v.shape, (type(site).__name__, name, v.shape)
-        assert sites[1].t.shape == (25, 9)  # ReLU input: 1 bit per row, 200 rows
+    for engine in ("cpu", "reference"):
+        for est in ("alr", "a-hybrid"):
+            s = Settings(est, 40, es_layers=1)
+            plan = Plan.make(model, x, s, seed_sequence(0), ESTIMATORS[est])
+            L, sites = Backend("numpy", engine).engine.forward(plan, x, y, range(40))
+            for site in sites:
+                for rec in site.records.values():
+                    for v in rec if isinstance(rec, tuple) else ():
+                        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                            assert v.size < 40 * 5, (engine, est, type(site).__name__, v.shape)
+                for v in site.shared.values():
+                    assert v.shape[0] == 5
+            lr_site = sites[1]
+            bits = [rec for rec in lr_site.records.values()]
+            assert all(rec[5] == "01" and rec[4].dtype == np.uint8 for rec in bits)  # ReLU input
+            assert sum(rec[0] for rec in bits) == 40
+            assert sum(rec[4].shape[0] for rec in bits) == sum(-(-rec[0] * 5 // 8) for rec in bits)
 
 
 @pytest.mark.gpu
@@ -177,7 +187,8 @@ def test_packed_gradient_block_parts_add_up_exactly(seed, n, m, d, s_kind, t_kin
         else:
             cuts = [(0, n, 0, m, j0, j1) for j0, j1 in minilr.engines.cpu.threads.split(d, parts)]
         for cut in cuts:
-            signs.packed_gradient_block(L, s, s_kind, t, t_kind, G, g, *cut, gemm=gemm, block_floats=floats)
+            signs.packed_gradient_block(L, s, s_kind, t, t_kind, G=G, g=g, rows=cut[:2], cols=cut[2:], gemm=gemm,
+                                        block_floats=floats)
         np.testing.assert_array_equal(G, ref)
         np.testing.assert_array_equal(g, gref)
 

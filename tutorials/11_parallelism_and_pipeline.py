@@ -193,7 +193,7 @@ for est in ("lr", "alr"):
             return estimate(model, xb, yb, Settings(est, K, chunk=chunk), seed_sequence(2), bk)[0]
 
     def piped():
-        return overlap.pipelined_estimate(model, xb, yb, Settings(est, K), seed_sequence(2), bk, BUCKETS)[0]
+        return overlap.pipelined_estimate(model, xb, yb, Settings(est, K), seed_sequence(2), bk, buckets=BUCKETS)[0]
     ts = {"plain": [], "pipelined": []}
     for _ in range(ROUNDS + 1):
         for name, fn in (("plain", plain), ("pipelined", piped)):

@@ -5,26 +5,29 @@ say *what* is computed; the backend owns one engine (``Backend("numpy").engine``
   what a student reads, and the oracle of the tests (``Backend("numpy", engine="reference")``).
 * ``"cpu"`` (:mod:`.cpu`): fused Numba kernels + OpenBLAS, blocks side by side on every core; the
   default on NumPy.
-* ``"cuda"`` (:mod:`.cuda`): CuPy, blocks sized by GPU memory (one per chunk when it fits); the
-  default on CuPy.
+* ``"cuda"`` (:mod:`.cuda`): CuPy, the sites as a few large kernel launches (one product and one
+  fused kernel per site call), blocks sized by GPU memory (one per chunk when it fits); the
+  default on CuPy. On NumPy arrays its kernels' twins run (the tests).
 
-The interface (every engine subclasses :class:`~.reference.ReferenceEngine`), what the one estimate
-loop (:func:`minilr.estimators.base.estimate`) calls, for every model::
+The interface (every engine subclasses :class:`~.reference.ReferenceEngine`), used by the one
+estimate loop :func:`minilr.estimators.base.estimate`::
 
-    engine.session()                          # context around one estimate (BLAS limits, ...)
+    engine.xp                                   # numpy or cupy
+    engine.session()                            # context around one estimate (BLAS limits, launcher)
     engine.forward(plan, x, y, span) -> (L, sites)
-        # the noisy pass of the copies in `span` (a range): L (copies, B); one record per noise
-        # site of `plan` (a minilr.estimators.Plan), made from engine.sites[mode]
-    site.gradient(Lc) -> {"weight", "bias"?, "sigma"?}   # the paper's sums over the span's rows
-    engine.done(sites)                        # the span's records are dead (reuse their blocks)
-    engine.release()                          # free what the engine keeps between calls
+        # L: (len(span), B) losses; sites: one record per noise site of plan.entries, built by
+        # engine.make_sites from engine.sites[mode] ("lr" or "es")
+    site.gradient(Lc) -> {"weight"[, "bias"][, "sigma"]}  # the paper's sums over the span's rows
+    engine.done(sites)                          # the span's records are dead (reuse their blocks)
+    engine.release()                            # free what the engine keeps between calls
+    # primitives a subclass may replace: sites, normal, noise, pack, unpack, fuses(act),
+    # plan_blocks(plan, B, copies) -> [(c0, c1)], run_blocks(fn, blocks), new_pass, make_sites
 
-and the primitives a subclass replaces: ``sites`` (record classes by ``"lr"`` / ``"es"``, each with
-``affine(U, P, blk, call, act, bits)`` for a layer's ``ctx.affine`` and ``gradient``), ``normal`` /
-``noise`` (the counter-based draws), ``pack`` / ``unpack`` (sign bits), ``fuses(act)`` (activations
-applied inside ``affine``), ``plan_blocks`` and ``run_blocks`` (blocks of copies and how they run),
-``new_pass`` (what one pass's blocks share). The shared suite ``tests/test_engines.py`` checks every
-engine against the reference on every layer type.
+A layer reaches its site through ``ctx.affine(layer, U, name, act=None)`` (:class:`~.reference.Block`),
+which calls ``site.affine(U, P, blk, call, act, bits) -> (v, hbits)``: ``U`` (rows P, d), ``v``
+(K B P, m); ``act`` is given only when ``engine.fuses(act)``; ``hbits``, the output's packed
+"01" signs where the site packed them, reach the next site as ``bits``. The shared suite
+``tests/test_engines.py`` checks every engine against the reference for every layer type.
 """
 from __future__ import annotations
 

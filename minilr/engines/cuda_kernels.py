@@ -25,10 +25,12 @@ subnormals only; the noise never produces one.
 
 Layouts (those of the reference estimators, ``minilr/estimators``):
 
-* LR noise of copy ``k``, sample ``b``, neuron ``i`` is counter ``k*B*m + b*m + i``; with antithetic
-  noise copy ``k`` uses counters of copy ``k // 2`` and odd copies negate them;
-* ES noise of copy ``k`` is ``(m, d + 1)`` numbers from counter ``k*m*(d+1)``: ``E_k`` then ``e_k``
-  in the last column;
+* LR noise of copy ``k``, row ``b`` of the copy (a sample, or a sample's position: ``B`` is then
+  the rows per copy), neuron ``i`` and call ``c`` of the site is counter
+  ``c*CALL_STRIDE + k*B*m + b*m + i`` (the ``offset`` argument holds ``c*CALL_STRIDE``); with
+  antithetic noise copy ``k`` uses counters of copy ``k // 2`` and odd copies negate them;
+* ES noise of copy ``k`` is ``(m, d + wb)`` numbers from counter ``k*m*(d+wb)``: ``E_k`` then, where
+  the site has a bias (``wb`` 1), ``e_k`` in the last column;
 * packed signs: row ``n = k*B + b`` is bit ``n % 8`` of byte ``n // 8``, one column per neuron
   (:mod:`minilr.signbits`; ``"sign"`` has a second plane for the negatives).
 """
@@ -133,12 +135,12 @@ __device__ __forceinline__ float minilr_normal_at(unsigned long long k1, unsigne
     return minilr_gauss(h >> ((c & 1ULL) << 5));
 }}
 
-// noise of copy k (absolute), item `off` of the copy's `per` numbers; antithetic: copy k // 2's,
-// negated for odd k
+// noise of copy k (absolute), item `off` of the copy's `per` numbers, from counter `offset` on (a
+// site's call); antithetic: copy k // 2's, negated for odd k
 __device__ __forceinline__ float minilr_copy_noise(unsigned long long k1, unsigned long long gamma,
-        long long k, long long per, long long off, int anti) {{
+        long long k, long long per, long long off, int anti, unsigned long long offset) {{
     long long kk = anti ? (k >> 1) : k;
-    float z = minilr_normal_at(k1, gamma, (unsigned long long)(kk * per + off));
+    float z = minilr_normal_at(k1, gamma, offset + (unsigned long long)(kk * per + off));
     return (anti && (k & 1)) ? -z : z;
 }}
 """
@@ -195,11 +197,11 @@ def gauss_twin(half) -> np.ndarray:
     return (_noise._SQRT2 * p) * x
 
 
-def _copy_noise_twin(k1, gamma, k, per, off, anti):
+def _copy_noise_twin(k1, gamma, k, per, off, anti, offset=0):
     """:c:`minilr_copy_noise` over broadcast integer arrays ``k`` (absolute copy) and ``off``."""
     k = np.asarray(k, np.int64)
     kk = k >> 1 if anti else k
-    z = normal_twin(k1, gamma, (kk * per + np.asarray(off, np.int64)).astype(_U64))
+    z = normal_twin(k1, gamma, (kk * per + np.asarray(off, np.int64)).astype(_U64) + _U64(offset))
     return np.where((k & 1).astype(bool), -z, z) if anti else z
 
 
@@ -378,9 +380,9 @@ class Kernel:
 # LR forward, one thread per value (row n of the block, neuron i): draw eps at its counter,
 # v = (pre + bias) + sigma * eps (the reference's order), h = act(v); keep eps.
 # pre: (B, m) when shared (the first layer's x W^T, computed once), else (rows, m); h may be pre.
-def _lr_forward_twin(pre, pre_shared, bias, sigma, eps, h, k1, gamma, k0, B, m, rows, anti, act):
+def _lr_forward_twin(pre, pre_shared, bias, sigma, eps, h, k1, gamma, k0, B, m, rows, anti, act, offset):
     n = np.arange(rows)[:, None]
-    eps[...] = _copy_noise_twin(k1, gamma, k0 + n // B, B * m, (n % B) * m + np.arange(m), anti)
+    eps[...] = _copy_noise_twin(k1, gamma, k0 + n // B, B * m, (n % B) * m + np.arange(m), anti, offset)
     v = pre[np.arange(rows) % B] if pre_shared else pre
     h[...] = _act_twin((v + bias) + sigma * eps, act)
 
@@ -388,12 +390,13 @@ def _lr_forward_twin(pre, pre_shared, bias, sigma, eps, h, k1, gamma, k0, B, m, 
 LR_FORWARD = Kernel("lr_forward", [
     ("const float*", "pre"), ("int", "pre_shared"), ("const float*", "bias"), ("const float*", "sigma"),
     ("float*", "eps"), ("float*", "h"), ("unsigned long long", "k1"), ("unsigned long long", "gamma"),
-    ("long long", "k0"), ("int", "B"), ("int", "m"), ("long long", "rows"), ("int", "anti"), ("int", "act")],
+    ("long long", "k0"), ("int", "B"), ("int", "m"), ("long long", "rows"), ("int", "anti"), ("int", "act"),
+    ("unsigned long long", "offset")],
     """    if (t >= rows * m) return;
     long long i, b;
     const long long n = minilr_div(t, m, &i);
     const long long c = minilr_div(n, B, &b);
-    const float e = minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti);
+    const float e = minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti, offset);
     const float v = pre_shared ? pre[(long long)b * m + i] : pre[t];
     eps[t] = e;
     h[t] = minilr_act(__fadd_rn(__fadd_rn(v, bias[i]), __fmul_rn(sigma[i], e)), act);""",
@@ -405,9 +408,9 @@ LR_FORWARD = Kernel("lr_forward", [
 # the next layer's input signs h > 0 ("01") or h > 0 / h < 0 ("sign", two planes) into hbits.
 # byte0: the block's first byte row in the record (its first row is a multiple of 8).
 def _alr_forward_twin(pre, pre_shared, bias, sigma, h, sbits, hbits, hcode, k1, gamma, k0, B, m,
-                      rows, anti, act, byte0, nbytes_all):
+                      rows, anti, act, byte0, nbytes_all, offset):
     eps = np.empty((rows, m), _F32)
-    _lr_forward_twin(pre, pre_shared, bias, sigma, eps, h, k1, gamma, k0, B, m, rows, anti, act)
+    _lr_forward_twin(pre, pre_shared, bias, sigma, eps, h, k1, gamma, k0, B, m, rows, anti, act, offset)
     nb = -(-rows // 8)
     sbits[byte0:byte0 + nb] = _pack_twin(eps, 0)[0]
     if hcode:
@@ -421,7 +424,7 @@ ALR_FORWARD = Kernel("alr_forward", [
     ("float*", "h"), ("unsigned char*", "sbits"), ("unsigned char*", "hbits"), ("int", "hcode"),
     ("unsigned long long", "k1"), ("unsigned long long", "gamma"), ("long long", "k0"), ("int", "B"),
     ("int", "m"), ("long long", "rows"), ("int", "anti"), ("int", "act"), ("long long", "byte0"),
-    ("long long", "nbytes_all")],
+    ("long long", "nbytes_all"), ("unsigned long long", "offset")],
     """    const long long nb = (rows + 7) / 8;
     if (t >= nb * m) return;
     long long i, b;
@@ -432,7 +435,7 @@ ALR_FORWARD = Kernel("alr_forward", [
         const long long n = r * 8 + q;
         if (n >= rows) break;
         if (b == B) { b = 0; c++; }
-        const float e = minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti);
+        const float e = minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti, offset);
         const float v = pre_shared ? pre[(long long)b * m + i] : pre[n * m + i];
         const float z = minilr_act(__fadd_rn(__fadd_rn(v, bias[i]), __fmul_rn(sigma[i], e)), act);
         h[n * m + i] = z;
@@ -529,24 +532,26 @@ FILL_NORMAL = Kernel("fill_normal", [
 
 
 # ES/AES weight noise of copies k0 .. k0 + kb - 1: E (kb, m, d) and e (kb, m) from the per-copy
-# (m, d + 1) counters, one thread per number.
-def _es_noise_twin(E, e, k1, gamma, k0, kb, m, d, anti):
+# (m, d + wb) counters, one thread per number (wb = 0: no bias, e untouched).
+def _es_noise_twin(E, e, k1, gamma, k0, kb, m, d, anti, wb):
+    w = d + wb
     k = k0 + np.arange(kb)[:, None, None]
-    off = np.arange(m)[:, None] * (d + 1) + np.arange(d + 1)
-    full = _copy_noise_twin(k1, gamma, k, m * (d + 1), off, anti)
+    off = np.arange(m)[:, None] * w + np.arange(w)
+    full = _copy_noise_twin(k1, gamma, k, m * w, off, anti)
     E[...] = full[..., :d]
-    e[...] = full[..., d]
+    if wb:
+        e[...] = full[..., d]
 
 
 ES_NOISE = Kernel("es_noise", [
     ("float*", "E"), ("float*", "e"), ("unsigned long long", "k1"), ("unsigned long long", "gamma"),
-    ("long long", "k0"), ("long long", "kb"), ("int", "m"), ("int", "d"), ("int", "anti")],
-    """    const long long per = (long long)m * (d + 1);
+    ("long long", "k0"), ("long long", "kb"), ("int", "m"), ("int", "d"), ("int", "anti"), ("int", "wb")],
+    """    const long long per = (long long)m * (d + wb);
     if (t >= kb * per) return;
     long long off, j;
     const long long c = minilr_div(t, per, &off);
-    const long long i = minilr_div(off, d + 1, &j);
-    const float z = minilr_copy_noise(k1, gamma, k0 + c, per, off, anti);
+    const long long i = minilr_div(off, d + wb, &j);
+    const float z = minilr_copy_noise(k1, gamma, k0 + c, per, off, anti, 0ULL);
     if (j < d) E[(c * m + i) * d + j] = z; else e[c * m + i] = z;""",
     _es_noise_twin)
 
@@ -575,77 +580,6 @@ ES_COMBINE = Kernel("es_combine", [
     const float p = __fadd_rn(pert[k * pk + (long long)b * pb + i], e[k * m + i]);
     h[t] = minilr_act(__fadd_rn(__fadd_rn(v, bias[i]), __fmul_rn(sigma[i], p)), act);""",
     _es_combine_twin)
-
-
-# Losses per row n = k * B + b (losses.py): cross-entropy (y: class index per sample) and MSE
-# (y: (B, C) targets), one thread per row, classes summed in order.
-def _ce_twin(z, y, L, rows, B, C):
-    z = z.reshape(rows, C)
-    mx = z.max(axis=1)
-    s = np.zeros(rows, _F32)
-    for c in range(C):
-        s = s + np.exp(z[:, c] - mx)
-    L[...] = (np.log(s) + mx) - z[np.arange(rows), y[np.arange(rows) % B]]
-
-
-CE_LOSS = Kernel("ce_loss", [
-    ("const float*", "z"), ("const long long*", "y"), ("float*", "L"), ("long long", "rows"),
-    ("int", "B"), ("int", "C")],
-    """    if (t >= rows) return;
-    const float* zr = z + t * C;
-    float mx = zr[0];
-    for (int c = 1; c < C; c++) mx = fmaxf(mx, zr[c]);
-    float s = 0.0f;
-    for (int c = 0; c < C; c++) s = __fadd_rn(s, expf(__fsub_rn(zr[c], mx)));
-    L[t] = __fsub_rn(__fadd_rn(logf(s), mx), zr[y[t % B]]);""",
-    _ce_twin)
-
-
-def _mse_twin(z, y, L, rows, B, C):
-    d = z.reshape(rows, C) - y[np.arange(rows) % B]
-    s = np.zeros(rows, _F32)
-    for c in range(C):
-        s = s + d[:, c] * d[:, c]
-    L[...] = _F32(0.5) * s
-
-
-MSE_LOSS = Kernel("mse_loss", [
-    ("const float*", "z"), ("const float*", "y"), ("float*", "L"), ("long long", "rows"),
-    ("int", "B"), ("int", "C")],
-    """    if (t >= rows) return;
-    const float* zr = z + t * C;
-    const float* yr = y + (t % B) * C;
-    float s = 0.0f;
-    for (int c = 0; c < C; c++) { const float d = __fsub_rn(zr[c], yr[c]); s = __fadd_rn(s, __fmul_rn(d, d)); }
-    L[t] = __fmul_rn(0.5f, s);""",
-    _mse_twin)
-
-
-# Eq. 2's leave-one-out baseline (estimators.base.centred_losses): Lc = L - (S_b - own) / (K - group),
-# S_b the column sums over copies (one reduction before), own = L or its antithetic pair's sum; then
-# times `scale` (1, or 1 / rows so that the sums that follow are already means: no pass to divide).
-def _centre_twin(L, S, Lc, K, B, anti, baseline, scale):
-    L2 = L.reshape(K, B)
-    if baseline:
-        own = np.repeat(L2[0::2] + L2[1::2], 2, axis=0) if anti else L2
-        L2 = L2 - (S.reshape(1, B) - own) / _F32(K - (2 if anti else 1))
-    Lc.reshape(K, B)[...] = L2 * _F32(scale)
-
-
-CENTRE = Kernel("centre", [
-    ("const float*", "L"), ("const float*", "S"), ("float*", "Lc"), ("long long", "K"), ("int", "B"),
-    ("int", "anti"), ("int", "baseline"), ("float", "scale")],
-    """    if (t >= K * B) return;
-    float l = L[t];
-    if (baseline) {
-        const long long k = t / B;
-        const int b = (int)(t - k * B);
-        const float own = anti ? __fadd_rn(L[(k & ~1LL) * B + b], L[((k & ~1LL) + 1) * B + b]) : l;
-        const float den = (float)(K - (anti ? 2 : 1));
-        l = __fsub_rn(l, __fdiv_rn(__fsub_rn(S[b], own), den));
-    }
-    Lc[t] = __fmul_rn(l, scale);""",
-    _centre_twin)
 
 
 # LR gradient pass (Eq. 1), one thread per value: w = L_n * eps / sigma_i in place over the kept eps;
@@ -792,17 +726,19 @@ UNPACK_PAIR = Kernel("unpack_pair", [
 
 # ES/AES gradient, regenerating the noise instead of storing it: thread (part c, i, j) sums over the
 # copies of part c (in order) Lk * E_k[i, j] (AES: Lk * sign(E_k[i, j])); with one part it writes
-# g (m, d + 1) divided by sigma_i for ES (the reference's order: sum, then divide).
-def _es_grad_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, approx, per, divide):
+# g (m, d + wb) divided by sigma_i for ES (the reference's order: sum, then divide).
+def _es_grad_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, approx, per, divide, wb):
     parts = P.shape[0]
-    full = np.empty((K, m, d + 1), _F32)
+    full = np.empty((K, m, d + wb), _F32)
     E, e = np.empty((K, m, d), _F32), np.empty((K, m), _F32)
-    _es_noise_twin(E, e, k1, gamma, k0, K, m, d, anti)
-    full[..., :d], full[..., d] = E, e
+    _es_noise_twin(E, e, k1, gamma, k0, K, m, d, anti, wb)
+    full[..., :d] = E
+    if wb:
+        full[..., d] = e
     if approx:
         full = np.where(np.signbit(full), _F32(-1), _F32(1))
     for c in range(parts):
-        acc = np.zeros((m, d + 1), _F32)
+        acc = np.zeros((m, d + wb), _F32)
         for k in range(c * per, min(K, (c + 1) * per)):
             acc = acc + Lk[k] * full[k]
         P[c] = acc / sigma[:, None] if divide else acc
@@ -811,20 +747,20 @@ def _es_grad_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, approx, per, divid
 ES_GRAD = Kernel("es_grad", [
     ("const float*", "Lk"), ("const float*", "sigma"), ("float*", "P"), ("unsigned long long", "k1"),
     ("unsigned long long", "gamma"), ("long long", "k0"), ("long long", "K"), ("int", "m"), ("int", "d"),
-    ("int", "anti"), ("int", "approx"), ("long long", "per"), ("int", "divide")],
-    """    const long long width = (long long)m * (d + 1);
+    ("int", "anti"), ("int", "approx"), ("long long", "per"), ("int", "divide"), ("int", "wb")],
+    """    const long long width = (long long)m * (d + wb);
     const long long parts = (K + per - 1) / per;
     if (t >= parts * width) return;
     const long long c = t / width;
     const long long off = t - c * width;
-    const int i = (int)(off / (d + 1));
+    const int i = (int)(off / (d + wb));
     const long long kend = min(K, (c + 1) * per);
     float acc = 0.0f, prev = 0.0f;
     for (long long k = c * per; k < kend; k++) {
         const long long ka = k0 + k;
         float z;
         if (anti && (ka & 1) && k > c * per) z = -prev;   // the mirror of the copy just drawn
-        else z = minilr_copy_noise(k1, gamma, ka, width, off, anti);
+        else z = minilr_copy_noise(k1, gamma, ka, width, off, anti, 0ULL);
         prev = z;
         const float v = approx ? (signbit(z) ? -1.0f : 1.0f) : z;
         acc = __fadd_rn(acc, __fmul_rn(Lk[k], v));
@@ -836,10 +772,10 @@ ES_GRAD = Kernel("es_grad", [
 # The sigma score of LR/ALR (kept exact, Eq. 1 and 3): P[part, i] = sum over the part's rows of
 # L_n (eps_n,i^2 - 1), divided by sigma_i; one thread per (part, neuron), rows in order. eps is read
 # (LR keeps it) or, with `regen`, drawn again from its counters (ALR keeps only its signs).
-def _sigma_sums_twin(eps, L, sigma, P, rows, m, per, regen, k1, gamma, k0, B, anti):
+def _sigma_sums_twin(eps, L, sigma, P, rows, m, per, regen, k1, gamma, k0, B, anti, offset):
     if regen:
         n = np.arange(rows)[:, None]
-        e = _copy_noise_twin(k1, gamma, k0 + n // B, B * m, (n % B) * m + np.arange(m), anti)
+        e = _copy_noise_twin(k1, gamma, k0 + n // B, B * m, (n % B) * m + np.arange(m), anti, offset)
     else:
         e = eps.reshape(rows, m)
     q = L.reshape(rows, 1) * (e * e - _F32(1))
@@ -850,7 +786,7 @@ SIGMA_SUMS = Kernel("sigma_sums", [
     ("const float*", "eps"), ("const float*", "L"), ("const float*", "sigma"), ("float*", "P"),
     ("long long", "rows"), ("int", "m"), ("long long", "per"), ("int", "regen"),
     ("unsigned long long", "k1"), ("unsigned long long", "gamma"), ("long long", "k0"), ("int", "B"),
-    ("int", "anti")],
+    ("int", "anti"), ("unsigned long long", "offset")],
     """    long long i;
     const long long part = minilr_div(t, m, &i);
     if (part * per >= rows) return;
@@ -860,7 +796,7 @@ SIGMA_SUMS = Kernel("sigma_sums", [
     float acc = 0.0f;
     for (long long n = part * per; n < n1; n++, b++) {
         if (b == B) { b = 0; c++; }
-        const float e = regen ? minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti)
+        const float e = regen ? minilr_copy_noise(k1, gamma, k0 + c, (long long)B * m, b * m + i, anti, offset)
                               : eps[n * m + i];
         acc = __fadd_rn(acc, __fmul_rn(L[n], __fsub_rn(__fmul_rn(e, e), 1.0f)));
     }
@@ -869,34 +805,35 @@ SIGMA_SUMS = Kernel("sigma_sums", [
 
 
 # The sigma score of ES/AES: P[part, i] = sum over the part's copies of
-# Lk (sum_j E_k[i, j]^2 + e_k[i]^2 - (d + 1)) / sigma_i, the noise drawn again from its counters.
-def _es_sigma_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, per):
+# Lk (sum_j E_k[i, j]^2 [+ e_k[i]^2] - (d + wb)) / sigma_i, the noise drawn again from its counters.
+def _es_sigma_twin(Lk, sigma, P, k1, gamma, k0, K, m, d, anti, per, wb):
     E, e = np.empty((K, m, d), _F32), np.empty((K, m), _F32)
-    _es_noise_twin(E, e, k1, gamma, k0, K, m, d, anti)
+    _es_noise_twin(E, e, k1, gamma, k0, K, m, d, anti, wb)
     sq = np.zeros((K, m), _F32)
     for j in range(d):
         sq = sq + E[:, :, j] * E[:, :, j]
-    sq = sq + e * e
-    q = Lk.reshape(K, 1) * (sq - _F32(d + 1))
+    if wb:
+        sq = sq + e * e
+    q = Lk.reshape(K, 1) * (sq - _F32(d + wb))
     P[:] = _part_sums(q, P.shape[0], per) / sigma
 
 
 ES_SIGMA = Kernel("es_sigma", [
     ("const float*", "Lk"), ("const float*", "sigma"), ("float*", "P"), ("unsigned long long", "k1"),
     ("unsigned long long", "gamma"), ("long long", "k0"), ("long long", "K"), ("int", "m"), ("int", "d"),
-    ("int", "anti"), ("long long", "per")],
+    ("int", "anti"), ("long long", "per"), ("int", "wb")],
     """    long long i;
     const long long part = minilr_div(t, m, &i);
     if (part * per >= K) return;
-    const long long k1_ = min(K, (part + 1) * per), width = (long long)m * (d + 1);
+    const long long k1_ = min(K, (part + 1) * per), width = (long long)m * (d + wb);
     float acc = 0.0f;
     for (long long k = part * per; k < k1_; k++) {
         float sq = 0.0f;
-        for (int j = 0; j <= d; j++) {
-            const float z = minilr_copy_noise(k1, gamma, k0 + k, width, i * (d + 1) + j, anti);
+        for (int j = 0; j < d + wb; j++) {
+            const float z = minilr_copy_noise(k1, gamma, k0 + k, width, i * (d + wb) + j, anti, 0ULL);
             sq = __fadd_rn(sq, __fmul_rn(z, z));
         }
-        acc = __fadd_rn(acc, __fmul_rn(Lk[k], __fsub_rn(sq, (float)(d + 1))));
+        acc = __fadd_rn(acc, __fmul_rn(Lk[k], __fsub_rn(sq, (float)(d + wb))));
     }
     P[t] = __fdiv_rn(acc, sigma[i]);""",
     _es_sigma_twin)
@@ -923,9 +860,8 @@ SPLIT_FINISH = Kernel("split_finish", [
 
 
 KERNELS = {k.name: k for k in (FILL_NORMAL, PACK_F64, UNPACK_ROWS, UNPACK_ROWS_F64,
-                               LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, CE_LOSS, MSE_LOSS,
-                               CENTRE, LR_SCALE, SUM_COPIES, SIGN_SUM_COPIES, UNPACK_PAIR, ES_GRAD,
-                               SPLIT_FINISH, SIGMA_SUMS, ES_SIGMA)}
+                               LR_FORWARD, ALR_FORWARD, PACK, ES_NOISE, ES_COMBINE, LR_SCALE, SUM_COPIES,
+                               SIGN_SUM_COPIES, UNPACK_PAIR, ES_GRAD, SPLIT_FINISH, SIGMA_SUMS, ES_SIGMA)}
 
 
 def full_source() -> str:
@@ -1015,7 +951,7 @@ class DryLauncher(Launcher):
     def reduce(self, name, fn, *args, **kw):
         self._tick(name)
         a = args[0]
-        if name in ("sum", "max") and a.ndim:
+        if name in ("sum", "max", "min") and a.ndim:
             axis = kw.get("axis")
             shape = () if axis is None else tuple(n for i, n in enumerate(a.shape) if i != axis % a.ndim)
             return np.zeros(shape, _F32)

@@ -121,7 +121,7 @@ class Site:
 
     mode = ""
 
-    def __init__(self, layer, name, key, approx, span, B, antithetic, engine):
+    def __init__(self, layer, name, key, *, approx, span, B, antithetic, engine):
         self.layer, self.name = layer, name
         W = getattr(layer, name + "weight")
         self.w_shape, self.W = W.shape, W.reshape(W.shape[0], -1)
@@ -137,8 +137,8 @@ class Site:
 
     def respan(self, span):
         """A fresh record of this site for other copies (none of them run yet)."""
-        return type(self)(self.layer, self.name, self.key, self.approx, span, self.B, self.antithetic,
-                          self.engine)
+        return type(self)(self.layer, self.name, self.key, approx=self.approx, span=span, B=self.B,
+                          antithetic=self.antithetic, engine=self.engine)
 
     def noise(self, c0, c1, per_copy, offset=0):
         """This site's noise of the span's copies ``c0 .. c1 - 1``, ``(c1 - c0, per_copy)``."""
@@ -387,9 +387,15 @@ class ReferenceEngine:
         """What the blocks of one forward pass may share (an engine's per-thread arrays); None here."""
         return None
 
+    def site_classes(self, plan):
+        """The record classes by mode for ``plan``'s sites."""
+        return self.sites
+
     def make_sites(self, plan, span, B):
         """One record per noise site of ``plan`` for the copies ``span`` (a ``range``)."""
-        return [self.sites[mode](layer, name, key, plan.approx, span, B, plan.settings.antithetic, self)
+        kinds = self.site_classes(plan)
+        return [kinds[mode](layer, name, key, approx=plan.approx, span=span, B=B,
+                            antithetic=plan.settings.antithetic, engine=self)
                 for (_, layer, name), mode, key in zip(plan.entries, plan.modes, plan.keys)]
 
     def forward(self, plan, x, y, span):

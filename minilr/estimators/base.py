@@ -32,6 +32,7 @@ import numpy as np
 from .. import noise as _noise
 from .. import validation as _v
 from ..backend import child
+from ..layers import NoiselessContext, run_layers
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,12 @@ def centred_losses(L, antithetic: bool, baseline: bool, xp, totals=None, copies=
     return (L - (total - own) / (K - group)).astype(L.dtype, copy=False)
 
 
-class _Trace:
+class _Trace(NoiselessContext):
     """The context of a noiseless pass on one sample that notes the sizes of every affine call."""
 
     def __init__(self, xp):
-        self.xp, self.sites, self.widest = xp, {}, 1
+        super().__init__(xp)
+        self.sites, self.widest = {}, 1
 
     def affine(self, layer, U, name="", act=None):
         W = getattr(layer, name + "weight")
@@ -122,19 +124,7 @@ class _Trace:
             self.widest = max(self.widest, P * d)
         self.widest = max(self.widest, P * m)
         self.sites.setdefault((id(layer), name), []).append((P, d, m))
-        v = U @ W.reshape(m, -1).T
-        b = getattr(layer, name + "bias", None)
-        v = v if b is None else v + b
-        return v if act is None else act.forward(v, self.xp)
-
-    def fuses(self, act):
-        return False
-
-    def expand(self, h):
-        return h
-
-    def add(self, a, b):
-        return a + b
+        return super().affine(layer, U, name, act)
 
 
 @dataclass
@@ -157,8 +147,6 @@ class Plan:
     @classmethod
     def make(cls, model, x, s: Settings, ss, est):
         """The plan for ``model`` on the batch ``x``; checks the estimator against the model."""
-        from ..layers import run_layers  # noqa: PLC0415 (layers import nothing from here)
-
         entries = model.noise_sites()
         n = len(entries)
         if s.es_layers is not None and est.uses_es_layers and s.es_layers > n - 1:

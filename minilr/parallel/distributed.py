@@ -58,7 +58,7 @@ class MPIShare(Share):
         return sums
 
 
-def estimate(model, x, y, settings, ss, bk, comm=None, stats=None):
+def estimate(model, x, y, settings, ss, bk, *, comm=None, stats=None):
     """Sum the estimator's gradient over all ranks' copies; return (grads by key, mean noisy loss).
 
     Same arguments as :func:`minilr.estimators.estimate` (``settings``: a checked

@@ -71,7 +71,7 @@ class Overlap(Schedule):
             self.worker.shutdown()
 
 
-def pipelined_estimate(model, x, y, settings, ss, bk, buckets, layer_threads=1):
+def pipelined_estimate(model, x, y, settings, ss, bk, *, buckets, layer_threads=1):
     """The estimate of :func:`minilr.estimators.estimate` with ``chunk = bucket_size(copies,
     buckets)``, the forward pass of each bucket overlapping the gradients of the one before.
 

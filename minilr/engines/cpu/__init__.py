@@ -87,14 +87,14 @@ class FusedLRSite(LRSite):
             v = out  # act(v) overwrites v
             np.matmul(U, self.W.T, out=out.reshape(-1, m))
         b = self.b if self.b is not None else np.zeros(m, self.dtype)
-        key = (self.key, self.k0 + blk.c0, self.antithetic)
+        draw = dict(h=out, key=self.key, k0=self.k0 + blk.c0, antithetic=self.antithetic,
+                    offset=call * CALL_STRIDE)
         hbits = None
         if self.approx:  # sign(eps) packed straight into the block's bits
             s = np.empty((signbits.packed_rows(K * BP), m), np.uint8)
             if act == "relu":
                 hbits = np.empty_like(s)
-            kernels.lr_forward(v, b, self.sigma, act, None, out, *key, bits=s, hbits=hbits,
-                               offset=call * CALL_STRIDE)
+            kernels.lr_forward(v, b, self.sigma, act, eps=None, bits=s, hbits=hbits, **draw)
             if shared:
                 t, kind = self.keep_shared(call, lambda: np.sign(U)), None
             elif bits is not None:
@@ -105,7 +105,7 @@ class FusedLRSite(LRSite):
             self.records[(call, blk.c0)] = (K, P, shared, s, t, kind)
         else:
             eps = self.engine.scratch.get(shape, self.dtype)
-            kernels.lr_forward(v, b, self.sigma, act, eps, out, *key, offset=call * CALL_STRIDE)
+            kernels.lr_forward(v, b, self.sigma, act, eps=eps, **draw)
             self.records[(call, blk.c0)] = (K, P, shared, self.keep_shared(call, lambda: U) if shared else U, eps)
         return out, hbits
 
@@ -193,8 +193,8 @@ class FusedLRSite(LRSite):
 
         def part(p, _):
             for s, t, kind, L in groups[p]:
-                signs.packed_gradient_block(L, s, "pm1", t, kind, *sums[p], 0, L.shape[0], *cols[p],
-                                            gemm=kernels.gemm_acc)
+                signs.packed_gradient_block(L, s, "pm1", t, kind, G=sums[p][0], g=sums[p][1],
+                                            rows=(0, L.shape[0]), cols=cols[p], gemm=kernels.gemm_acc)
 
         self.engine.run_blocks(part, [(p, p + 1) for p in range(len(groups))])
         G, g = sums[0]  # the first part's arrays hold the sum: no further (m, d) array

@@ -117,7 +117,7 @@ def _lr_forward_signs(v, b, sigma, act, bits, h, e, k1, gamma, k0, anti, off, hb
                     hrow[i] |= bit if hr[i] > 0 else zero8
 
 
-def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, *, bits=None, hbits=None, offset=0):
+def lr_forward(v, b, sigma, act, *, eps, h, key, k0, antithetic, bits=None, hbits=None, offset=0):
     """Draw the noise of copies ``k0 ...`` and write ``h = act(v + b + sigma * eps)``.
 
     ``h``: (copies, B, m), C-contiguous, of ``v``'s dtype; ``v``: (copies, B, m), or (B, m)
@@ -130,12 +130,12 @@ def lr_forward(v, b, sigma, act, eps, h, key, k0, antithetic, *, bits=None, hbit
     """
     v3 = v.reshape((-1,) + h.shape[1:])
     if bits is None:
-        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.k1, key.gamma, k0, antithetic,
+        _lr_forward_rows(v3, b, sigma, ACTS[act], eps, h, key.origin, key.gamma, k0, antithetic,
                          _U64(offset), 0, h.shape[0])
     else:
         e = np.empty(h.shape[1:], dtype=h.dtype)
         pack_h = hbits is not None
-        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.k1, key.gamma, k0, antithetic,
+        _lr_forward_signs(v3, b, sigma, ACTS[act], bits, h, e, key.origin, key.gamma, k0, antithetic,
                           _U64(offset), hbits if pack_h else bits, pack_h)
     return h
 
@@ -317,24 +317,37 @@ def blas_one_thread():
     covers every thread, so that blocks may run side by side)."""
     # Ctrl-C is held back in the two locked parts: an interrupt landing just after the lock is
     # taken would leave it held (and the next estimate waiting forever), or the count wrong
-    with deferred_interrupt(), _BLAS_LOCK:
-        if _BLAS["users"] == 0:
-            libs = _controller().select(user_api="blas").lib_controllers
-            saved = [(lib, lib.get_num_threads()) for lib in libs]
-            try:
-                _set_threads([(lib, 1) for lib in libs])
-            except BaseException:
-                _set_threads(saved)  # a set that failed half-way leaves nothing changed
-                raise
-            _BLAS["saved"] = saved
-            _BLAS["held"] = bool(libs) and not any(_per_thread(lib) for lib in libs)
-        # counted only once the limit is set: a failed set above leaves the count at 0
-        _BLAS["users"] += 1
-        held = _BLAS["held"]
-    try:
+    counted = [False]  # True while this hold is counted in _BLAS["users"]
+    try:  # the interrupt held back is raised as the first block ends: inside this try
+        with deferred_interrupt(), _BLAS_LOCK:
+            if _BLAS["users"] == 0:
+                libs = _controller().select(user_api="blas").lib_controllers
+                saved = [(lib, lib.get_num_threads()) for lib in libs]
+                try:
+                    _set_threads([(lib, 1) for lib in libs])
+                except BaseException:
+                    _set_threads(saved)  # a set that failed half-way leaves nothing changed
+                    raise
+                _BLAS["saved"] = saved
+                _BLAS["held"] = bool(libs) and not any(_per_thread(lib) for lib in libs)
+            # counted only once the limit is set: a failed set above leaves the count at 0
+            _BLAS["users"] += 1
+            counted[0], held = True, _BLAS["held"]
         yield held
     finally:
-        with deferred_interrupt(), _BLAS_LOCK:
+        try:
+            _release(counted)
+        except KeyboardInterrupt:  # a Ctrl-C landed before the release could hold it back
+            _release(counted)
+            raise
+
+
+def _release(counted):
+    """Uncount a hold (once: ``counted`` is cleared in the same held-back block); the last one
+    restores the libraries' thread counts."""
+    with deferred_interrupt(), _BLAS_LOCK:
+        if counted[0]:
+            counted[0] = False
             _BLAS["users"] -= 1
             if _BLAS["users"] == 0:
                 saved, _BLAS["saved"] = _BLAS["saved"], []

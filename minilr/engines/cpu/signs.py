@@ -98,10 +98,10 @@ def _unpack_pair_cpu(sp, s_code, tp, t_code, r0, r1, i0, i1, j0, j1, L, S, T, g,
     _unpack_cols_cpu(tp, t_code, r0, r1, j0, j1, ones, T, none)
 
 
-def packed_gradient_block(L, s, s_kind, t, t_kind, G, g, r_lo, r_hi, i0, i1, j0, j1, gemm=None,
-                          block_floats=None):
+def packed_gradient_block(L, s, s_kind, t, t_kind, *, G, g, rows, cols, gemm=None, block_floats=None):
     """Add rows ``r_lo .. r_hi - 1``'s share of :func:`packed_gradient` into ``G[i0:i1, j0:j1]``
-    (and into ``g[i0:i1]`` when ``j0 == 0``), in place; NumPy only (the fast CPU path).
+    (and into ``g[i0:i1]`` when ``j0 == 0``), in place, for ``rows = (r_lo, r_hi)`` and ``cols =
+    (i0, i1, j0, j1)``; NumPy only (the fast CPU path).
 
     Threads can then split the *outputs* and share one ``G`` (no per-part copies to add up:
     ALR's peak memory), or split the rows into per-part ``G``s where ``G`` is small. The two
@@ -109,6 +109,7 @@ def packed_gradient_block(L, s, s_kind, t, t_kind, G, g, r_lo, r_hi, i0, i1, j0,
     are allocated once per call and reused; ``L`` is folded into ``s`` and the bias sum ``g`` into
     the same unpacking pass. ``gemm(C, A, B)`` does ``C += A^T B`` (default: a product and an add).
     """
+    (r_lo, r_hi), (i0, i1, j0, j1) = rows, cols
     dtype = G.dtype
     L = np.ascontiguousarray(L, dtype).reshape(-1)
     budget = GRAD_BLOCK_FLOATS if block_floats is None else block_floats
