@@ -65,7 +65,7 @@ def _targets_kernel_terms(x, y_onehot, beta, width_factor):
     return _centre(Ky - beta * Kx)
 
 
-def objective(z, x, y_onehot, beta: float = 0.01, width_factor: float = 5.0) -> float:
+def objective(z, x, y_onehot, *, beta: float = 0.01, width_factor: float = 5.0) -> float:
     """``J = HSIC(Z, Y) - beta * HSIC(Z, X)`` on one batch (all three flattened per sample)."""
     Kz = gaussian_kernel(z, _width(z, width_factor))
     n = Kz.shape[0]
@@ -109,7 +109,7 @@ def _backward_block(model, start, end, inputs, delta):
     return grads
 
 
-def block_gradients(model, x, y, beta: float = 0.01, width_factor: float = 5.0, *, hidden=True):
+def block_gradients(model, x, y, *, beta: float = 0.01, width_factor: float = 5.0, hidden=True):
     """Descent directions for every parameter: ``-dJ_i/dtheta`` for each HSIC block (when
     ``hidden``), the cross-entropy gradient for the read-out. Returns ``(grads, objectives, ce)``:
     float64 arrays keyed as ``model.parameters()``, each block's ``J_i``, the batch's mean loss."""
@@ -177,7 +177,8 @@ def train(model, data, val_data=None, *, epochs: int = 10, readout_epochs: int =
             idx = order[s:s + batch_size]
             if len(idx) < 2:  # HSIC needs two samples to compare
                 continue
-            g, _, ce = block_gradients(model, x[idx], y[idx], beta, width_factor, hidden=epoch < hsic_epochs)
+            g, _, ce = block_gradients(model, x[idx], y[idx], beta=beta, width_factor=width_factor,
+                                       hidden=epoch < hsic_epochs)
             params = model.parameters()
             opt.step(params, {k: v.astype(model.dtype) for k, v in g.items()})
             model.set_parameters(params)

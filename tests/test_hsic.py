@@ -23,7 +23,7 @@ def test_hsic_is_the_trace_formula():
 
 def _fd_check(model, x, y, beta, width_factor, n_entries=6, h=1e-6):
     """Central differences of each HSIC block's J_i against -grads (the descent direction)."""
-    grads, objectives, _ = hsic.block_gradients(model, x, y, beta, width_factor)
+    grads, objectives, _ = hsic.block_gradients(model, x, y, beta=beta, width_factor=width_factor)
     rng = np.random.default_rng(1)
     parts = hsic.blocks(model)
     assert len(objectives) == len(parts) - 1
@@ -38,7 +38,7 @@ def _fd_check(model, x, y, beta, width_factor, n_entries=6, h=1e-6):
                 vals = []
                 for step in (h, -h):
                     p[i] = old + step
-                    vals.append(hsic.block_gradients(model, x, y, beta, width_factor)[1][b])
+                    vals.append(hsic.block_gradients(model, x, y, beta=beta, width_factor=width_factor)[1][b])
                 p[i] = old
                 fd = (vals[0] - vals[1]) / (2 * h)
                 assert -grads[key][i] == pytest.approx(fd, rel=1e-5, abs=1e-9 * max(1.0, abs(fd))), (key, i)
@@ -122,3 +122,12 @@ def test_hsic_stop_ends_the_hsic_phase_then_the_readout_trains_alone():
     after = model.parameters()
     np.testing.assert_array_equal(after["0.weight"], frozen["0.weight"])
     assert not np.array_equal(after["2.weight"], frozen["2.weight"])
+
+
+def test_objective_is_the_blocks_j():
+    rng = np.random.default_rng(4)
+    model = minilr.MLP([5, 6, 3], activation="tanh", dtype=np.float64, seed=0)
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    _, (j,), _ = hsic.block_gradients(model, x, y, beta=0.2, width_factor=0.8)
+    z = np.tanh(x @ model.layers[0].weight.T + model.layers[0].bias)
+    assert hsic.objective(z, x, np.eye(3)[y], beta=0.2, width_factor=0.8) == pytest.approx(j, rel=1e-12)
