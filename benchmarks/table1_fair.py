@@ -356,6 +356,25 @@ def measure(a):
             os.environ["MINILR_NOISE_THREADS"] = saved
 
 
+def measure_once(a):
+    """:func:`measure`, kept beside the runs log: a resumed grid reuses the measured copies (timings
+    vary from run to run, and the copies they give name the cells whose runs are logged)."""
+    path = a["runs_log"] + ".measurements.json" if a.get("runs_log") else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["settings"] == settings_id(a) and saved["fit_copies"] == a["fit_copies"]:
+            return saved["measurements"]
+    meas = measure(a)
+    if path:
+        with open(path, "w") as f:
+            json.dump({"settings": settings_id(a), "fit_copies": a["fit_copies"], "measurements": meas}, f,
+                      default=float)
+        with open(path) as f:  # the same types (tuples become lists) as when read back
+            meas = json.load(f)["measurements"]
+    return meas
+
+
 def _measure(a, k1, k2, out):
     """The measurements of :func:`measure`, on one thread."""
     for f, s in SIGN_OF.items():
@@ -398,11 +417,12 @@ def cells(a, meas):
     """``{column: [(spec, copies)]}``: what each column of the table runs."""
     cols = {"copies": [(s, a["copies"]) for s in specs(a)], "memory": [], "time": []}
     for s in specs(a):
-        if s["base"] in meas["memory"] and (s["optimizer"] == "adam" or a["memory_signsgd"]):
+        plain = not s.get("learn_sigma") and s.get("es_sigma") is None  # the options' rows stay at K
+        if s["base"] in meas["memory"] and plain and (s["optimizer"] == "adam" or a["memory_signsgd"]):
             cols["memory"].append((s, meas["memory"][s["base"]]["copies"]))
         else:  # the float variants' budget, and the rows with no copies, as at equal copies
             cols["memory"].append((s, a["copies"]))
-        if s["base"] in ESTIMATORS:
+        if s["base"] in ESTIMATORS and plain and (s["optimizer"] == "adam" or a["time_signsgd"]):
             cols["time"].append((s, meas["time"][s["base"]]["copies"]))
         else:
             cols["time"].append((s, a["copies"]))
@@ -415,7 +435,12 @@ def key(spec, copies):
 
 
 def run_grid(a, meas, pool, log):
-    """Tune each (method, copies) on seed 0 with bracketing, then run the other seeds."""
+    """Tune each (method, copies) on seed 0 with bracketing, then run the other seeds.
+
+    Every finished run is appended to ``a["runs_log"]`` (JSON lines); a run already there (same
+    settings, method, copies, step size and seed) is read back instead of run again, so an
+    interrupted grid resumes where it stopped. Jobs are submitted longest first."""
+    done_before = load_runs(a)
     todo = {}
     for col in cells(a, meas).values():
         for spec, copies in col:
@@ -428,10 +453,18 @@ def run_grid(a, meas, pool, log):
 
     def submit(k, lr, seed, diagnose):
         spec, copies = todo[k]
-        return pool.submit(run_job, dict(args=a, spec=spec, copies=copies, lr=lr, seed=seed, key=k,
-                                         diagnose=diagnose))
+        found = done_before.get(run_id(k, lr, seed))
+        if found is not None:
+            return _Done(found)
+        job = dict(args=a, spec=spec, copies=copies, lr=lr, seed=seed, key=k, diagnose=diagnose)
+        future = pool.submit(run_job, job)
+        future.add_done_callback(lambda f: append_run(a, f))
+        return future
 
-    pending = {(k, lr): submit(k, lr, 0, True) for k, t in tune.items() for lr in t["grid"]}
+    def longest_first(k):
+        return -job_cost(a, meas, *todo[k])
+
+    pending = {(k, lr): submit(k, lr, 0, True) for k in sorted(tune, key=longest_first) for lr in tune[k]["grid"]}
     while pending:
         done = {kl: f.result() for kl, f in pending.items()}
         pending = {}
@@ -453,7 +486,8 @@ def run_grid(a, meas, pool, log):
         best = int(np.argmax(scores))
         t["lr"] = t["grid"][best]
         t["edge"] = best in (0, len(t["grid"]) - 1)
-    futures = [(k, submit(k, t["lr"], seed, False)) for k, t in tune.items() for seed in range(1, a["seeds"])]
+    futures = [(k, submit(k, tune[k]["lr"], seed, False)) for k in sorted(tune, key=longest_first)
+               for seed in range(1, a["seeds"])]
     final = {k: [t["runs"][t["lr"]]] for k, t in tune.items()}
     for k, f in futures:
         r = f.result()
@@ -461,6 +495,62 @@ def run_grid(a, meas, pool, log):
         runs.append(r)
         log(f"  seed {r['seed']} {label(r['spec']):28s} K={r['copies']:<5d} test {r['test_accuracy']:.3f}")
     return tune, final, runs
+
+
+class _Done:
+    """A run read back from the runs log, standing in for a future."""
+
+    def __init__(self, result):
+        self._result = result
+
+    def result(self):
+        return self._result
+
+
+def run_id(k, lr, seed):
+    return json.dumps([k, float(lr), int(seed)])
+
+
+def settings_id(a):
+    """What must match for a logged run to be reused: every argument that changes a run's result."""
+    ignore = {"jobs", "out", "md", "fig", "runs_log", "plan", "smoke", "seeds", "grid", "sign_grid",
+              "max_extend", "grid_step", "methods", "learned_sigma", "hybrid_es_sigma", "memory_signsgd",
+              "time_signsgd", "fit_copies"}
+    return json.dumps({k: v for k, v in a.items() if k not in ignore}, sort_keys=True, default=float)
+
+
+def load_runs(a):
+    """``{run_id: result}`` of the runs logged with the same settings (empty without a log)."""
+    path, out = a.get("runs_log"), {}
+    if not path or not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if rec.get("settings") == settings_id(a):
+                r = rec["result"]
+                out[run_id(r["key"], r["lr"], r["seed"])] = r
+    return out
+
+
+def append_run(a, future):
+    if a.get("runs_log") and future.exception() is None:
+        with open(a["runs_log"], "a") as f:
+            f.write(json.dumps({"settings": settings_id(a), "result": future.result()}, default=float) + "\n")
+
+
+def job_cost(a, meas, spec, copies):
+    """Projected seconds of one run at the epoch cap, from the measured step times."""
+    steps = math.ceil(get_data(a["n"], a["val_fraction"], a["model"])[0][1].size / a["batch"]) * a["epochs"]
+    base = spec["base"] if spec["base"] in meas["time"] else "bp"
+    ta, tb = meas["time"][base]["fit"]
+    per_step = ta + tb * copies if base in ESTIMATORS else ta + tb * meas["time"]["bp"]["points"][0][0]
+    if spec["base"] in ("fa", "hsic"):
+        per_step *= 2  # measured as BP's step; FA is one backward pass, HSIC adds its n x n kernels
+    return steps * max(per_step, 1e-4)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -563,7 +653,6 @@ def figure(table, path):
 def plan(a, meas):
     """Job count and a projected CPU time from the measured step times (each run at the epoch cap:
     an upper bound, as runs stop when their validation curve flattens)."""
-    steps = math.ceil(get_data(a["n"], a["val_fraction"], a["model"])[0][1].size / a["batch"]) * a["epochs"]
     todo = {}
     for col in cells(a, meas).values():
         for spec, copies in col:
@@ -571,13 +660,8 @@ def plan(a, meas):
     runs, cpu = 0, 0.0
     for spec, copies in todo.values():
         n = len(a["grid"]) + a["seeds"] - 1 + 1  # the grid, the other seeds, one extension on average
-        base = spec["base"] if spec["base"] in meas["time"] else "bp"
-        ta, tb = meas["time"][base]["fit"]
-        per_step = ta + tb * copies if base in ESTIMATORS else ta + tb * meas["time"]["bp"]["points"][0][0]
-        if spec["base"] in ("fa", "hsic"):
-            per_step *= 2  # measured as BP's step; FA is one backward pass, HSIC adds its n x n kernels
         runs += n
-        cpu += n * steps * max(per_step, 1e-4)
+        cpu += n * job_cost(a, meas, spec, copies)
     return dict(cells=len(todo), runs=runs, cpu_hours_cap=cpu / 3600, wall_hours_cap=cpu / 3600 / a["jobs"])
 
 
@@ -605,6 +689,10 @@ def parse(argv):
     p.add_argument("--memory-signsgd", action="store_true",
                    help="also run the signSGD rows of the sign variants at equal memory (else they "
                         "appear at K; the equal-memory runs at ~10-30x copies dominate the time)")
+    p.add_argument("--time-signsgd", action="store_true",
+                   help="also run the signSGD rows at equal wall time (else they appear at K)")
+    p.add_argument("--runs-log", default="benchmarks/table1_fair_runs.jsonl",
+                   help="every finished run is appended here; a rerun with the same settings reuses them")
     p.add_argument("--learned-sigma", action="store_true")
     p.add_argument("--hybrid-es-sigma", type=float, default=None)
     p.add_argument("--hsic-readout-epochs", type=int, default=5)
@@ -640,7 +728,7 @@ def main(argv=None):
     a = parse(argv)
     w0, c0 = time.perf_counter(), time.process_time()
     log = lambda s: print(s, flush=True)  # noqa: E731
-    meas = measure(a)
+    meas = measure_once(a)
     for s, m in meas["memory"].items():
         log(f"equal memory: {s} fits K={m['copies']} ({m['copies_ratio']:.1f}x K={a['copies']}; per copy "
             f"bytes ratio float/sign {m['per_copy_ratio']:.1f})")

@@ -77,7 +77,7 @@ def _check_result(r, a, tmp_path):
 
 def _argv(tmp_path, *extra):
     return ["--smoke", *extra, "--out", str(tmp_path / "t.json"), "--md", str(tmp_path / "t.md"),
-            "--fig", str(tmp_path / "t.png")]
+            "--fig", str(tmp_path / "t.png"), "--runs-log", str(tmp_path / "runs.jsonl")]
 
 
 def test_smoke_pipeline_small(t1, tmp_path):
@@ -88,6 +88,12 @@ def test_smoke_pipeline_small(t1, tmp_path):
     _check_result(r, r["args"], tmp_path)
     # the one-thread setting of the measurements does not leak into the calling process
     assert os.environ.get("MINILR_NOISE_THREADS") == before
+    # every run was logged; a rerun with the same settings reads them back and runs nothing
+    logged = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(logged) == r["timing"]["runs"]
+    again = t1.main(_argv(tmp_path, "--methods", "lr,alr,hsic"))
+    assert json.dumps(again["table"], default=float) == json.dumps(r["table"], default=float)
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(logged)
 
 
 @pytest.mark.slow
