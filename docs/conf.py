@@ -79,7 +79,7 @@ sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "tutorials"),
     "gallery_dirs": "tutorials",
     "filename_pattern": r"/\d\d_[a-z0-9_]+\.py$",  # every numbered tutorial is executed
-    "ignore_pattern": r"__init__\.py|/figures/",
+    "ignore_pattern": r"__init__\.py|/figures/|/solutions/",  # solutions: opened, not shown
     "within_subsection_order": "FileNameSortKey",
     "image_scrapers": ("minilr_gallery.scrape_figures",),
     "reset_modules": ("minilr_gallery.reset_figures",),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["figures_dir", "new_figure", "save", "learning_curves", "cosine_vs_copies", "trajectories"]
+__all__ = ["figures_dir", "new_figure", "save", "learning_curves", "cosine_vs_copies", "trajectories",
+           "verdicts", "parse_verdicts", "recorded"]
 
 _METRICS = {
     "train_loss": "training loss",
@@ -32,6 +33,52 @@ def figures_dir(here=None) -> Path:
     d = Path(env) if env else Path(here if here is not None else ".") / "figures"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def verdicts(claims: dict) -> dict:
+    """Print what a tutorial's run shows, one line per claim; return ``{claim: holds}``.
+
+    ``claims`` maps a sentence to ``(holds, evidence)``: ``holds`` is computed from the run's own
+    numbers, ``evidence`` is those numbers as text. Each line reads
+    ``verdict: <claim>: yes (<evidence>)``, or ``NO`` where the run contradicts the claim. The
+    tutorial tests require every claim printed in quick mode to hold, and
+    ``benchmarks/tutorials_full.py`` records the full-mode lines.
+    """
+    out = {}
+    for claim, (holds, evidence) in claims.items():
+        out[claim] = bool(holds)
+        print(f"verdict: {claim}: {'yes' if holds else 'NO'} ({evidence})")
+    return out
+
+
+def parse_verdicts(text: str) -> dict:
+    """The claims :func:`verdicts` printed in ``text``: ``{claim: {"holds": bool, "evidence": str}}``."""
+    import re
+
+    out = {}
+    for m in re.finditer(r"^verdict: (.*): (yes|NO) \((.*)\)$", text, flags=re.M):
+        out[m.group(1)] = {"holds": m.group(2) == "yes", "evidence": m.group(3)}
+    return out
+
+
+def recorded(tutorial: str, here=None):
+    """The full-mode record of a tutorial (``benchmarks/tutorials_full.py``), or ``None`` if absent.
+
+    ``tutorial`` is the file's stem (``"03_alr_signs"``); ``here`` is the tutorials folder (default:
+    ``tutorials/`` beside the installed package's checkout). The record holds ``seconds`` (the
+    full-mode runtime), ``verdicts`` (``{claim: {"holds": bool, "evidence": str}}``) and
+    ``figures`` (file names under ``benchmarks/tutorials_full/``).
+    """
+    import json
+
+    root = Path(here).resolve().parent if here is not None else Path(__file__).resolve().parents[1]
+    path = root / "benchmarks" / "tutorials_full" / f"{tutorial}.json"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        rec = json.load(f)
+    rec["folder"] = str(path.parent)
+    return rec
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6, **kwargs):

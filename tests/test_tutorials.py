@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import minilr
+from minilr import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
@@ -73,6 +74,19 @@ def test_tutorial_is_sphinx_gallery_percent_format(name):
         assert banned not in text
 
 
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_tutorial_has_an_exercise_with_a_checked_solution(name):
+    """An "Exercises" cell naming its solution module in ``tutorials/solutions/`` (run by
+    ``tests/test_exercises.py``), which exists and defines ``check``."""
+    text = (TUTORIALS / name).read_text()
+    assert re.search(r"^# Exercises?\n# -+$", text, flags=re.M), f"{name} has no 'Exercises' section"
+    found = re.findall(r"solutions/(s\d\d_[a-z0-9_]+\.py)", text)
+    assert found, f"{name} does not name its solutions module (tutorials/solutions/sNN_*.py)"
+    for module in found:
+        path = TUTORIALS / "solutions" / module
+        assert path.is_file() and "def check(" in path.read_text(), f"{path} missing or has no check()"
+
+
 def _run(name, tmp_path):
     env = dict(os.environ)
     env.update(MINILR_QUICK="1", MPLBACKEND="Agg", MINILR_FIGURES=str(tmp_path / "figures"),
@@ -93,6 +107,12 @@ def test_tutorial_runs_quick_and_saves_its_figures(name, tmp_path):
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "quick mode" in proc.stdout, "the tutorial did not honour MINILR_QUICK=1"
     assert seconds < QUICK_BUDGET_S, f"{name} took {seconds:.1f} s in quick mode (budget {QUICK_BUDGET_S} s)"
+    # what the run shows is printed as verdicts computed from its numbers (minilr.plots.verdicts),
+    # and every one of them holds in quick mode
+    verdicts = plots.parse_verdicts(proc.stdout)
+    assert verdicts, f"{name} prints no verdict: end it with a 'what this run shows' cell"
+    wrong = {c: v["evidence"] for c, v in verdicts.items() if not v["holds"]}
+    assert not wrong, f"{name}: claims the quick run contradicts: {wrong}"
     import matplotlib.image as mpimg
 
     for fig in FIGURES[name]:
