@@ -377,17 +377,7 @@ def measure_once(a):
 
 def _measure(a, k1, k2, out):
     """The measurements of :func:`measure`, on one thread."""
-    for f, s in SIGN_OF.items():
-        if s not in a["methods"]:
-            continue
-        pf = [peak_bytes(a, f, k) for k in (k1, k2)]
-        ps = [peak_bytes(a, s, k) for k in (k1, k2)]
-        (af, bf), (as_, bs) = linear_fit((k1, k2), pf), linear_fit((k1, k2), ps)
-        budget = af + bf * a["copies"]
-        k_mem = int(max(1, (budget - as_) // max(bs, 1.0)))
-        out["memory"][s] = dict(float_peaks=pf, sign_peaks=ps, float_fit=(af, bf), sign_fit=(as_, bs),
-                                budget_bytes=budget, copies=k_mem, copies_ratio=k_mem / a["copies"],
-                                per_copy_ratio=bf / max(bs, 1.0), record_bytes_ratio=record_ratio(a, f))
+    out["memory"] = memory_fit(a, k1, k2)
     timed = [e for e in ESTIMATORS if e in a["methods"] or e == "lr"] + ["bp"]
     for e in timed:
         ts = [step_seconds(a, e, k) for k in (k1, k2)]
@@ -397,6 +387,25 @@ def _measure(a, k1, k2, out):
         ae, be = out["time"][e]["fit"]
         k = (target - ae) / be if be > 0 else a["copies"]
         out["time"][e]["copies"] = int(min(max(2, round(k)), 64 * a["copies"]))
+    return out
+
+
+def memory_fit(a, k1, k2):
+    """``{sign variant: fit}`` for each sign variant in ``a["methods"]``: the tracemalloc peaks of
+    one estimate at ``k1`` and ``k2`` copies of it and of its float variant, each fitted ``a + b K``,
+    and the sign variant's copies within the float variant's peak at ``a["copies"]``."""
+    out = {}
+    for f, s in SIGN_OF.items():
+        if s not in a["methods"]:
+            continue
+        pf = [peak_bytes(a, f, k) for k in (k1, k2)]
+        ps = [peak_bytes(a, s, k) for k in (k1, k2)]
+        (af, bf), (as_, bs) = linear_fit((k1, k2), pf), linear_fit((k1, k2), ps)
+        budget = af + bf * a["copies"]
+        k_mem = int(max(1, (budget - as_) // max(bs, 1.0)))
+        out[s] = dict(float_peaks=pf, sign_peaks=ps, float_fit=(af, bf), sign_fit=(as_, bs),
+                      budget_bytes=budget, copies=k_mem, copies_ratio=k_mem / a["copies"],
+                      per_copy_ratio=bf / max(bs, 1.0), record_bytes_ratio=record_ratio(a, f))
     return out
 
 
