@@ -220,8 +220,8 @@ fig
 # %%
 # With the baseline, the printed cosine is flat from :math:`10^{-5}` to :math:`10^{-2}`: there the
 # :math:`\sigma` cancels, so the variance does not depend on it, and the smoothed gradient is still
-# the noiseless one. Above that the smoothed gradient drifts and curvature terms add variance, so
-# the cosine falls. At :math:`10^{-6}` float32 rounding eats the signal. Without a baseline the
+# the noiseless one. Above that the smoothed gradient drifts from the noiseless one and the
+# loss's second-order terms no longer vanish beside the first-order ones, so the cosine falls. At :math:`10^{-6}` float32 rounding eats the signal. Without a baseline the
 # picture is reversed: the whole loss is multiplied by :math:`1/\sigma`, and larger :math:`\sigma` wins
 # over the whole range. (Exercise 1 below works out where the best :math:`\sigma` lies without a
 # baseline.)
@@ -231,8 +231,10 @@ fig
 # because of this measurement, which only says that smaller is no worse on a smooth network at one
 # point. The reasons lie elsewhere: training minimises the smoothed loss, and :math:`\sigma` is the
 # scale at which it explores; on networks with non-differentiable parts (step activations,
-# tutorial 5) the noise is what makes the loss smooth, the :math:`\sigma` no longer cancels and too
-# small a :math:`\sigma` blows up the variance; and one default keeps the tutorials comparable. The
+# tutorial 5) the noise is what makes the loss smooth: a noisy step averages to
+# :math:`\Phi(v/\sigma)`, with slope up to :math:`1/(\sigma\sqrt{2\pi})`, and a step's loss change does
+# not shrink with :math:`\sigma`, so the :math:`1/\sigma` of Eq. 1 no longer cancels and a small :math:`\sigma`
+# costs variance; and one default keeps the tutorials comparable. The
 # training cell below adds a run with :math:`\sigma = 0.01`: the printed accuracies show what the
 # choice costs on this network.
 

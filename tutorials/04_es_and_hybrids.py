@@ -105,7 +105,9 @@ fig
 # estimates by ES at the same :math:`K`, and the same layer under A-Hybrid: the sign approximation lowers
 # the cosine of the LR part (tutorial 3 explained why: ALR targets a slightly different
 # direction). The paper also finds A-Hybrid's bands (spread over seeds) thinner than Hybrid's;
-# the spreads printed below say whether that holds on this network.
+# the two "spread over seeds" lines printed above say whether that holds on this network. A
+# spread of cosines shares the caveat on Sta. below: a band around a lower cosine tends to be
+# thinner anyway.
 #
 # Accuracy and stability (Eq. 7-8, Table 4)
 # -----------------------------------------
