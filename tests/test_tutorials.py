@@ -31,7 +31,7 @@ FIGURES = {
                                                 "01_digits_learning_curves.png"],
     "02_lr_multilayer.py": ["02_cosine_vs_copies.png", "02_cosine_vs_sigma.png", "02_learned_sigma.png"],
     "03_alr_signs.py": ["03_alr_cosine.png", "03_alr_memory.png", "03_packed_bits.png", "03_alr_training.png"],
-    "04_es_and_hybrids.py": ["04_hybrid_per_layer.png", "04_acc_sta.png"],
+    "04_es_and_hybrids.py": ["04_hybrid_per_layer.png", "04_acc_sta.png", "04_variance_vs_dimension.png"],
     "05_step_activations.py": ["05_smoothed_step.png", "05_step_training.png"],
     "06_beale_paths.py": ["06_beale_paths.png"],
     "07_convergence.py": ["07_step_sizes.png", "07_step_size_and_projection.png", "07_sigma_bounds.png"],

@@ -85,7 +85,7 @@ SEEDS = range(2 if QUICK else 5)
 VARIANTS = {"no baseline": dict(baseline=False), "leave-one-out baseline": dict(baseline=True),
             "baseline + antithetic": dict(baseline=True, antithetic=True)}
 cos = {v: np.zeros((len(SEEDS), len(COPIES))) for v in VARIANTS}
-per_layer = {}
+per_layer, sq_err = {}, {}
 for s in SEEDS:
     for j, K in enumerate(COPIES):
         for v, kw in VARIANTS.items():
@@ -94,6 +94,10 @@ for s in SEEDS:
             if v == "leave-one-out baseline":
                 for layer, c in minilr.metrics.cosine_similarity(est, g_true, per_layer=True).items():
                     per_layer.setdefault(f"layer {layer}", np.zeros((len(SEEDS), len(COPIES))))[s, j] = c
+                if K == 1000:   # squared error per layer, for the variance model below
+                    for i in model.linear_indices:
+                        sq_err.setdefault(i, []).append(sum(float(np.sum((est[f"{i}.{p}"] - g_true[f"{i}.{p}"]) ** 2))
+                                                            for p in ("weight", "bias")))
 print("mean cosine to the exact gradient (rows: variant, columns: copies)")
 print(" " * 24 + "".join(f"{K:>8d}" for K in COPIES))
 for v, c in cos.items():
@@ -120,10 +124,63 @@ fig
 # loss has at the scale of :math:`\sigma`; with a good baseline, a mirrored pair costs two forward
 # passes for one independent draw, and the printed line says which effect won here.
 #
-# In the per-layer panel (and the printed per-layer cosines) the layer nearest the loss is
-# usually estimated best. The first layer has the most weights
-# (64 inputs times 64 neurons), and its gradient, like every layer's, is inferred from one scalar
-# loss per copy: more parameters per noise dimension means more variance per parameter.
+# Why are the layers estimated so differently?
+# --------------------------------------------
+#
+# The per-layer cosines differ a lot, and not by fan-in: layers 0 and 2 both take 64 inputs. What
+# sets a layer's cosine is its error against its gradient. To first order in :math:`\sigma`, after the
+# baseline the copy's loss is :math:`\mathcal{L}_n - b \approx \sigma \sum_{l'} \delta^{(l')}_n\cdot\varepsilon^{(l')}_n`,
+# where :math:`\delta^{(l')}_n = \partial\mathcal{L}_n/\partial v^{(l')}` and the sum runs over the noise of
+# **all** layers. Layer :math:`l`'s term :math:`(\mathcal{L}_n-b)\,x_j\varepsilon_i/\sigma` then has variance about
+# :math:`S_n x_j^2` with :math:`S_n = \sum_{l'}\lVert\delta^{(l')}_n\rVert^2` (the loss's total variance over
+# :math:`\sigma^2`, the same for every layer). Summed over the layer's entries and averaged over
+# :math:`N` samples and :math:`K` copies,
+#
+# .. math::
+#
+#    \mathbb{E}\,\lVert \hat g^{(l)} - g^{(l)}\rVert^2 \approx \frac{m_l}{N^2 K}\sum_n S_n\,\lVert \tilde x^{(l-1)}_n\rVert^2,
+#    \qquad \cos \approx \Big(1 + \frac{\mathbb{E}\lVert \hat g^{(l)} - g^{(l)}\rVert^2}{\lVert g^{(l)}\rVert^2}\Big)^{-1/2},
+#
+# with :math:`m_l` the number of noise dimensions of the layer's **output** and :math:`\tilde x = (x, 1)` its
+# input. Every copy's loss carries the noise of all layers; a layer with more outputs, or larger
+# inputs, collects more of it, while its signal is only its own gradient norm. We compute each
+# factor from the exact per-sample gradients (the bias gradient of sample :math:`n` is :math:`\delta_n`)
+# and compare the predicted error with the one measured above at :math:`K=1000`.
+
+# %%
+N = len(xb)
+S = np.zeros(N)
+for n in range(N):   # per-sample gradients: the bias gradient of sample n's loss is delta_n
+    g_n = minilr.reference.gradient(model, xb[n:n + 1], yb[n:n + 1])
+    S[n] = sum(float(np.sum(g_n[f"{i}.bias"].astype(np.float64) ** 2)) for i in model.linear_indices)
+h, inputs = xb.astype(np.float64), {}
+for i, layer in enumerate(model.layers):   # the noiseless input of every Linear layer
+    if i in model.linear_indices:
+        inputs[i] = h
+    h = layer.forward(h, np)
+var_model = {}
+print(f"{'layer':>6s}{'fan-in':>8s}{'m_l':>6s}{'mean |x~|^2':>13s}{'|g|^2':>9s}{'predicted err':>15s}"
+      f"{'measured err':>14s}{'predicted cos':>15s}{'measured cos':>14s}")
+for i in model.linear_indices:
+    m_l, fan_in = model.layers[i].weight.shape
+    x2 = np.sum(inputs[i] ** 2, axis=1) + 1.0
+    g2 = sum(float(np.sum(g_true[f"{i}.{p}"].astype(np.float64) ** 2)) for p in ("weight", "bias"))
+    pred = m_l * float(np.sum(S * x2)) / (N ** 2 * 1000)
+    var_model[i] = dict(fan_in=fan_in, pred=pred, meas=float(np.mean(sq_err[i])), cos_pred=(1 + pred / g2) ** -0.5,
+                        cos_meas=float(per_layer[f"layer {i}"][:, k1000].mean()))
+    print(f"{i:6d}{fan_in:8d}{m_l:6d}{x2.mean():13.2f}{g2:9.4f}{pred:15.5f}{var_model[i]['meas']:14.5f}"
+          f"{var_model[i]['cos_pred']:15.3f}{var_model[i]['cos_meas']:14.3f}")
+
+# %%
+# Read the table row by row. Layers 0 and 2 have the same fan-in and gradients of similar size;
+# layer 0 has twice the output noise dimensions and much larger inputs (pixels against hidden
+# activations), so its predicted error is several times layer 2's, and so is its measured error.
+# The read-out layer has the fewest outputs and the smallest inputs and is estimated best. The
+# model is first order: it leaves out the curvature of the loss at the scale of :math:`\sigma` and
+# the gap between the smoothed and the noiseless gradient, so it predicts a smaller error than is
+# measured (compare the columns); it gets the order of the layers and the size of the gaps right.
+# It also explains why convolutional layers are noisy under LR (tutorial 9): their output, with
+# channels times positions numbers per sample, has many noise dimensions.
 #
 # How large should :math:`\sigma` be?
 # -----------------------------------
@@ -132,9 +189,12 @@ fig
 # from the noiseless loss as :math:`\sigma` grows, so its gradient does too. As :math:`\sigma` shrinks,
 # the factor :math:`1/\sigma` in Eq. 1 blows up the variance, *unless* a baseline removes the part of
 # the loss that does not depend on the noise: with a baseline, :math:`\mathcal{L}-b \approx \sigma\,\nabla_v\mathcal{L}\cdot\varepsilon`, and the :math:`\sigma` cancels.
+# A third force appears at the bottom of the range: the network computes in float32, about seven
+# significant digits, and a loss change of :math:`\sigma\,\nabla_v\mathcal{L}\cdot\varepsilon` must survive the
+# rounding of a loss of order one. We sweep :math:`\sigma` over six decades.
 
 # %%
-SIGMAS = [0.01, 0.03, 0.1, 0.3, 1.0]
+SIGMAS = [1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0]
 K_SIGMA = 100 if QUICK else 300
 by_sigma = {"no baseline": np.zeros((len(SEEDS), len(SIGMAS))), "leave-one-out baseline": np.zeros((len(SEEDS), len(SIGMAS)))}
 for j, sigma in enumerate(SIGMAS):
@@ -143,12 +203,40 @@ for j, sigma in enumerate(SIGMAS):
         for v, baseline in (("no baseline", False), ("leave-one-out baseline", True)):
             est = minilr.estimate_gradient(m_sigma, xb, yb, estimator="lr", copies=K_SIGMA, seed=s, baseline=baseline)
             by_sigma[v][s, j] = minilr.metrics.cosine_similarity(est, g_true)
+print(f"mean cosine at K={K_SIGMA}; sigma: " + "".join(f"{sg:>8.0e}" for sg in SIGMAS))
 for v, c in by_sigma.items():
-    print(f"{v:24s} cosine at K={K_SIGMA} for sigma {SIGMAS}:", np.round(c.mean(axis=0), 3))
+    print(f"{v:24s}" + " " * 7 + "".join(f"{x:8.3f}" for x in c.mean(axis=0)))
+loo = dict(zip(SIGMAS, by_sigma["leave-one-out baseline"].mean(axis=0)))
+raw = dict(zip(SIGMAS, by_sigma["no baseline"].mean(axis=0)))
+PLATEAU = [1e-5, 1e-4, 1e-3, 0.01]
+plateau = [loo[sg] for sg in PLATEAU]
+print(f"with the baseline: cosine {min(plateau):.3f}..{max(plateau):.3f} for sigma 1e-5..1e-2, "
+      f"{loo[0.1]:.3f} at 0.1, {loo[1.0]:.3f} at 1, {loo[1e-6]:.3f} at 1e-6 (float32 rounding)")
 fig = plots.cosine_vs_copies(SIGMAS, by_sigma, title=f"LR, K={K_SIGMA}: effect of the noise scale")
 fig.axes[0].set_xlabel(r"noise scale $\sigma$ (every layer)")
 plots.save(fig, FIG / "02_cosine_vs_sigma.png")
 fig
+
+# %%
+# With the baseline, the printed cosine is flat from :math:`10^{-5}` to :math:`10^{-2}`: there the
+# :math:`\sigma` cancels, so the variance does not depend on it, and the smoothed gradient is still
+# the noiseless one. Above that the smoothed gradient drifts from the noiseless one and the
+# loss's second-order terms no longer vanish beside the first-order ones, so the cosine falls. At :math:`10^{-6}` float32 rounding eats the signal. Without a baseline the
+# picture is reversed: the whole loss is multiplied by :math:`1/\sigma`, and larger :math:`\sigma` wins
+# over the whole range. (Exercise 1 below works out where the best :math:`\sigma` lies without a
+# baseline.)
+#
+# So for estimating *this* gradient, any :math:`\sigma` on the plateau is best and 0.1 already costs
+# some cosine. Why do these tutorials still train with :math:`\sigma = 0.1`, minilr's default? Not
+# because of this measurement, which only says that smaller is no worse on a smooth network at one
+# point. The reasons lie elsewhere: training minimises the smoothed loss, and :math:`\sigma` is the
+# scale at which it explores; on networks with non-differentiable parts (step activations,
+# tutorial 5) the noise is what makes the loss smooth: a noisy step averages to
+# :math:`\Phi(v/\sigma)`, with slope up to :math:`1/(\sigma\sqrt{2\pi})`, and a step's loss change does
+# not shrink with :math:`\sigma`, so the :math:`1/\sigma` of Eq. 1 no longer cancels and a small :math:`\sigma`
+# costs variance; and one default keeps the tutorials comparable. The
+# training cell below adds a run with :math:`\sigma = 0.01`: the printed accuracies show what the
+# choice costs on this network.
 
 # %%
 # Learning :math:`\sigma`
@@ -172,9 +260,9 @@ fig
 # %%
 EPOCHS, K_TRAIN = (2, 20) if QUICK else (20, 100)
 runs, sigma_trace = {}, {}
-for learn in (False, True):
-    net = minilr.MLP([64, 64, 32, 10], activation="relu", sigma=0.1, seed=0, learn_sigma=learn)
-    label = "learned sigma" if learn else "fixed sigma = 0.1"
+for sigma0, learn in ((0.01, False), (0.1, False), (0.1, True)):
+    net = minilr.MLP([64, 64, 32, 10], activation="relu", sigma=sigma0, seed=0, learn_sigma=learn)
+    label = "learned sigma" if learn else f"fixed sigma = {sigma0}"
     trace = [[float(net.layers[i].sigma.mean()) for i in net.linear_indices]]
     runs[label] = minilr.train(net, (x_train, y_train), val_data=(x_test, y_test), estimator="lr",
                                copies=K_TRAIN, epochs=EPOCHS, batch_size=50, lr=1e-2, seed=0, progress=False,
@@ -183,7 +271,7 @@ for learn in (False, True):
     sigma_trace[label] = np.asarray(trace)
 print("parameter keys with learn_sigma=True:", sorted(net.parameters()))
 for label, h in runs.items():
-    print(f"{label:18s} test accuracy after {EPOCHS} epochs: {h.val_accuracy[-1]:.3f}")
+    print(f"{label:19s} test accuracy after {EPOCHS} epochs: {h.val_accuracy[-1]:.3f}")
 print("mean sigma per layer, start -> end of training:",
       [f"{a:.3f} -> {b:.3f}" for a, b in zip(sigma_trace["learned sigma"][0], sigma_trace["learned sigma"][-1])])
 
@@ -209,3 +297,46 @@ fig
 # accuracy on a problem this small is secondary (compare the printed accuracies); what matters is
 # that :math:`\sigma` is trained by the same forward-only estimator as the weights, with the exact
 # :math:`(\varepsilon^2-1)/\sigma` score, which ALR (next tutorial) keeps unchanged.
+
+# %%
+# What this run shows
+# -------------------
+
+# %%
+order_pred = sorted(var_model, key=lambda i: var_model[i]["cos_pred"])
+order_meas = sorted(var_model, key=lambda i: var_model[i]["cos_meas"])
+same_fan_in = [i for i in var_model if var_model[i]["fan_in"] == var_model[model.linear_indices[0]]["fan_in"]]
+plots.verdicts({
+    "the leave-one-out baseline beats no baseline at every K": (
+        bool(np.all(cos["leave-one-out baseline"].mean(axis=0) > cos["no baseline"].mean(axis=0))),
+        f"K={COPIES[-1]}: {cos['leave-one-out baseline'][:, -1].mean():.3f} vs {cos['no baseline'][:, -1].mean():.3f}"),
+    "fan-in does not explain the per-layer cosines, the variance model orders them as measured": (
+        len(same_fan_in) >= 2 and np.ptp([var_model[i]["cos_meas"] for i in same_fan_in]) > 0.1
+        and order_pred == order_meas,
+        f"fan-in {var_model[same_fan_in[0]]['fan_in']}: layers {same_fan_in} measure "
+        f"{[round(var_model[i]['cos_meas'], 3) for i in same_fan_in]}; predicted "
+        f"{[round(var_model[i]['cos_pred'], 3) for i in model.linear_indices]}, measured "
+        f"{[round(var_model[i]['cos_meas'], 3) for i in model.linear_indices]}"),
+    "with a baseline the cosine is flat for sigma 1e-5..1e-2, lower at 0.1 and 1, and float32 breaks it at 1e-6": (
+        np.ptp(plateau) < 0.03 and loo[1.0] < loo[0.1] < min(plateau) and loo[1e-6] < min(plateau) - 0.05,
+        f"{min(plateau):.3f}..{max(plateau):.3f}; 0.1: {loo[0.1]:.3f}; 1: {loo[1.0]:.3f}; 1e-6: {loo[1e-6]:.3f}"),
+    "without a baseline, larger sigma is better": (
+        raw[1.0] > raw[0.1] > raw[0.01], f"sigma 0.01: {raw[0.01]:.3f}, 0.1: {raw[0.1]:.3f}, 1: {raw[1.0]:.3f}"),
+})
+
+# %%
+# Exercises
+# ---------
+#
+# 1. **The best** :math:`\sigma` **at fixed copies.** Take :math:`f(z) = e^z` at :math:`\mu = 0`, whose
+#    derivative is 1, and the LR estimate :math:`\hat g = \frac1K\sum_k f(\mu+\sigma\varepsilon_k)\,\varepsilon_k/\sigma`.
+#    Measure its mean squared error against 1 by simulation for :math:`K = 100` over a grid of
+#    :math:`\sigma`, and find the :math:`\sigma` that minimises it. Then do the same with the leave-one-out
+#    baseline. Why is there a best :math:`\sigma` in the first case and not (in exact arithmetic) in
+#    the second? (Hint: write the error as bias squared plus variance over :math:`K`; for
+#    :math:`e^z` both have closed forms, :math:`\mathbb{E}[e^{\sigma\varepsilon}\varepsilon] = \sigma e^{\sigma^2/2}`
+#    and :math:`\mathbb{E}[e^{2\sigma\varepsilon}\varepsilon^2] = (1+4\sigma^2)e^{2\sigma^2}`.)
+# 2. Compute the variance model's predicted cosine for this network at :math:`K = 100` and compare it
+#    with the per-layer cosines the sweep measured there.
+#
+# A checked solution of exercise 1 is in ``tutorials/solutions/s02_best_sigma.py``.
