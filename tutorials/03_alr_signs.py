@@ -189,7 +189,7 @@ fig
 # packed 8 to a byte (1 bit for :math:`\operatorname{sign}\varepsilon` and for a ReLU output, 2 bits for a
 # general sign). That does not make the *peak* 32x smaller: the engine must still compute each
 # copy's forward pass in floats (it streams ALR's copies in blocks, so one block's floats are
-# alive at a time), and minilr's counter-based noise can be regenerated rather than stored. So we
+# alive at a time), and the network input, shared by all copies, is kept once by both. So we
 # measure: the peak memory that one gradient estimate allocates (``tracemalloc``, which sees NumPy's
 # buffers; all copies in one chunk, as in ``benchmarks/table1_fair.py``), for the float estimator at
 # the :math:`K` we train with, and for its sign variant at growing :math:`K` until it no longer fits that
@@ -244,6 +244,12 @@ for f, s in SIGN_OF.items():
                      float_points={k: peak_bytes(f, k) for k in (K // 2, K, 2 * K)})
     print(f"{f.upper():7s} at K={K}: peak {budget / 2**20:.2f} MiB;  {s.upper()} fits K={k_mem} "
           f"({k_mem / K:.1f}x the copies), measured peak there {seen[k_mem] / 2**20:.2f} MiB")
+    # bytes per extra copy: the float variant between K and 2K, the sign variant between 8K and 16K
+    per_f = (memory[s]["float_points"][2 * K] - budget) / K
+    per_s = (peak_bytes(s, 16 * K) - peak_bytes(s, 8 * K)) / (8 * K)
+    print(f"        per extra copy: {f.upper()} {per_f / 1024:.1f} KiB, {s.upper()} {per_s / 1024:.2f} KiB "
+          f"({per_f / per_s:.0f}x less); {s.upper()}'s peak at K={8 * K} minus its per-copy part: "
+          f"{(peak_bytes(s, 8 * K) - 8 * K * per_s) / 2**20:.2f} MiB")
 
 fig, ax = plots.new_figure(width=6.5)
 for n, (s, m) in enumerate(memory.items()):
@@ -266,7 +272,9 @@ fig
 
 # %%
 # The printed ratios are this model's, at this :math:`K`: the sign variant's peak has a fixed part (one
-# block of floats) and a small part per copy, so the ratio grows with :math:`K`. Hybrid's ES layer keeps
+# block of floats) and a small part per copy (compare the printed per-copy bytes), so the
+# equal-memory ratio grows with :math:`K` towards the per-copy ratio. Peaks are measurements: the copies that fit can move by a few percent
+# from one run to the next. Hybrid's ES layer keeps
 # a weight perturbation per copy, which signs shrink less, so A-Hybrid's ratio is smaller. Other
 # models give other ratios (tutorial 9 measures a CNN; ``benchmarks/table1_fair.py`` fits its own).
 #
@@ -306,8 +314,8 @@ fig
 #
 # Now train the digits MLP with Adam (lr 0.01, batch 50) six ways: LR and ALR at the same :math:`K`
 # (**equal copies**); ALR at the copies that fit LR's measured peak (**equal memory**); and the same
-# two comparisons for Hybrid against A-Hybrid. Every run starts from the same weights and sees the
-# batches in the same order. Quick mode trains on the first 600 training digits so that the curves
+# two comparisons for Hybrid against A-Hybrid. Every run starts from the same weights and uses the
+# same seed. Quick mode trains on the first 600 training digits so that the curves
 # get several epochs within its time budget; full mode uses all of them. Beside each run we print the
 # cosine of its first gradient estimate to the true one on the batch above, the quality of one step.
 
@@ -344,12 +352,14 @@ print(f"the rule: LR's cosine at K={K} is {step_cos[LR_K]:.3f}, ALR's plateau {p
       f"ALR at equal memory reaches {step_cos[ALR_M]:.3f}")
 
 # %%
-# Read the printed table against the rule. A difference in one step's cosine is not the whole
-# story: LR's error is noise, which Adam's running averages and the many steps of an epoch average
-# away (ten steps of LR at :math:`K` copies are worth about one estimate at :math:`10K`, far up the
-# cosine table above), while ALR's shortfall is a bias, the same every step, which no averaging
-# removes. That is why ALR's training loss stays above LR's even where its one-step cosine is
-# comparable. The verdicts below say which comparisons this run supports.
+# Read the printed table against the rule. One step's cosine is not the whole story: LR's error is
+# noise, which Adam's running averages and the many steps of an epoch partly average away (roughly,
+# ten steps at :math:`K` copies act like one estimate at :math:`10K`, further up the cosine table above),
+# while ALR's shortfall is a systematic bias, which no averaging removes. That is the likely reason
+# ALR's training loss stays above LR's even at equal memory, where its one-step cosine is no worse.
+# The last epoch alone is a noisy summary (one epoch's blip can hide a gap that lasted the whole
+# run), so the comparisons use the mean test accuracy over the epochs and the final training loss.
+# The verdicts below say which comparisons this run supports.
 #
 # Table 1 (equal memory on a CNN)
 # -------------------------------
