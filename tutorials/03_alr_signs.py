@@ -369,10 +369,17 @@ print(f"the rule: LR's cosine at K={K} is {step_cos[LR_K]:.3f}, ALR's plateau {p
 
 # %%
 # Table 1 (equal memory on a CNN)
+# Placeholder: the paragraph on what these rows show is written from benchmarks/TABLE1.md once the
+# fair grid (issue 16) is recorded.
 TABLE1 = HERE.parent / "benchmarks" / "table1_fair.json"
 if TABLE1.is_file():
     with open(TABLE1) as fh:
-        table1 = json.load(fh)["table"]
+        record = json.load(fh)
+    table1 = record["table"]
+    for s, fit in record.get("measurements", {}).get("memory", {}).items():
+        if s in ("alr", "a-hybrid"):
+            print(f"Table 1's measured fit: {s.upper()} gets {fit['copies']} copies at equal memory "
+                  f"({fit['copies_ratio']:.1f}x)")
     for column, title in (("copies", "equal copies"), ("memory", "equal memory")):
         print(f"Table 1, {title}:")
         for row in table1.get(column, []):
