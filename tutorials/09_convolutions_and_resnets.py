@@ -313,8 +313,9 @@ print(f"measured per extra copy: LR {1024 * per_copy['lr']:.0f} KiB, ALR {1024 *
       f"ratio {mem_ratio:.1f}x; whole peak at K={copies_grid[-1]}: {peaks['lr'][-1] / peaks['alr'][-1]:.1f}x")
 
 # %%
-# At equal memory ALR can therefore run about that many times LR's copies. Whether that buys
-# accuracy is what Table 1 measures.
+# At equal memory ALR can therefore run many more copies than LR: roughly the per-copy ratio times
+# as many, where the fixed parts of the peaks are small. Whether that buys accuracy is what Table 1
+# measures.
 #
 # Table 1 (equal memory on a CNN)
 # -------------------------------
