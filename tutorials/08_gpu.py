@@ -136,10 +136,10 @@ CHUNK = 100
 K_MEM = [100, 200, 400, 800] if QUICK else [100, 300, 1000, 3000]
 
 
-def peak_mib(K, chunk, backend="numpy"):
+def peak_mib(K, chunk):
     """Peak memory (MiB) that tracemalloc sees during one LR estimate."""
     tracemalloc.start()
-    minilr.estimate_gradient(model, xb, yb, estimator="lr", copies=K, seed=0, chunk=chunk, backend=backend)
+    minilr.estimate_gradient(model, xb, yb, estimator="lr", copies=K, seed=0, chunk=chunk)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak / 2**20

@@ -261,7 +261,8 @@ above_chance = chance + 5 * np.sqrt(chance * (1 - chance) / len(y_test))
 print(f"chance + 5 standard errors on {len(y_test)} test samples: {above_chance:.3f}")
 acc = {name: h.val_accuracy[-1] for name, h in runs.items()}
 print(f"at equal copies (20) after {epochs} epochs, ALR's test accuracy is "
-      f"{'below' if acc['CNN ALR'] < acc['CNN LR'] else 'not below'} LR's ({acc['CNN ALR']:.3f} vs {acc['CNN LR']:.3f})")
+      f"{'below' if acc['CNN ALR'] < acc['CNN LR'] else 'not below'} LR's "
+      f"({acc['CNN ALR']:.3f} vs {acc['CNN LR']:.3f})")
 
 fig, ax = plt.subplots(figsize=(6, 4))
 for name, h in runs.items():
@@ -340,7 +341,8 @@ if TABLE1.is_file():
         for method in ("LR", "ALR", "Hybrid", "A-Hybrid"):
             if method in rows:
                 r = rows[method]
-                print(f"  {method:9s} K={r['copies']:<5d} test accuracy {100 * r['mean']:.1f} ± {100 * r['half']:.1f} %")
+                print(f"  {method:9s} K={r['copies']:<5d} test accuracy {100 * r['mean']:.1f} "
+                      f"± {100 * r['half']:.1f} %")
 else:
     print("Table 1 not recorded yet")
 

@@ -177,7 +177,8 @@ print(f"LR pipeline: {s['lr_steps']:.0f} time steps ({s['speedup']:.1f}x faster)
 def titles(bp, lr, fmt):
     """Panel titles: each schedule's length, the speed-up, and how much of its own unit-time idles."""
     return [f"backprop: one step takes {fmt(bp.makespan)}; its units idle {100 * bp.idle_fraction():.0f} % of it",
-            f"LR pipeline: one step takes {fmt(lr.makespan)} (speed-up over backprop {bp.makespan / lr.makespan:.2f}x); "
+            f"LR pipeline: one step takes {fmt(lr.makespan)} "
+            f"(speed-up over backprop {bp.makespan / lr.makespan:.2f}x); "
             f"its units idle {100 * lr.idle_fraction():.0f} % of it"]
 
 
