@@ -36,7 +36,8 @@ FIGURES = {
     "06_beale_paths.py": ["06_beale_paths.png"],
     "07_convergence.py": ["07_step_sizes.png", "07_step_size_and_projection.png", "07_alr_vs_lr.png",
                           "07_sigma_bounds.png", "07_adam_vs_sgd.png"],
-    "08_gpu.py": ["08_time_per_gradient.png"] + (["08_gpu_training.png"] if minilr.cupy_available() else []),
+    "08_gpu.py": ["08_time_per_gradient.png", "08_chunk_memory.png"]
+    + (["08_gpu_training.png"] if minilr.cupy_available() else []),
     "09_convolutions_and_resnets.py": ["09_conv_estimators_unbiased.png", "09_cosine_per_layer.png",
                                        "09_mnist1d_training.png", "09_memory.png"],
     "10_recurrent_graph_spiking.py": ["10_lstm_cosine.png", "10_lstm_training.png", "10_gat_training.png",

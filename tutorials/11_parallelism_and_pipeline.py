@@ -16,6 +16,7 @@ each gives the same numbers as the plain computation, and times what each buys o
 
 # %%
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,9 @@ if mpi.available() and mpiexec:
         out = subprocess.run([mpiexec, "-n", "2", sys.executable, str(Path(tmp) / "two_ranks.py")],
                              env=env, capture_output=True, text=True, timeout=120)
         print(out.stdout or out.stderr[-2000:])
+    mpi_diffs = [float(v) for v in re.findall(r"max relative difference (\S+)", out.stdout)]
 else:
+    mpi_diffs = None
     print("mpi4py/mpiexec not installed: the two-rank run is skipped")
 
 (x_train, y_train), _ = minilr.datasets.load("digits")
@@ -131,16 +134,26 @@ def layer_grad_time(est, threads):
     return best, grads
 
 
+# Timings on a shared machine vary from run to run; we call a speed-up a gain only above this.
+CLEAR_GAIN = 1.2
+layer_same, layer_speedup = {}, {}
 for est in ("lr", "alr"):
     (t1, g1), (t3, g3) = layer_grad_time(est, 1), layer_grad_time(est, len(lin))
-    same = all(np.array_equal(a[k], b[k]) for a, b in zip(g1, g3) for k in a)
+    layer_same[est] = all(np.array_equal(a[k], b[k]) for a, b in zip(g1, g3) for k in a)
+    layer_speedup[est] = t1 / t3
     print(f"{est}: layers' gradients, one after another {1e3 * t1:.1f} ms, one thread per layer "
-          f"{1e3 * t3:.1f} ms ({t1 / t3:.2f}x), same bits: {same}")
+          f"{1e3 * t3:.1f} ms: {t1 / t3:.2f}x, "
+          + (f"a gain (above {CLEAR_GAIN}x)" if t1 / t3 > CLEAR_GAIN else f"no clear gain (not above {CLEAR_GAIN}x)")
+          + f"; same bits: {layer_same[est]}")
 
 # %%
-# On this 2-core machine the block-parallel kernels already keep both cores busy inside each
-# layer's gradient, so one thread per layer has little left to win; the layer level pays off
-# where there are more cores than one layer can use, or on a GPU (one stream per layer).
+# The bits never change; the time may. What one thread per layer can win is the cores that the
+# block-parallel kernels leave idle *inside* each layer's gradient: little where they already keep
+# every core busy (large layers, few cores), more where a layer is too small to fill the cores, or
+# on a GPU (one stream per layer), and nothing where other programs already hold the cores. So the
+# ratio depends on the machine and on its load at that moment: on a shared 2-core machine two runs
+# of this cell measured 0.95x and 2.55x (issue 17). The lines above count a speed-up as a gain only
+# above 1.2x and print the measured ratio either way; run the cell twice to see how much it moves.
 #
 # The pipeline of Fig. 2
 # ----------------------
@@ -159,7 +172,17 @@ print(f"backprop: {s['bp_steps']:.0f} time steps, {bp.idle:.0f} of {bp.units * b
 print(f"LR pipeline: {s['lr_steps']:.0f} time steps ({s['speedup']:.1f}x faster), {lr.idle:.0f} unit-steps idle "
       f"= {100 * s['lr_idle_of_bp_space']:.0f} % of backprop's {bp.units * bp.makespan:.0f} "
       f"({100 * s['lr_idle']:.0f} % of its own {lr.units * lr.makespan:.0f})")
-pipeline.draw([bp, lr], FIG / "11_fig2_pipeline.png")
+
+
+def titles(bp, lr, fmt):
+    """Panel titles: each schedule's length, the speed-up, and how much of its own unit-time idles."""
+    return [f"backprop: one step takes {fmt(bp.makespan)}; its units idle {100 * bp.idle_fraction():.0f} % of it",
+            f"LR pipeline: one step takes {fmt(lr.makespan)} "
+            f"(speed-up over backprop {bp.makespan / lr.makespan:.2f}x); "
+            f"its units idle {100 * lr.idle_fraction():.0f} % of it"]
+
+
+pipeline.draw([bp, lr], FIG / "11_fig2_pipeline.png", titles=titles(bp, lr, lambda v: f"{v:.0f} time steps"))
 
 # %%
 # ``11_fig2_pipeline.png`` is the picture: colours are buckets, hatched boxes gradients, grey the
@@ -170,8 +193,11 @@ pipeline.draw([bp, lr], FIG / "11_fig2_pipeline.png")
 # %%
 t = pipeline.measure_times((64, 256, 256, 10), copies=K // 4, batch=50, repeats=3)
 bpm, lrm, sm = pipeline.compare(**t, buckets=3)
-print({k: (f"{1e3 * v:.2f} ms" if "steps" in k else f"{v:.2f}") for k, v in sm.items()})
-pipeline.draw([bpm, lrm], FIG / "11_pipeline_measured.png", unit_time=False)
+print(f"measured bucket times: backprop {1e3 * sm['bp_steps']:.2f} ms per step, LR pipeline "
+      f"{1e3 * sm['lr_steps']:.2f} ms (speed-up {sm['speedup']:.2f}x); units idle {100 * sm['bp_idle']:.0f} % "
+      f"of backprop's unit-time and {100 * sm['lr_idle']:.0f} % of the pipeline's")
+pipeline.draw([bpm, lrm], FIG / "11_pipeline_measured.png", unit_time=False,
+              titles=titles(bpm, lrm, lambda v: f"{1e3 * v:.2f} ms"))
 
 # %%
 # A real pipelined step
@@ -184,7 +210,7 @@ pipeline.draw([bpm, lrm], FIG / "11_pipeline_measured.png", unit_time=False)
 
 # %%
 BUCKETS = 4
-step_times = {}
+step_times, piped_same = {}, {}
 for est in ("lr", "alr"):
     chunk = overlap.bucket_size(K, BUCKETS)
 
@@ -200,10 +226,11 @@ for est in ("lr", "alr"):
             t0 = time.perf_counter()
             g = fn()
             ts[name].append(time.perf_counter() - t0)
-    same = all(np.array_equal(plain()[k], piped()[k]) for k in g)
-    step_times[est.upper()] = [1e3 * float(np.median(ts[n][1:])) for n in ("plain", "pipelined")]
-    print(f"{est}: plain {step_times[est.upper()][0]:.1f} ms, pipelined {step_times[est.upper()][1]:.1f} ms "
-          f"({step_times[est.upper()][0] / step_times[est.upper()][1]:.2f}x), same bits: {same}")
+    piped_same[est] = all(np.array_equal(plain()[k], piped()[k]) for k in g)
+    a, b = step_times[est.upper()] = [1e3 * float(np.median(ts[n][1:])) for n in ("plain", "pipelined")]
+    print(f"{est}: plain {a:.1f} ms, pipelined {b:.1f} ms: {a / b:.2f}x, "
+          + (f"a gain (above {CLEAR_GAIN}x)" if a / b > CLEAR_GAIN else f"no clear gain (not above {CLEAR_GAIN}x)")
+          + f"; same bits: {piped_same[est]}")
 
 fig, ax = plots.new_figure()
 names = list(step_times)
@@ -217,10 +244,44 @@ plots.save(fig, FIG / "11_step_times.png")
 
 # %%
 # The paper measured 2.04x for ALR-P over LR on a GPU, where the pipeline fills units that would
-# otherwise idle. On a 2-core CPU whose kernels already use both cores, overlapping can only fill
-# the gaps between them: a modest gain, or none. ``benchmarks/distributed.py`` measures all of this
+# otherwise idle. On a CPU whose kernels already use every core, overlapping can only fill the gaps
+# between them, so whether it wins depends on the cores and on what else runs: the lines above say
+# whether this run measured a gain above 1.2x. ``benchmarks/distributed.py`` measures all of this
 # side by side, with 1, 2 and 4 MPI ranks at K = 1,000 and 10,000 copies.
 #
 # **Run it on many machines.** With MPI installed on every machine and the same checkout on each,
 # ``mpiexec -f hosts -n 8 python -m minilr train --data digits --estimator alr --copies 8000 --distributed`` runs 8 ranks (the README shows the hostfile). Same seed, same result as one
 # process.
+
+# %%
+# Exercises
+# ---------
+#
+# **Split a batch's copies across two workers.** Write the LR estimate (Eq. 1, leave-one-out
+# baseline) of a small ReLU MLP with squared loss by hand, each copy's noise drawn from a
+# generator seeded by ``(seed, copy)``. Give worker 0 copies ``[0, K/2)`` and worker 1 the rest:
+# each runs its copies forward and returns their losses; after exchanging the losses (the
+# baseline spans all copies), each forms its partial sums; add them. Show that the sum equals the
+# one-process estimate over all copies (float64 rounding apart), and that on a single linear
+# layer, where the smoothed loss has the exact gradient, the estimate is unbiased.
+#
+# A checked solution is in ``tutorials/solutions/s11_split_copies.py``.
+#
+# What this run shows
+# -------------------
+
+# %%
+claims = {
+    "one thread per layer gives the same bits as one layer after another (LR, ALR)": (
+        all(layer_same.values()), ", ".join(f"{e.upper()} {v:.2f}x" for e, v in layer_speedup.items())),
+    "the pipelined step gives the same bits as the plain step over the same buckets (LR, ALR)": (
+        all(piped_same.values()), ", ".join(f"{n} {a / b:.2f}x" for n, (a, b) in step_times.items())),
+    "the unit-time simulator reproduces Fig. 2 (backprop 15 steps, LR pipeline 10)": (
+        round(s["bp_steps"]) == 15 and round(s["lr_steps"]) == 10,
+        f"{s['bp_steps']:.0f} and {s['lr_steps']:.0f} steps, {s['speedup']:.1f}x"),
+}
+if mpi_diffs:
+    # float32 partial sums added in another order: relative rounding ~1e-6, far below 1e-5
+    claims["2 MPI ranks give the one-process gradient (to 1e-5) for every estimator"] = (
+        len(mpi_diffs) == 6 and max(mpi_diffs) < 1e-5, f"max relative difference {max(mpi_diffs):.1e}")
+plots.verdicts(claims)
