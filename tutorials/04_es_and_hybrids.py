@@ -43,9 +43,9 @@ print("quick mode" if QUICK else "full mode", "- figures go to", FIG)
 #
 # How many layers get ES in the Hybrid is a choice. Here it is **two**: ``es_layers=2``, ES on the
 # first two Linear layers and LR on the third, the read-out (the last layer always gets LR). That
-# is the paper's choice (Sec. 4.1: "ES is used for the first two layers"), and
-# ``benchmarks/TABLE1.md`` uses it too. Tutorial 9's per-layer figure passes ``es_layers=1`` (ES on
-# its first convolution only). Fewer ES layers means more of the network pays LR's per-sample
+# is the paper's choice (Sec. 4.1: "ES is used for the first two layers"). On the CNN of tutorial 9
+# and of Table 1 (``benchmarks/TABLE1.md``), ``es_layers=1``: ES on the first convolution only, a
+# layer of few weights, where ES's error (which grows with the number of weights) is smallest. Fewer ES layers means more of the network pays LR's per-sample
 # memory; more ES layers means more weights estimated by ES, whose error grows with the number of
 # weights (measured below).
 
