@@ -4,7 +4,7 @@
     python benchmarks/tutorials_full.py 03 09           # some of them, by number
 
 For each tutorial ``tutorials/NN_name.py`` it writes ``benchmarks/tutorials_full/NN_name.json``
-(``seconds``, ``verdicts``: every ``verdict:`` line the run printed, ``figures``, the output's
+(``seconds`` wall and ``cpu_seconds``, ``verdicts``: every ``verdict:`` line the run printed, ``figures``, the output's
 tail) and copies its figures there as small PNGs. Tutorials read the record with
 :func:`minilr.plots.recorded` to show full-mode numbers that quick mode cannot. A verdict that does
 not hold in full mode is reported and makes the exit status 1.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,20 +45,27 @@ def shrink(src, dst, width=900):
     fig.savefig(dst, dpi=100)
 
 
+def _children_cpu():
+    """CPU seconds (user + system) of the finished child processes: unlike wall time, not inflated
+    by other work on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(path, timeout):
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MINILR_QUICK="0", MPLBACKEND="Agg", MINILR_FIGURES=str(Path(tmp) / "figures"),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _children_cpu()
         proc = subprocess.run([sys.executable, str(path)], cwd=tmp, env=env, capture_output=True, text=True,
                               timeout=timeout)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _children_cpu() - c0
         figures = []
         if proc.returncode == 0 and (Path(tmp) / "figures").is_dir():
             for fig in sorted((Path(tmp) / "figures").glob("*.png")):
                 shrink(fig, OUT / fig.name)
                 figures.append(fig.name)
-    return dict(tutorial=path.stem, seconds=round(seconds, 1), returncode=proc.returncode,
+    return dict(tutorial=path.stem, seconds=round(seconds, 1), cpu_seconds=round(cpu, 1), returncode=proc.returncode,
                 verdicts=plots.parse_verdicts(proc.stdout), figures=figures, output_tail=proc.stdout[-4000:],
                 stderr_tail=proc.stderr[-2000:] if proc.returncode else "")
 
@@ -81,7 +89,7 @@ def main(argv=None):
         with open(OUT / f"{path.stem}.json", "w") as f:
             json.dump(rec, f, indent=1)
         bad = [c for c, v in rec["verdicts"].items() if not v["holds"]]
-        print(f"  {rec['seconds']:.0f} s, exit {rec['returncode']}, {len(rec['verdicts'])} verdicts"
+        print(f"  {rec['seconds']:.0f} s wall, {rec['cpu_seconds']:.0f} s CPU, exit {rec['returncode']}, {len(rec['verdicts'])} verdicts"
               + (f", NOT holding: {bad}" if bad else ""), flush=True)
         if rec["returncode"] or bad:
             failed.append(path.name)
