@@ -522,7 +522,7 @@ def run_id(k, lr, seed):
 
 def settings_id(a):
     """What must match for a logged run to be reused: every argument that changes a run's result."""
-    ignore = {"jobs", "out", "md", "fig", "runs_log", "plan", "smoke", "seeds", "grid", "sign_grid",
+    ignore = {"jobs", "out", "md", "fig", "runs_log", "plan", "report", "smoke", "seeds", "grid", "sign_grid",
               "max_extend", "grid_step", "methods", "learned_sigma", "hybrid_es_sigma", "memory_signsgd",
               "time_signsgd", "fit_copies"}
     return json.dumps({k: v for k, v in a.items() if k not in ignore}, sort_keys=True, default=float)
@@ -569,7 +569,9 @@ def summarise(a, meas, tune, final):
         rows = []
         for spec, copies in entries:
             k = key(spec, copies)
-            rs = final[k]
+            rs = final.get(k)
+            if not rs:  # --report on an unfinished grid: a cell with no run yet
+                continue
             mean, half = t_interval([r["test_accuracy"] for r in rs])
             rows.append(dict(method=label(spec), spec=spec, copies=todo_copies(spec, copies), lr=tune[k]["lr"],
                              edge=tune[k]["edge"], grid=tune[k]["grid"], mean=mean, half=half, n=len(rs),
@@ -578,6 +580,26 @@ def summarise(a, meas, tune, final):
                              curves=[r["val_accuracy"] for r in rs], diagnostics=rs[0].get("diagnostics"), key=k))
         table[col] = rows
     return table
+
+
+def from_log(a, meas):
+    """``(tune, final, runs)`` rebuilt from the runs log (``--report``): each cell's step size is the
+    best of its logged tuning runs (seed 0), its seeds the logged runs at that step size. An
+    unfinished grid gives cells with fewer seeds (the table shows n) or none (left out)."""
+    logged = list(load_runs(a).values())
+    tune, final = {}, {}
+    for col in cells(a, meas).values():
+        for spec, copies in col:
+            k = key(spec, copies)
+            tuned = {r["lr"]: r for r in logged if r["key"] == k and r["seed"] == 0}
+            if not tuned or k in tune:
+                continue
+            grid = sorted(tuned)
+            best = grid[int(np.argmax([tuned[lr]["score"] for lr in grid]))]
+            tune[k] = dict(grid=grid, runs=tuned, lr=best, edge=best in (grid[0], grid[-1]))
+            final[k] = [tuned[best]] + sorted((r for r in logged if r["key"] == k and r["seed"] > 0
+                                               and r["lr"] == best), key=lambda r: r["seed"])
+    return tune, final, logged
 
 
 def todo_copies(spec, copies):
@@ -602,6 +624,7 @@ def markdown(a, meas, table, layout, timing):
               "| method | test % | K | lr (grid) | epochs | s/run |", "|---|---|---|---|---|---|"]
         for r in rows:
             cell = f"{100 * r['mean']:.1f} ± {100 * r['half']:.1f}" if r["n"] > 1 else f"{100 * r['mean']:.1f}"
+            cell += f" (n={r['n']})" if r["n"] < a["seeds"] else ""
             flags = (" edge" if r["edge"] else "") + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
             L.append(f"| {r['method']} | {cell}{flags} | {r['copies'] or '—'} | {r['lr']:.2g} "
                      f"({', '.join(f'{g:.2g}' for g in r['grid'])}) | {', '.join(map(str, r['epochs']))} | "
@@ -626,8 +649,9 @@ def markdown(a, meas, table, layout, timing):
         else:
             L.append(f"| {r['method']} | {d['cosine']:.2f} | | | "
                      + ", ".join(f"{l}: {v:.2f}" for l, v in d["per_layer"].items()) + " |")
-    L += ["", f"Wall {timing['wall_s'] / 60:.1f} min, CPU {timing['cpu_s'] / 60:.1f} min with {a['jobs']} "
-          f"processes ({timing['runs']} training runs)."]
+    wall = "" if math.isnan(timing["wall_s"]) else f"Wall {timing['wall_s'] / 60:.1f} min, "
+    L += ["", f"{wall}CPU {timing['cpu_s'] / 60:.1f} min with {a['jobs']} processes ({timing['runs']} training "
+          f"runs{'; tables rebuilt from the runs log by --report' if a['report'] else ''})."]
     L += ["", "Paper (ResNet-9, CIFAR-100): " + "; ".join(f"{row}: " + ", ".join(f"{k} {v}" for k, v in d.items())
                                                        for row, d in PAPER.items())]
     return "\n".join(L)
@@ -678,6 +702,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="the whole pipeline on tiny data (seconds)")
     p.add_argument("--plan", action="store_true", help="measure, print the job count and time projection, stop")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: the tables from the runs log (of a finished or unfinished grid)")
     p.add_argument("--model", default="cnn", choices=("cnn", "resnet5", "mlp"))
     p.add_argument("--width", type=int, default=25)
     p.add_argument("--n", type=int, default=5000, help="MNIST-1D samples (80 %% train+validation, 20 %% test)")
@@ -748,13 +774,18 @@ def main(argv=None):
         f"(runs stopping at a flat curve take less)")
     if a["plan"]:
         return dict(plan=p, measurements=meas)
-    with ProcessPoolExecutor(max_workers=a["jobs"], mp_context=multiprocessing.get_context("fork"),
-                             initializer=_init_worker) as pool:
-        tune, final, runs = run_grid(a, meas, pool, log)
+    if a["report"]:
+        tune, final, runs = from_log(a, meas)
+    else:
+        with ProcessPoolExecutor(max_workers=a["jobs"], mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_init_worker) as pool:
+            tune, final, runs = run_grid(a, meas, pool, log)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     timing = dict(wall_s=time.perf_counter() - w0,
                   cpu_s=time.process_time() - c0 + children.ru_utime + children.ru_stime,
                   cpu_runs_s=float(sum(r["cpu_s"] for r in runs)), runs=len(runs))
+    if a["report"]:  # this process ran nothing: only the runs' own CPU time is known
+        timing.update(wall_s=float("nan"), cpu_s=timing["cpu_runs_s"])
     table = summarise(a, meas, tune, final)
     layout = hybrid_layout(a)
     md = markdown(a, meas, table, layout, timing)

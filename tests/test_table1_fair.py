@@ -94,6 +94,13 @@ def test_smoke_pipeline_small(t1, tmp_path):
     again = t1.main(_argv(tmp_path, "--methods", "lr,alr,hsic"))
     assert json.dumps(again["table"], default=float) == json.dumps(r["table"], default=float)
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(logged)
+    # --report rebuilds the same tables from the log alone, and an unfinished log gives fewer seeds
+    report = t1.main(_argv(tmp_path, "--methods", "lr,alr,hsic", "--report"))
+    assert json.dumps(report["table"], default=float) == json.dumps(r["table"], default=float)
+    (tmp_path / "runs.jsonl").write_text("\n".join(l for l in logged if '"seed": 1' not in l) + "\n")
+    partial = t1.main(_argv(tmp_path, "--methods", "lr,alr,hsic", "--report"))
+    assert {row["n"] for col in partial["table"].values() for row in col} == {1}
+    assert "(n=1)" in (tmp_path / "t.md").read_text()
 
 
 @pytest.mark.slow
