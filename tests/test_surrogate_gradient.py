@@ -131,3 +131,21 @@ def test_surrogate_training_beats_read_out_only_backprop():
                 opt.step(params, g)
         accs[name] = float(np.mean(model.predict(xt) == yt))
     assert accs["surrogate"] > accs["read-out"] + 0.05, accs
+
+
+def test_train_bp_takes_the_surrogate_and_steps_along_it():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((20, 6)).astype(np.float32), rng.integers(0, 3, 20)
+    model = minilr.MLP([6, 8, 3], activation="step", seed=0)
+    start = {k: v.copy() for k, v in model.parameters().items()}
+    g = reference.gradient(model, x, y, surrogate="straight_through")
+    minilr.train(model, (x, y), estimator="bp", surrogate="straight_through", optimizer="sgd", lr=0.5,
+                 epochs=1, batch_size=20, progress=False)
+    for k, v in model.parameters().items():
+        if k in g:  # one full-batch SGD step: p - lr g, in float32
+            np.testing.assert_allclose(v, start[k] - 0.5 * g[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not np.allclose(model.layers[0].weight, start["0.weight"])  # the first layer moved
+    with pytest.raises(ValueError, match="Step"):
+        minilr.train(model, (x, y), estimator="bp", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="surrogate"):
+        minilr.train(model, (x, y), estimator="lr", surrogate="sigmoid", epochs=1, progress=False)
