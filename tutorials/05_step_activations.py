@@ -90,11 +90,11 @@ fig
 # the backward pass multiplies by the derivative :math:`f'` of a smooth stand-in :math:`f` for the
 # step (the straight-through estimator). ``minilr.reference.gradient(net, x, y,
 # surrogate=...)`` is that baseline, written out by hand like the rest of the reference.
-# ``Surrogate("straight_through", slope)`` uses the clipped identity
+# ``Surrogate("straight_through", slope)`` (or the string ``"straight_through"``, slope 5) uses the clipped identity
 # :math:`f(v) = \mathrm{clip}(\text{slope}\, v + 1/2, 0, 1)`: :math:`f' = \text{slope}` on
 # :math:`|v| < 1/(2\,\text{slope})`, 0 elsewhere. We take the slope of the noise-smoothed step at
 # 0, :math:`1/(\sigma\sqrt{2\pi})`, so the invented derivative and the one the noise implies agree
-# there. Unlike LR's, this is not the gradient of any loss of the network that is evaluated: it is
+# there. ``minilr.train(..., estimator="bp", surrogate=...)`` trains with it. Unlike LR's, this is not the gradient of any loss of the network that is evaluated: it is
 # a biased heuristic that happens to work well.
 
 # %%
@@ -103,26 +103,6 @@ st = minilr.reference.Surrogate("straight_through", slope=SLOPE)
 g_st = minilr.reference.gradient(net, x_train[:50], y_train[:50], surrogate=st)
 print(f"straight-through slope {SLOPE:.3f}; gradient norms per parameter:",
       {k: round(float(np.linalg.norm(v)), 4) for k, v in g_st.items()})
-
-
-def train_surrogate(model, surrogate, epochs, *, readout_only=False):
-    """Adam on mini-batches of 50 with the surrogate gradient (or only the read-out's part of it:
-    what the exact gradient gives, since it is zero below the step). Returns a minilr.History."""
-    opt, params = minilr.optim.Adam(lr=1e-2), model.parameters()
-    rng = np.random.default_rng(0)
-    h = minilr.History(estimator="bp, " + ("read-out only" if readout_only else surrogate.kind))
-    for _ in range(epochs):
-        order, losses = rng.permutation(len(x_train)), []
-        for i in range(0, len(order), 50):
-            j = order[i:i + 50]
-            g = minilr.reference.gradient(model, x_train[j], y_train[j], surrogate=surrogate)
-            if readout_only:
-                g = {k: v for k, v in g.items() if k.startswith("2.")}
-            losses.append(minilr.reference.loss(model, x_train[j], y_train[j]))
-            opt.step(params, g)
-        h.train_loss.append(float(np.mean(losses)))
-        h.val_accuracy.append(float(np.mean(model.predict(x_test) == y_test)))
-    return h
 
 
 # %%
@@ -143,10 +123,19 @@ for est in ("lr", "alr"):
     histories[f"{est.upper()}, K={K}"] = minilr.train(
         model, (x_train, y_train), val_data=(x_test, y_test), estimator=est, copies=K, epochs=EPOCHS,
         batch_size=50, optimizer="adam", lr=1e-2, seed=0, progress=False)
-histories["BP, straight-through"] = train_surrogate(
-    minilr.MLP([64, HIDDEN, 10], activation="step", sigma=SIGMA, seed=0), st, EPOCHS)
-histories["BP, read-out only"] = train_surrogate(
-    minilr.MLP([64, HIDDEN, 10], activation="step", sigma=SIGMA, seed=0), st, EPOCHS, readout_only=True)
+# straight-through backprop: estimator="bp" with surrogate=, the same optimizer and batches
+model = minilr.MLP([64, HIDDEN, 10], activation="step", sigma=SIGMA, seed=0)
+histories["BP, straight-through"] = minilr.train(
+    model, (x_train, y_train), val_data=(x_test, y_test), estimator="bp", surrogate=st, epochs=EPOCHS,
+    batch_size=50, optimizer="adam", lr=1e-2, seed=0, progress=False)
+# read-out only: the exact gradient on the random step features of the same initial first layer
+first = net.layers[0]
+features = lambda x: step.forward(x @ first.weight.T + first.bias, np).astype(np.float32)
+readout = minilr.MLP([HIDDEN, 10], sigma=SIGMA, seed=0)
+readout.layers[0].weight[...], readout.layers[0].bias[...] = net.layers[2].weight, net.layers[2].bias
+histories["BP, read-out only"] = minilr.train(
+    readout, (features(x_train), y_train), val_data=(features(x_test), y_test), estimator="bp",
+    epochs=EPOCHS, batch_size=50, optimizer="adam", lr=1e-2, seed=0, progress=False)
 final = {label: h.val_accuracy[-1] for label, h in histories.items()}
 for label, h in histories.items():
     print(f"{label:20s} test accuracy after {EPOCHS} epochs: {h.val_accuracy[-1]:.3f} (best {max(h.val_accuracy):.3f})")
