@@ -90,12 +90,13 @@ fig
 # the backward pass multiplies by the derivative :math:`f'` of a smooth stand-in :math:`f` for the
 # step (the straight-through estimator). ``minilr.reference.gradient(net, x, y,
 # surrogate=...)`` is that baseline, written out by hand like the rest of the reference.
-# ``Surrogate("straight_through", slope)`` (or the string ``"straight_through"``, slope 5) uses the clipped identity
-# :math:`f(v) = \mathrm{clip}(\text{slope}\, v + 1/2, 0, 1)`: :math:`f' = \text{slope}` on
-# :math:`|v| < 1/(2\,\text{slope})`, 0 elsewhere. We take the slope of the noise-smoothed step at
-# 0, :math:`1/(\sigma\sqrt{2\pi})`, so the invented derivative and the one the noise implies agree
-# there. ``minilr.train(..., estimator="bp", surrogate=...)`` trains with it. Unlike LR's, this is not the gradient of any loss of the network that is evaluated: it is
-# a biased heuristic that happens to work well.
+# ``Surrogate("straight_through", slope)`` (the string ``"straight_through"`` means slope 5) uses
+# the clipped identity :math:`f(v) = \mathrm{clip}(\text{slope}\, v + 1/2, 0, 1)`:
+# :math:`f' = \text{slope}` on :math:`|v| < 1/(2\,\text{slope})`, 0 elsewhere. We take the slope
+# of the noise-smoothed step at 0, :math:`1/(\sigma\sqrt{2\pi})`, so the invented derivative and
+# the one the noise implies agree there. ``minilr.train(..., estimator="bp", surrogate=...)``
+# trains with it. Unlike LR's, this is not the gradient of any loss of the network that is
+# evaluated: it is a biased heuristic.
 
 # %%
 SLOPE = 1 / (SIGMA * np.sqrt(2 * np.pi))
@@ -146,8 +147,8 @@ plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FI
 # The network is evaluated without noise, as a true step network: the noise is only a training
 # device that turns a piecewise-constant loss into a smooth expected one. The printed accuracies
 # compare the two ways through the step: LR and ALR estimate the gradient of a loss that exists
-# (the smoothed one), with variance; straight-through backprop computes, exactly and without
-# variance, the gradient of a loss that does not exist. This is why the paper can train spiking
+# (the smoothed one), with variance; straight-through backprop computes, without variance, a
+# made-up direction that no loss of the evaluated network has as its gradient. This is why the paper can train spiking
 # networks (its Table 3) with the same estimators as everything else; the surrogate gradient is
 # the baseline they must be compared with.
 #
