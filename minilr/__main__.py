@@ -54,6 +54,8 @@ def _parser(prog):
     t.add_argument("--chunk", type=int, default=None, help="copies processed at a time (memory)")
     t.add_argument("--antithetic", action="store_true", help="mirrored noise pairs")
     t.add_argument("--no-baseline", action="store_true", help="do not subtract the loss baseline")
+    t.add_argument("--surrogate", default=None, choices=("sigmoid", "straight_through"),
+                   help="with --estimator bp: surrogate gradient for step activations (default: none)")
     t.add_argument("--es-layers", type=int, default=None,
                    help="ES layers in the hybrids (default: 2, at most all but the last)")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training data (env MINILR_EPOCHS overrides)")
@@ -220,7 +222,7 @@ def _train(args, epochs, prog) -> int:
                   es_layers=args.es_layers, schedule=args.schedule, momentum=args.momentum,
                   sigma_bounds=(args.sigma_min, args.sigma_max), weight_bound=args.weight_bound,
                   callback=report, checkpoint=args.checkpoint, resume=args.resume,
-                  checkpoint_every=args.checkpoint_every, **({"comm": comm} if comm is not None else {}))
+                  checkpoint_every=args.checkpoint_every, surrogate=args.surrogate, **({"comm": comm} if comm is not None else {}))
     except KeyboardInterrupt:
         # train stops after a whole step and has written the checkpoint (if asked): say so, briefly
         saved = []

@@ -18,7 +18,8 @@ from .layers import Linear
 from .recurrent import GRU, LSTM
 from .losses import LOSSES, per_sample
 
-__all__ = ["gradient", "loss", "register", "backward", "feedback_alignment", "feedback_matrices"]
+__all__ = ["gradient", "loss", "register", "backward", "feedback_alignment", "feedback_matrices",
+           "Surrogate"]
 
 def register(layer_type, container=False):
     """Decorator for a layer class defined without a ``backward`` method: ``fn(layer, x, delta)``
@@ -85,19 +86,79 @@ def loss(model, x, y, loss="cross_entropy") -> float:
     return float(per_sample(loss, model.forward(x).astype(np.float64), y, np).mean())
 
 
-def gradient(model, x, y, loss="cross_entropy") -> dict:
+def gradient(model, x, y, loss="cross_entropy", *, surrogate=None) -> dict:
     """Exact gradient of the mean noiseless loss w.r.t. every weight and bias.
 
     Keys are ``"<i>.weight"`` and ``"<i>.bias"``; a learned ``sigma`` has no gradient here (the
     noiseless loss does not depend on it) and is left out.
 
+    Parameters
+    ----------
+    surrogate : None, "straight_through", "sigmoid" or :class:`Surrogate`
+        ``None`` (default): the exact gradient, which a spiking layer refuses. Otherwise the
+        surrogate-gradient (straight-through) baseline: the same backward pass, except that every
+        ``Step`` and ``LIF`` layer of the model's own layer list uses the derivative of a smooth
+        stand-in for the Heaviside step where the exact pass needs the step's derivative (a string
+        means ``Surrogate(kind)`` with its default slope). The forward pass still spikes. Layers
+        inside containers (``Residual``) get no surrogate.
+
     Raises
     ------
     ValueError
-        If the model has a layer with no usable derivative (the Heaviside ``Step``).
+        If the model has a layer with no usable derivative (the Heaviside ``Step``, ``LIF``) and
+        ``surrogate`` is None.
     """
     x, y = _prepare(model, x, y, loss)
-    return _gradient_general(model, x, y, loss)
+    if surrogate is not None and not isinstance(surrogate, Surrogate):
+        surrogate = Surrogate(surrogate)
+    return _gradient_general(model, x, y, loss, surrogate=surrogate)
+
+
+class Surrogate:
+    """A smooth stand-in ``f`` for the Heaviside step ``1[v > 0]`` whose derivative the
+    surrogate-gradient baseline uses (:func:`gradient` with ``surrogate=``).
+
+    Parameters
+    ----------
+    kind : "sigmoid" or "straight_through"
+        ``"sigmoid"``: ``f(v) = 1 / (1 + exp(-slope v))``, ``f' = slope f (1 - f)``.
+        ``"straight_through"``: the clipped identity ``f(v) = clip(slope v + 1/2, 0, 1)``,
+        ``f' = slope`` on ``|v| < 1/(2 slope)`` and 0 elsewhere.
+    slope : float > 0, default 5.0
+        Steepness (per unit of the pre-activation; a LIF neuron's ``v`` is the potential minus
+        the threshold).
+    forward : "step" (default) or "smooth"
+        What the forward pass emits. ``"step"``: spikes, the baseline. ``"smooth"``: ``f`` itself,
+        so that the network *is* the surrogate network and :func:`gradient` returns its exact
+        gradient (the check against finite differences).
+    """
+
+    KINDS = ("sigmoid", "straight_through")
+
+    def __init__(self, kind="sigmoid", slope=5.0, forward="step"):
+        self.kind = _v.choice(kind, "surrogate", self.KINDS)
+        self.slope = _v.positive_float(slope, "slope")
+        self.smooth = _v.choice(forward, "forward", ("step", "smooth")) == "smooth"
+
+    def function(self, v):
+        """``f(v)``."""
+        if self.kind == "sigmoid":
+            return 0.5 * (1 + np.tanh(0.5 * self.slope * v))
+        return np.clip(self.slope * v + 0.5, 0.0, 1.0)
+
+    def derivative(self, v):
+        """``f'(v)``."""
+        if self.kind == "sigmoid":
+            f = self.function(v)
+            return self.slope * f * (1 - f)
+        return np.where(np.abs(v) < 0.5 / self.slope, self.slope, 0.0)
+
+    def fire(self, v):
+        """What the forward pass emits for ``v``: the step (or ``f`` with ``forward="smooth"``)."""
+        return self.function(v) if self.smooth else (v > 0).astype(np.float64)
+
+    def __repr__(self):
+        return f"Surrogate({self.kind!r}, slope={self.slope}, forward={'smooth' if self.smooth else 'step'!r})"
 
 
 def _output_delta(h, y, loss):
@@ -145,17 +206,22 @@ def feedback_alignment(model, x, y, feedback, loss="cross_entropy") -> dict:
     return _gradient_general(model, x, y, loss, ids)
 
 
-def _gradient_general(model, x, y, loss, feedback=None):
-    """Any layer stack: each layer's :func:`backward` in reverse order, in float64."""
+def _gradient_general(model, x, y, loss, feedback=None, surrogate=None):
+    """Any layer stack: each layer's :func:`backward` in reverse order, in float64; with a
+    ``surrogate``, the top-level ``Step`` and ``LIF`` layers use :func:`surrogate_backward`."""
+    spiking = (lambda layer: False) if surrogate is None else _spiking
     inputs = []
     h = x
     for layer in model.layers:
         inputs.append(h)
-        h = forward64(layer, h)
+        h = surrogate_forward(layer, h, surrogate) if spiking(layer) else forward64(layer, h)
     delta = _output_delta(h, y, loss)
     grads = {}
     for i in range(len(model.layers) - 1, -1, -1):
-        delta, g = backward(model.layers[i], inputs[i], delta, feedback)
+        if spiking(model.layers[i]):
+            delta, g = surrogate_backward(model.layers[i], inputs[i], delta, surrogate)
+        else:
+            delta, g = backward(model.layers[i], inputs[i], delta, feedback)
         for k, v in g.items():
             grads[f"{i}.{k}"] = v
     return {k: grads[k] for k in model.parameters() if k in grads}
@@ -414,3 +480,67 @@ def layer_gradient(layer, x, dout, noise=None):
     dx, dvs = bwd(layer, cache, dout)
     return dx, site_gradients(layer, cache[0], dvs)
 
+
+
+# -- the surrogate-gradient baseline for spiking layers (issue 17): Step and LIF ------------------
+def _spiking(layer):
+    from .layers import Step
+    from .spiking import LIF
+
+    return isinstance(layer, (Step, LIF))
+
+
+def _lif_trajectory(layer, x, surrogate):
+    """Potentials before firing ``V`` (N, T, H) and spikes ``S`` of a LIF layer in float64:
+    ``V_t = beta R_{t-1} + I_t``, ``S_t = fire(V_t - threshold)``, ``R_t = V_t - threshold S_t``."""
+    if x.ndim == 2:
+        x = np.broadcast_to(x[:, None, :], (x.shape[0], layer.steps, x.shape[1]))
+    current = x @ _f64(layer.weight).T + _f64(layer.bias)
+    V, S = np.empty_like(current), np.empty_like(current)
+    r = np.zeros_like(current[:, 0])
+    for t in range(current.shape[1]):
+        V[:, t] = layer.beta * r + current[:, t]
+        S[:, t] = surrogate.fire(V[:, t] - layer.threshold)
+        r = V[:, t] - layer.threshold * S[:, t]
+    return x, V, S
+
+
+def surrogate_forward(layer, x, surrogate):
+    """A ``Step`` or ``LIF`` layer's forward pass in float64 as the surrogate sees it (spikes, or
+    ``f`` itself for ``Surrogate(forward="smooth")``)."""
+    from .layers import Step
+
+    if isinstance(layer, Step):
+        return surrogate.fire(x)
+    _, _, S = _lif_trajectory(layer, x, surrogate)
+    return S.mean(axis=1) if layer.output == "rate" else S
+
+
+def surrogate_backward(layer, x, delta, surrogate):
+    """``(dLoss/dx, grads)`` of a ``Step`` or ``LIF`` layer with ``surrogate.derivative`` in place
+    of the step's derivative.
+
+    ``Step``: ``dx = delta f'(x)``. ``LIF``, backprop through time over the recurrence of
+    :func:`_lif_trajectory`, reset included (``dR_t/dV_t = 1 - threshold f'``)::
+
+        dV_t = dR_t + f'(V_t - threshold) (dS_t - threshold dR_t),   dR_{t-1} = beta dV_t,
+
+    with ``dS_t`` what the layer above sends (``delta / T`` at every step for rate outputs); then
+    ``dI_t = dV_t`` as for any affine map.
+    """
+    from .layers import Step
+
+    if isinstance(layer, Step):
+        return delta * surrogate.derivative(x), {}
+    xs, V, _ = _lif_trajectory(layer, x, surrogate)
+    T = V.shape[1]
+    dS = np.broadcast_to(delta[:, None, :] / T, V.shape) if layer.output == "rate" else delta
+    dI = np.empty_like(V)
+    dR = np.zeros_like(V[:, 0])
+    for t in range(T - 1, -1, -1):
+        fprime = surrogate.derivative(V[:, t] - layer.threshold)
+        dI[:, t] = dR + fprime * (dS[:, t] - layer.threshold * dR)
+        dR = layer.beta * dI[:, t]
+    grads = {"weight": np.einsum("nth,ntf->hf", dI, xs), "bias": dI.sum(axis=(0, 1))}
+    dx = dI @ _f64(layer.weight)
+    return (dx.sum(axis=1) if x.ndim == 2 else dx), grads

@@ -18,7 +18,10 @@ everywhere, so backpropagation has nothing to pass down (practitioners replace i
 "surrogate gradient"). LR never differentiates: with fresh noise on the input current at every
 step (every step is a position of the noise site), the gradient is
 ``sum_n sum_t L_n eps_t(n) x_t(n)^T / sigma`` (Eq. 1), unbiased for the smoothed loss; ALR keeps
-only the signs (Eq. 3). The exact reference refuses this layer, as it refuses ``Step``.
+only the signs (Eq. 3). The exact reference refuses this layer, as it refuses ``Step``; the
+surrogate-gradient baseline (BPTT through the recurrence with a smooth stand-in's derivative for
+the spike) is ``minilr.reference.gradient(..., surrogate=...)``, ``train(..., estimator="bp",
+surrogate=...)``.
 """
 from __future__ import annotations
 

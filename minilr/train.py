@@ -76,11 +76,11 @@ def _check_model(model):
 
 
 def _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                  baseline=True, comm=None):
+                  baseline=True, comm=None, surrogate=None):
     """Every shared argument checked once: (Settings, Backend)."""
     _check_model(model)
     _mpi.check_comm(comm)
-    settings = Settings(estimator, copies, loss, baseline, antithetic, chunk, es_layers)
+    settings = Settings(estimator, copies, loss, baseline, antithetic, chunk, es_layers, surrogate)
     _v.seed_arg(seed)
     return settings, get_backend(backend)
 
@@ -205,7 +205,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
           optimizer="adam", lr=1e-2, backend="numpy", seed=0, progress=True, loss="cross_entropy",
           baseline=True, antithetic=False, chunk=None, es_layers=None, schedule="constant",
           momentum=0.9, sigma_bounds=(1e-3, 10.0), weight_bound=None, callback=None,
-          checkpoint=None, resume=False, checkpoint_every=None, comm=None) -> History:
+          checkpoint=None, resume=False, checkpoint_every=None, comm=None, *, surrogate=None) -> History:
     """Train ``model`` in place without backpropagation; return its :class:`History`.
 
     Each step estimates the gradient on a mini-batch with ``estimator`` (see
@@ -218,6 +218,8 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     per epoch to stderr (logs get no bar frames); ``False`` prints nothing.
     ``comm`` (an mpi4py communicator) shares each step's copies over its ranks: the same result as
     one process for the same seed; every rank runs the callback, only rank 0 shows progress.
+    ``surrogate`` (``estimator="bp"`` only) trains spiking layers (``Step``, ``LIF``) with the
+    surrogate-gradient baseline: see :func:`minilr.reference.gradient`.
 
     Checkpoints (:mod:`minilr.checkpoint`): with ``checkpoint=path`` the run is saved atomically
     after every epoch, every ``checkpoint_every`` steps if given, and when interrupted (Ctrl-C);
@@ -241,7 +243,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
     step (or, for an epoch-end failure, from the start of that epoch).
     """
     cfg, bk = _check_common(model, estimator, copies, loss, seed, chunk, antithetic, es_layers, backend,
-                          baseline, comm)
+                          baseline, comm, surrogate)
     loss = cfg.loss
     estimator, copies, chunk, es_layers = cfg.estimator, cfg.copies, cfg.chunk, cfg.es_layers
     baseline, antithetic = cfg.baseline, cfg.antithetic
@@ -277,6 +279,7 @@ def train(model, data, val_data=None, estimator="alr", copies=100, epochs=10, ba
         "schedule": schedule, "momentum": float(momentum), "loss": _ckpt.loss_name(loss),
         "decay_steps": decay_steps if schedule == "robbins-monro" else None,
         "baseline": bool(baseline), "antithetic": bool(antithetic), "chunk": chunk, "es_layers": es_layers,
+        "surrogate": None if cfg.surrogate is None else repr(cfg.surrogate),
         "sigma_bounds": [float(b) for b in sigma_bounds], "weight_bound": weight_bound,
         "seed": seed if seed is None or isinstance(seed, int) else "SeedSequence",
         "data": _ckpt.data_fingerprint(x, y), "val_data": None if val_data is None else _ckpt.data_fingerprint(xv, yv),

@@ -5,8 +5,9 @@ r"""
 A spiking neuron fires or it does not: :math:`\varphi(v) = \mathbb{1}[v > 0]`, the Heaviside step.
 Its derivative is zero everywhere except at :math:`0`, where it does not exist. Backprop multiplies by
 :math:`\varphi'` on the way down, so every layer below a step receives a zero gradient. The LR family
-never differentiates :math:`\varphi`: it only evaluates the network. This tutorial shows both facts
-and trains a step network on digits.
+never differentiates :math:`\varphi`: it only evaluates the network. This tutorial shows both facts,
+builds the baseline practitioners use (a surrogate gradient) and trains a step network on digits
+with each.
 """
 
 # %%
@@ -62,11 +63,13 @@ v = np.linspace(-1.5, 1.5, 301)
 Phi = np.vectorize(lambda z: 0.5 * (1 + erf(z / np.sqrt(2))))
 K_MC = 2000 if QUICK else 20000
 step = minilr.Step()
+max_err = 0.0
 fig, ax = plots.new_figure()
 ax.plot(v, step.forward(v, np), "k", lw=2, label="step $\\mathbb{1}[v>0]$")
 for seed, s in enumerate((0.1, 0.3, 1.0)):
     eps = np.random.default_rng(seed).standard_normal((K_MC, 1))
     mc = step.forward(v[None, :] + s * eps, np).mean(axis=0)
+    max_err = max(max_err, np.abs(mc - Phi(v / s)).max())
     print(f"sigma={s}: max |Monte Carlo mean of {K_MC} noisy steps - Phi(v/sigma)| = "
           f"{np.abs(mc - Phi(v / s)).max():.4f} over {v.size} points (one standard error is at most {0.5 / np.sqrt(K_MC):.4f})")
     (line,) = ax.plot(v, Phi(v / s), label=f"$\\Phi(v/\\sigma)$, $\\sigma$={s}")
@@ -80,14 +83,38 @@ plots.save(fig, FIG / "05_smoothed_step.png")
 fig
 
 # %%
-# Training a step network on digits
-# ---------------------------------
+# What practitioners do instead: a surrogate gradient
+# ---------------------------------------------------
 #
-# We train the 64-32-10 step network with LR and ALR. What could backprop do here? Only the last
-# layer has a non-zero gradient, so at best it fits a linear read-out on top of the *random* step
-# features of the initial first layer. We run exactly that (the first layer frozen at its
-# initialisation, the read-out trained with the exact gradient) as the comparison: anything above
-# it is learning that reached the first layer through the steps.
+# Spiking-network practice keeps backprop and *invents* a derivative: the forward pass spikes, but
+# the backward pass multiplies by the derivative :math:`f'` of a smooth stand-in :math:`f` for the
+# step (the straight-through estimator). ``minilr.reference.gradient(net, x, y,
+# surrogate=...)`` is that baseline, written out by hand like the rest of the reference.
+# ``Surrogate("straight_through", slope)`` (the string ``"straight_through"`` means slope 5) uses
+# the clipped identity :math:`f(v) = \mathrm{clip}(\text{slope}\, v + 1/2, 0, 1)`:
+# :math:`f' = \text{slope}` on :math:`|v| < 1/(2\,\text{slope})`, 0 elsewhere. We take the slope
+# of the noise-smoothed step at 0, :math:`1/(\sigma\sqrt{2\pi})`, so the invented derivative and
+# the one the noise implies agree there. ``minilr.train(..., estimator="bp", surrogate=...)``
+# trains with it. Unlike LR's, this is not the gradient of any loss of the network that is
+# evaluated: it is a biased heuristic.
+
+# %%
+SLOPE = 1 / (SIGMA * np.sqrt(2 * np.pi))
+st = minilr.reference.Surrogate("straight_through", slope=SLOPE)
+g_st = minilr.reference.gradient(net, x_train[:50], y_train[:50], surrogate=st)
+print(f"straight-through slope {SLOPE:.3f}; gradient norms per parameter:",
+      {k: round(float(np.linalg.norm(v)), 4) for k, v in g_st.items()})
+
+
+# %%
+# Training a step network on digits
+# ----------------------------------
+#
+# We train the 64-32-10 step network with LR and ALR (noisy copies, loss values only) and with two
+# backprop baselines, all with Adam at the same learning rate. The fair one is straight-through
+# backprop: it trains both layers. The other trains only the read-out on top of the *random* step
+# features of the initial first layer, which is all the exact gradient can reach (it is zero
+# below the step): anything above it is learning that reached the first layer.
 
 # %%
 EPOCHS, K = (3, 20) if QUICK else (30, 100)
@@ -97,23 +124,58 @@ for est in ("lr", "alr"):
     histories[f"{est.upper()}, K={K}"] = minilr.train(
         model, (x_train, y_train), val_data=(x_test, y_test), estimator=est, copies=K, epochs=EPOCHS,
         batch_size=50, optimizer="adam", lr=1e-2, seed=0, progress=False)
-
-# backprop's best: random step features from the same initial first layer, read-out trained exactly
+# straight-through backprop: estimator="bp" with surrogate=, the same optimizer and batches
+model = minilr.MLP([64, HIDDEN, 10], activation="step", sigma=SIGMA, seed=0)
+histories["BP, straight-through"] = minilr.train(
+    model, (x_train, y_train), val_data=(x_test, y_test), estimator="bp", surrogate=st, epochs=EPOCHS,
+    batch_size=50, optimizer="adam", lr=1e-2, seed=0, progress=False)
+# read-out only: the exact gradient on the random step features of the same initial first layer
 first = net.layers[0]
 features = lambda x: step.forward(x @ first.weight.T + first.bias, np).astype(np.float32)
 readout = minilr.MLP([HIDDEN, 10], sigma=SIGMA, seed=0)
-histories["BP, read-out only"] = minilr.train(readout, (features(x_train), y_train),
-                                              val_data=(features(x_test), y_test), estimator="bp",
-                                              epochs=EPOCHS, batch_size=50, optimizer="adam", lr=1e-2,
-                                              seed=0, progress=False)
+readout.layers[0].weight[...], readout.layers[0].bias[...] = net.layers[2].weight, net.layers[2].bias
+histories["BP, read-out only"] = minilr.train(
+    readout, (features(x_train), y_train), val_data=(features(x_test), y_test), estimator="bp",
+    epochs=EPOCHS, batch_size=50, optimizer="adam", lr=1e-2, seed=0, progress=False)
+final = {label: h.val_accuracy[-1] for label, h in histories.items()}
 for label, h in histories.items():
-    print(f"{label:18s} test accuracy after {EPOCHS} epochs: {h.val_accuracy[-1]:.3f} (best {max(h.val_accuracy):.3f})")
+    print(f"{label:20s} test accuracy after {EPOCHS} epochs: {h.val_accuracy[-1]:.3f} (best {max(h.val_accuracy):.3f})")
 plots.learning_curves(histories, metrics=("train_loss", "val_accuracy"), path=FIG / "05_step_training.png",
                       title=f"MLP 64-{HIDDEN}-10 with step activations on digits")
 
 # %%
-# The printed accuracies compare LR and ALR, which train both layers through the steps, with the
-# read-out that is all backprop can train. The network is evaluated without noise, as a true
-# step network: the noise is only a training device that turns a piecewise-constant loss into a
-# smooth expected one. This is why the paper can train spiking networks (its Table 3) with the
-# same estimators as everything else.
+# The network is evaluated without noise, as a true step network: the noise is only a training
+# device that turns a piecewise-constant loss into a smooth expected one. The printed accuracies
+# compare the two ways through the step: LR and ALR estimate the gradient of a loss that exists
+# (the smoothed one), with variance; straight-through backprop computes, without variance, a
+# made-up direction that no loss of the evaluated network has as its gradient. This is why the paper can train spiking
+# networks (its Table 3) with the same estimators as everything else; the surrogate gradient is
+# the baseline they must be compared with.
+#
+# What this run shows
+# -------------------
+
+# %%
+ro = final["BP, read-out only"]
+plots.verdicts({
+    "the Monte Carlo mean of noisy steps is Phi(v/sigma) (max error under 5 standard errors)":
+        (max_err < 5 * 0.5 / np.sqrt(K_MC), f"max error {max_err:.4f}, standard error <= {0.5 / np.sqrt(K_MC):.4f}"),
+    "LR trains through the steps: above read-out-only backprop":
+        (final[f"LR, K={K}"] > ro, f"LR {final[f'LR, K={K}']:.3f} vs read-out only {ro:.3f}"),
+    "straight-through backprop, the fair baseline, is above read-out-only backprop":
+        (final["BP, straight-through"] > ro, f"straight-through {final['BP, straight-through']:.3f} vs {ro:.3f}"),
+})
+
+# %%
+# Exercises
+# ---------
+#
+# 1. Write the straight-through backward pass of the 64-32-10 step network by hand (the read-out's
+#    gradient as usual, then :math:`\delta_{\text{hidden}} = (\delta W_2) \odot f'(v)` with the
+#    clipped identity's :math:`f'`) and compare it with
+#    ``minilr.reference.gradient(net, x, y, surrogate=Surrogate("straight_through", slope))``.
+# 2. Replace the clipped identity by a sigmoid of slope :math:`\beta`: with
+#    ``Surrogate("sigmoid", beta, forward="smooth")`` the network *is* the sigmoid network, and
+#    the surrogate gradient must equal its finite differences. Check it.
+#
+# A checked solution is in ``tutorials/solutions/s05_straight_through.py``.

@@ -41,6 +41,7 @@ class Settings:
 
     ``chunk`` None means all copies at once; ``loss`` is a name or a checked callable;
     ``es_layers`` None means the paper's two leading sites for the hybrids (at most all but the last).
+    ``surrogate`` (``"bp"`` only): see :func:`minilr.reference.gradient`.
     """
 
     estimator: str = "lr"
@@ -50,6 +51,7 @@ class Settings:
     antithetic: bool = False
     chunk: int | None = None
     es_layers: int | None = None
+    surrogate: object = None
 
     def __post_init__(self):
         from . import NAMES  # noqa: PLC0415 (the registry imports this module)
@@ -61,6 +63,14 @@ class Settings:
         if self.estimator == "bp" and callable(self.loss):
             raise ValueError("estimator='bp' needs a named loss ('cross_entropy' or 'mse'): the exact "
                              "reference cannot differentiate a custom loss function")
+        if self.surrogate is not None:  # the surrogate-gradient baseline: backprop only
+            from ..reference import Surrogate  # noqa: PLC0415
+
+            if self.estimator != "bp":
+                raise ValueError(f"surrogate= is for estimator='bp' (the surrogate-gradient baseline), "
+                                 f"not {self.estimator!r}: the estimators never differentiate a spike")
+            if not isinstance(self.surrogate, Surrogate):
+                put("surrogate", Surrogate(self.surrogate))
         if self.chunk is not None:
             put("chunk", _v.positive_int(self.chunk, "chunk"))
         for name in ("antithetic", "baseline"):

@@ -13,7 +13,7 @@ class Exact:
         xh, yh = bk.to_numpy(x), bk.to_numpy(y)
         host = model if bk.name == "numpy" else _host_copy(model, bk)
         with bk.engine.session():  # the engine's BLAS settings: same bits beside other estimates
-            g = reference.gradient(host, xh, yh, s.loss)
+            g = reference.gradient(host, xh, yh, s.loss, surrogate=s.surrogate)
         grads = {k: bk.asarray(g[k], model.dtype) if k in g else bk.xp.zeros_like(p)
                  for k, p in model.parameters().items()}
         return grads, reference.loss(host, xh, yh, s.loss)
