@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["figures_dir", "new_figure", "save", "learning_curves", "cosine_vs_copies", "trajectories",
-           "verdicts", "parse_verdicts", "recorded"]
+           "verdicts", "parse_verdicts", "recorded", "show_recorded"]
 
 _METRICS = {
     "train_loss": "training loss",
@@ -78,6 +78,18 @@ def recorded(tutorial: str, here=None):
     with open(path) as f:
         rec = json.load(f)
     rec["folder"] = str(path.parent)
+    return rec
+
+
+def show_recorded(tutorial: str, here=None):
+    """Print the full-mode verdicts of :func:`recorded` (or how to record them); return the record."""
+    rec = recorded(tutorial, here)
+    if rec is None:
+        print(f"full mode: not recorded yet (python benchmarks/tutorials_full.py {tutorial[:2]})")
+        return None
+    print(f"full mode (recorded: {rec['cpu_seconds']:.0f} CPU-seconds):")
+    for claim, v in rec["verdicts"].items():
+        print(f"   {claim}: {'yes' if v['holds'] else 'NO'} ({v['evidence']})")
     return rec
 
 

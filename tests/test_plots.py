@@ -154,3 +154,27 @@ def test_save_creates_parents(tmp_path):
     ax.plot([0, 1], [1, 0])
     p = plots.save(fig, tmp_path / "x" / "y" / "f.png")
     assert _is_png(p)
+
+
+def test_verdicts_print_lines_that_parse_back(capsys):
+    out = plots.verdicts({"A beats B": (0.9 > 0.5, "0.9 vs 0.5"), "C beats D": (0.1 > 0.2, "0.1 vs 0.2")})
+    assert out == {"A beats B": True, "C beats D": False}
+    parsed = plots.parse_verdicts(capsys.readouterr().out)
+    assert parsed == {"A beats B": {"holds": True, "evidence": "0.9 vs 0.5"},
+                      "C beats D": {"holds": False, "evidence": "0.1 vs 0.2"}}
+
+
+def test_recorded_full_mode_is_read_back_or_none(tmp_path, capsys):
+    (tmp_path / "tutorials").mkdir()
+    folder = tmp_path / "benchmarks" / "tutorials_full"
+    folder.mkdir(parents=True)
+    assert plots.recorded("99_x", here=tmp_path / "tutorials") is None
+    assert plots.show_recorded("99_x", here=tmp_path / "tutorials") is None
+    assert "not recorded yet" in capsys.readouterr().out
+    import json
+
+    (folder / "99_x.json").write_text(json.dumps(
+        {"seconds": 3.0, "cpu_seconds": 2.0, "verdicts": {"A beats B": {"holds": True, "evidence": "1 vs 0"}}}))
+    rec = plots.show_recorded("99_x", here=tmp_path / "tutorials")
+    assert rec["cpu_seconds"] == 2.0
+    assert "A beats B: yes (1 vs 0)" in capsys.readouterr().out

@@ -315,6 +315,7 @@ plots.verdicts({
     "at equal forward passes LR-SGD ends lower than random search": (
         lr_curve[-1] < rs_curve[-1], f"{lr_curve[-1]:.4f} vs {rs_curve[-1]:.4f} after {STEPS} passes"),
 })
+plots.show_recorded("01_random_search_to_likelihood_ratio")
 
 # %%
 # Exercises

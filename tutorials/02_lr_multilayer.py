@@ -323,6 +323,7 @@ plots.verdicts({
     "without a baseline, larger sigma is better": (
         raw[1.0] > raw[0.1] > raw[0.01], f"sigma 0.01: {raw[0.01]:.3f}, 0.1: {raw[0.1]:.3f}, 1: {raw[1.0]:.3f}"),
 })
+plots.show_recorded("02_lr_multilayer")
 
 # %%
 # Exercises

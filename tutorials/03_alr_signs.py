@@ -420,13 +420,7 @@ plots.verdicts({
          f"(K={K}: {mean_acc[AHY_K]:.3f}) vs Hybrid {mean_acc[HY_K]:.3f}; final train loss ALR "
          f"{histories[ALR_M].train_loss[-1]:.3f} vs LR {histories[LR_K].train_loss[-1]:.3f}"),
 })
-rec = plots.recorded("03_alr_signs", here=HERE)
-if rec is None:
-    print("full mode: not recorded yet (python benchmarks/tutorials_full.py 03)")
-else:
-    print(f"full mode (recorded, {rec['seconds']:.0f} s):")
-    for claim, v in rec["verdicts"].items():
-        print(f"   {claim}: {'yes' if v['holds'] else 'NO'} ({v['evidence']})")
+plots.show_recorded("03_alr_signs", here=HERE)
 
 # %%
 # Exercises

@@ -254,6 +254,7 @@ plots.verdicts({
         f"LR {np.round(dim_err['lr'].mean(axis=0), 3).tolist()} vs ES {np.round(dim_err['es'].mean(axis=0), 3).tolist()}; "
         f"Hybrid at K={COPIES[-1]}: " + ", ".join(f"layer {i} {by_layer['hybrid'][i][:, -1].mean():.3f}" for i in layers)),
 })
+plots.show_recorded("04_es_and_hybrids")
 
 # %%
 # Exercises

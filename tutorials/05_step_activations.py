@@ -165,6 +165,7 @@ plots.verdicts({
     "straight-through backprop, the fair baseline, is above read-out-only backprop":
         (final["BP, straight-through"] > ro, f"straight-through {final['BP, straight-through']:.3f} vs {ro:.3f}"),
 })
+plots.show_recorded("05_step_activations")
 
 # %%
 # Exercises

@@ -191,6 +191,7 @@ plots.verdicts({
         ", ".join(f"{m} ends at x = {summary[adam, m]['end'][0]:+.2f}, {summary[adam, m]['to_min']:.2f} from (3, 0.5)"
                   for m in methods)),
 })
+plots.show_recorded("06_beale_paths")
 
 # %%
 # Exercises

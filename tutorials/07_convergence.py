@@ -400,13 +400,7 @@ plots.verdicts({
          f"second difference {worst:.1e}; permuted point {apart:.2f} away with relative loss difference {same_loss:.0e}; "
          f"loss {ray[10]:.1f} -> {ray[1000]:.1f} along a ray"),
 })
-rec = plots.recorded("07_convergence", here=HERE)
-if rec is None:
-    print("full mode: not recorded yet (python benchmarks/tutorials_full.py 07)")
-else:
-    print(f"full mode (recorded, {rec['seconds']:.0f} s):")
-    for claim, v in rec["verdicts"].items():
-        print(f"   {claim}: {'yes' if v['holds'] else 'NO'} ({v['evidence']})")
+plots.show_recorded("07_convergence", here=HERE)
 
 # %%
 # Exercises

@@ -230,3 +230,4 @@ if GPU:
     claims["cupy: the same seed gives the same bits"] = (
         all(np.array_equal(h1[k], h2[k]) for k in h1), f"K={K_CHECK}, every parameter compared")
 plots.verdicts(claims)
+plots.show_recorded("08_gpu")

@@ -380,3 +380,4 @@ plots.verdicts({
     "ALR's measured memory per copy is below LR's by more than 4x": (
         mem_ratio > 4, f"{mem_ratio:.1f}x"),
 })
+plots.show_recorded("09_convolutions_and_resnets")

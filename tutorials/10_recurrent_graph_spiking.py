@@ -233,6 +233,7 @@ plots.verdicts({
          f"straight-through {lif_acc['LIF, BP straight-through']:.3f}, read-out only "
          f"{lif_acc['LIF, BP read-out only']:.3f}, LR {lif_acc['LIF, LR']:.3f}"),
 })
+plots.show_recorded("10_recurrent_graph_spiking")
 
 # %%
 # Exercises

@@ -285,3 +285,4 @@ if mpi_diffs:
     claims["2 MPI ranks give the one-process gradient (to 1e-5) for every estimator"] = (
         len(mpi_diffs) == 6 and max(mpi_diffs) < 1e-5, f"max relative difference {max(mpi_diffs):.1e}")
 plots.verdicts(claims)
+plots.show_recorded("11_parallelism_and_pipeline")
