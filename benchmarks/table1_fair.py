@@ -606,6 +606,39 @@ def todo_copies(spec, copies):
     return copies if spec["base"] in ESTIMATORS else 0
 
 
+def paper_shaped(a, table):
+    """Markdown in the shape of the paper's Table 1: a row per method, "w/o A" (Adam), and "w A" in
+    both readings (Eq. 3's sign variant at equal copies and at equal measured memory; the sign of
+    the update, signSGD), then the paper's own two rows as columns."""
+    def find(col, spec):
+        for r in table.get(col, []):
+            if r["spec"] == spec:
+                return r
+        return None
+
+    def cell(r):
+        if r is None:
+            return "—"
+        text = f"{100 * r['mean']:.1f} ± {100 * r['half']:.1f}" if r["n"] > 1 else f"{100 * r['mean']:.1f}"
+        text += f" (n={r['n']})" if r["n"] < a["seeds"] else ""
+        return text + (f" (K={r['copies']})" if r["copies"] not in (0, a["copies"]) else "")
+
+    names = {"bp": "BP", "fa": "FA", "hsic": "HSIC", "es": "ES", "lr": "LR", "hybrid": "Hybrid"}
+    L = ["| method | w/o A (Adam) | w A: Eq. 3, equal copies | w A: Eq. 3, equal memory | w A: signSGD | "
+         "paper w/o A | paper w A |", "|---|---|---|---|---|---|---|"]
+    for base, name in names.items():
+        if base not in a["methods"]:
+            continue
+        sign = SIGN_OF.get(base)
+        L.append(" | ".join([
+            f"| {name}", cell(find("copies", {"base": base, "optimizer": "adam"})),
+            cell(find("copies", {"base": sign, "optimizer": "adam"})) if sign else "—",
+            cell(find("memory", {"base": sign, "optimizer": "adam"})) if sign else "—",
+            cell(find("copies", {"base": base, "optimizer": "signsgd"})),
+            f"{PAPER['w/o A'][name]}", f"{PAPER['w A'][name]} |"]))
+    return "\n".join(L)
+
+
 def markdown(a, meas, table, layout, timing):
     L = []
     L.append(f"MNIST-1D ({a['n']} samples: train / validation / test as 80 % x {1 - a['val_fraction']:g} / "
@@ -616,6 +649,7 @@ def markdown(a, meas, table, layout, timing):
     L.append(f"Hybrid: ES on {layout['es_sites']} (sigma {a['sigma']}"
              + (f", or {a['hybrid_es_sigma']} in the '+ES σ' rows" if a["hybrid_es_sigma"] is not None else "")
              + f"), LR on {layout['lr_sites']}.")
+    L += ["", "### in the paper's shape (K = " + str(a["copies"]) + " unless stated)", "", paper_shaped(a, table)]
     titles = {"copies": f"equal copies (K = {a['copies']})",
               "memory": "equal memory (sign variants at the copies fitting the float variant's measured peak)",
               "time": "equal wall time (copies with LR's step time at K)"}

@@ -72,6 +72,7 @@ def _check_result(r, a, tmp_path):
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "t.md").read_text()
     assert "equal memory" in md and "equal wall time" in md and "±" in md
+    assert "| LR | " in md.split("paper's shape")[1]  # the paper-shaped summary has its rows
     json.loads((tmp_path / "t.json").read_text())
 
 
