@@ -699,14 +699,17 @@ def figure(table, path):
 
     fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.5), squeeze=False)
     for ax, (col, rows) in zip(axes[0], table.items()):
-        for i, r in enumerate(rows):
+        for r in rows:
             curves = [c for c in r["curves"] if c]
             if not curves:
                 continue
             n = max(map(len, curves))  # seeds stop at different epochs: mean over those still running
             mean = [np.mean([c[i] for c in curves if len(c) > i]) for i in range(n)]
-            ax.plot(range(1, n + 1), mean, label=r["method"], lw=1, color=plt.cm.tab20(i // 2 % 20 * 2 % 20),
-                    ls="--" if r["spec"]["optimizer"] == "signsgd" else "-")
+            spec = r["spec"]  # colour: the method; line: the variant
+            ls = ("--" if spec["optimizer"] == "signsgd" else ":" if spec.get("learn_sigma")
+                  else "-." if spec.get("es_sigma") is not None else "-")
+            ax.plot(range(1, n + 1), mean, label=r["method"], lw=1.6 if ls == "-" else 1.1, ls=ls,
+                    color=plt.cm.tab10(BASES.index(spec["base"]) % 10))
         ax.set_title(f"equal {col}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (mean over seeds)")
